@@ -1,0 +1,29 @@
+"""Shared pieces of the subcommands: the parser type, device and checkpoint arguments, output helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from jsonargparse import ArgumentParser
+
+
+def new_parser(description: str, prog: str | None = None) -> ArgumentParser:
+    # exit_on_error=False: parse errors come back as exceptions, and main() prints them as one line.
+    return ArgumentParser(description=description, prog=prog, exit_on_error=False, env_prefix="MULTITOKEN",
+                          default_env=False)
+
+
+def add_ckpt_argument(parser: ArgumentParser) -> None:
+    parser.add_argument("--ckpt", required=True,
+                        help="Checkpoint directory (runs/NAME/checkpoints/step_N) or run directory (its newest checkpoint).")
+
+
+def add_device_argument(parser: ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.")
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=1)
+    sys.stdout.write("\n")

@@ -1,0 +1,58 @@
+"""`multitoken eval`: per-head validation loss and top-1 accuracy of a checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jsonargparse import Namespace
+
+from multitoken.cli.common import add_ckpt_argument, add_device_argument, new_parser, print_json
+
+
+def add_parser(subcommands) -> None:
+    parser = new_parser("Per-head validation loss and top-1 accuracy of a checkpoint, as a table or JSON.")
+    add_ckpt_argument(parser)
+    parser.add_argument("--data", type=str | list[str] | None, default=None,
+                        help="Text file or folder to evaluate on (all of it); default: the validation split of the "
+                             "data the checkpoint was trained on.")
+    parser.add_argument("--batches", type=int | None, default=None,
+                        help="Batches of windows to evaluate, spread over the data; default: the run's eval_batches.")
+    parser.add_argument("--batch-size", "--batch_size", type=int | None, default=None,
+                        help="Windows per batch; default: the run's batch_size.")
+    parser.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
+    add_device_argument(parser)
+    subcommands.add_subcommand("eval", parser, help="Evaluate a checkpoint per head.")
+
+
+def run(args: Namespace) -> int:
+    import numpy as np
+
+    from multitoken.data.batches import eval_batches
+    from multitoken.data.tokens import load_tokens
+    from multitoken.errors import ConfigError
+    from multitoken.training.checkpoint import load_model, resolve_checkpoint
+    from multitoken.training.evaluate import evaluate, format_eval_table
+    from multitoken.training.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    ckpt = resolve_checkpoint(args.ckpt)
+    model, cfg, tokenizer = load_model(ckpt, device)
+    batch_size = args.batch_size or cfg.batch_size
+    num_batches = args.batches or cfg.eval_batches
+    if batch_size < 1 or num_batches < 1:
+        raise ConfigError("--batch-size and --batches must be at least 1")
+    if args.data is None:
+        tokens, source = load_tokens(cfg.data, tokenizer).val, "validation split of the training data"
+    else:  # the user's files, all of them: concatenate both sides of the split the cache makes
+        data = load_tokens(dataclasses.replace(cfg.data, path=args.data), tokenizer)
+        tokens, source = np.concatenate([data.train, data.val]), str(args.data)
+    window = model.config.max_seq_len + model.n_future
+    result = evaluate(model, eval_batches(tokens, batch_size, window, num_batches), device, cfg.precision,
+                      byte_level=tokenizer.kind == "bytes")
+    result.update(checkpoint=str(ckpt), data=source)
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{ckpt}  on {source}, {result['tokens']:,} positions per head")
+        print(format_eval_table(result))
+    return 0

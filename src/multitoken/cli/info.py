@@ -1,0 +1,47 @@
+"""`multitoken info`: a checkpoint's config and parameter counts by part."""
+
+from __future__ import annotations
+
+import json
+
+from jsonargparse import Namespace
+
+from multitoken.cli.common import add_ckpt_argument, new_parser, print_json
+
+
+def add_parser(subcommands) -> None:
+    parser = new_parser("Show a checkpoint's model config and parameter counts (embeddings, trunk, heads).")
+    add_ckpt_argument(parser)
+    parser.add_argument("--json", action="store_true", help="Print JSON instead of text.")
+    subcommands.add_subcommand("info", parser, help="Show a checkpoint's config and parameter counts.")
+
+
+def run(args: Namespace) -> int:
+    import torch
+
+    from multitoken.config import to_dict
+    from multitoken.model import MTPModel
+    from multitoken.training.checkpoint import read_train_config, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(args.ckpt)
+    cfg = read_train_config(ckpt)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    with torch.device("meta"):  # shapes only: counting parameters needs no memory and no weights
+        counts = MTPModel(cfg.model).num_params()
+    m = cfg.model
+    if args.json:
+        print_json({"checkpoint": str(ckpt), "step": meta["step"], "tokens_seen": meta.get("tokens_seen"),
+                    "model": to_dict(m), "params": counts})
+        return 0
+    print(f"checkpoint   {ckpt}")
+    print(f"step         {meta['step']}  ({meta.get('tokens_seen') or 0:,} tokens seen)")
+    print(f"model        n_layer={m.n_layer} (trunk {m.n_trunk_layers} + {m.n_future} heads), d_model={m.d_model}, "
+          f"n_head={m.n_head}, vocab_size={m.vocab_size}, max_seq_len={m.max_seq_len}, tokenizer={cfg.data.tokenizer}")
+    print("parameters")
+    labels = {"tok_embeddings": "input embedding", "trunk": f"trunk ({m.n_trunk_layers} layers)",
+              "heads": f"heads ({m.n_future} x 1 layer)", "norm": "final norm", "output": "unembedding (output)",
+              "total": "total"}
+    for key, label in labels.items():
+        share = counts[key] / counts["total"]
+        print(f"  {label:<24} {counts[key]:>14,}  {share:>6.1%}")
+    return 0

@@ -1,0 +1,208 @@
+"""Configuration dataclasses: one schema for YAML files, command-line overrides and the config saved in checkpoints.
+
+Every field carries a docstring right below it; `multitoken train --help` shows those texts, so they are the
+documentation. Each dataclass validates itself in `__post_init__` and raises `ConfigError` naming the field and the fix.
+The defaults of `TrainConfig` are the built-in default run (`multitoken train` with no arguments): a small byte-level
+4-token model on the Python standard library, sized to finish in minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from multitoken.errors import ConfigError
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class ModelConfig:
+    """Model shape. Meta's convention: n_layer counts trunk and head layers, so n_future never changes the size."""
+
+    vocab_size: int = 256
+    """Vocabulary size (256 for the byte-level tokenizer)."""
+    d_model: int = 128
+    """Width of the residual stream."""
+    n_layer: int = 6
+    """All transformer layers: the trunk has n_layer - n_future, each of the n_future heads is one more."""
+    n_head: int = 4
+    """Attention heads per layer."""
+    n_kv_head: int | None = None
+    """Key/value heads for grouped-query attention; null means n_head (plain multi-head attention)."""
+    n_future: int = 4
+    """Output heads: head i predicts token t+i. 1 is an ordinary next-token language model."""
+    max_seq_len: int = 256
+    """Context length in tokens: training windows and the largest prompt + generation."""
+    ffn_hidden: int | None = None
+    """SwiGLU hidden width; null means Llama's rule: 8/3 * d_model rounded up to a multiple of 256."""
+    rope_theta: float = 10000.0
+    """Base of the rotary position embedding frequencies."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    init_std: float = 0.02
+    """Standard deviation of the normal weight initialisation."""
+
+    def __post_init__(self) -> None:
+        _require(self.n_future >= 1, f"model.n_future must be at least 1 (got {self.n_future}): "
+                 "use 1 for a next-token model, 4 as in the paper")
+        _require(self.n_layer >= self.n_future, f"model.n_layer ({self.n_layer}) must be at least model.n_future "
+                 f"({self.n_future}): n_layer counts the trunk and one layer per head")
+        for name in ("vocab_size", "d_model", "n_head", "max_seq_len"):
+            _require(getattr(self, name) >= 1, f"model.{name} must be positive (got {getattr(self, name)})")
+        _require(self.d_model % self.n_head == 0,
+                 f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
+        _require(self.head_dim % 2 == 0, f"model.d_model / model.n_head = {self.head_dim} must be even for rotary "
+                 "embeddings: change d_model or n_head")
+        _require(self.n_head % self.kv_heads == 0,
+                 f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.kv_heads})")
+
+    @property
+    def n_trunk_layers(self) -> int:
+        return self.n_layer - self.n_future
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head if self.n_kv_head is not None else self.n_head
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.ffn_hidden is not None:
+            return self.ffn_hidden
+        hidden = int(2 * (4 * self.d_model) / 3)  # Llama: SwiGLU's 3 matrices cost what a 4x MLP's 2 cost
+        return 256 * ((hidden + 255) // 256)
+
+
+@dataclass
+class DataConfig:
+    """Where training text comes from and how it is tokenized and split."""
+
+    path: str | list[str] | None = None
+    """Text file or folder (or a list of them) to train on; null means the built-in default, this Python's standard
+    library source."""
+    tokenizer: Literal["bytes"] = "bytes"
+    """Tokenizer: 'bytes' is byte-level (vocab 256), no training needed."""
+    val_fraction: float = 0.02
+    """Share of files held out for validation (split by file, deterministic)."""
+    cache_dir: str | None = None
+    """Where token caches live; null means $MULTITOKEN_CACHE or ~/.cache/multitoken."""
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.val_fraction < 1.0,
+                 f"data.val_fraction must be between 0 and 1 (got {self.val_fraction})")
+        if isinstance(self.path, str):  # a single path in YAML is a natural thing to write
+            self.path = [self.path]
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay (the paper's recipe)."""
+
+    lr: float = 2e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.03
+    """The cosine decays to this fraction of lr (the paper: 0.03)."""
+    warmup_steps: int = 100
+    """Linear warmup steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on matrices; norms and embeddings get none."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping."""
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, f"optim.lr must be positive (got {self.lr})")
+        _require(0.0 <= self.min_lr_ratio <= 1.0, f"optim.min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio})")
+        _require(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0 (got {self.warmup_steps})")
+        _require(self.grad_clip >= 0, f"optim.grad_clip must be >= 0 (got {self.grad_clip}); 0 disables clipping")
+
+
+@dataclass
+class TrainConfig:
+    """A training run. The defaults are the built-in default run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model shape."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training data."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedule."""
+    out_dir: str = "runs/default"
+    """Run directory: checkpoints/, metrics.jsonl and config.yaml go here."""
+    max_steps: int = 1500
+    """Optimizer steps to train for."""
+    batch_size: int = 16
+    """Sequences per micro-batch."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step (global batch = batch_size * grad_accum_steps)."""
+    loss_strategy: Literal["sequential", "naive"] = "sequential"
+    """'sequential': the paper's memory-efficient head loop (one head's logits alive); 'naive': all heads at once."""
+    head_weights: list[float] | None = None
+    """Per-head loss weights, head 1 first; null means all 1 (the paper's plain sum)."""
+    seed: int = 1337
+    """Seed for initialisation and data order."""
+    eval_interval: int = 250
+    """Validate every this many steps (and at the end)."""
+    eval_batches: int = 8
+    """Validation batches of batch_size windows each, evenly spaced over the validation split."""
+    log_interval: int = 10
+    """Log training metrics every this many steps."""
+    save_interval: int = 500
+    """Save a checkpoint every this many steps (and at the end)."""
+    keep_last: int = 2
+    """Keep this many most recent checkpoints."""
+    resume: bool = False
+    """Continue from the newest checkpoint in out_dir (starts fresh if there is none)."""
+    device: str = "auto"
+    """'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """'auto': bf16 autocast on CUDA, fp32 on CPU."""
+    compile: bool = False
+    """Compile each transformer layer with torch.compile."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches",
+                     "log_interval", "save_interval", "keep_last"):
+            _require(getattr(self, name) >= 1, f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.head_weights is not None:
+            _require(len(self.head_weights) == self.model.n_future,
+                     f"head_weights has {len(self.head_weights)} entries but model.n_future is "
+                     f"{self.model.n_future}: give one weight per head")
+            _require(all(w >= 0 for w in self.head_weights), "head_weights must be non-negative")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain nested dict of a config dataclass (for YAML and JSON)."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    """Build a config dataclass from a nested dict, rejecting unknown keys by name."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config key {where}{unknown[0]!r}; known keys: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in values.items():
+        sub = _NESTED.get((cls, name))
+        kwargs[name] = from_dict(sub, value or {}, f"{where}{name}.") if sub else value
+    return cls(**kwargs)
+
+
+_NESTED = {(TrainConfig, "model"): ModelConfig, (TrainConfig, "data"): DataConfig,
+           (TrainConfig, "optim"): OptimConfig}

@@ -1,0 +1,40 @@
+"""Windows of T + n_future tokens from a flat token array: random ones for training, evenly spaced ones for validation.
+
+Training windows are drawn from a generator seeded by (seed, step, micro_step) alone, so the data a step sees does not
+depend on what ran before it: a resumed run draws exactly the batches the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from multitoken.errors import DataError
+
+
+def _check_length(tokens: np.ndarray, window: int, split: str) -> None:
+    if len(tokens) < window:
+        raise DataError(f"the {split} split has {len(tokens)} tokens, fewer than one window of {window} "
+                        "(max_seq_len + n_future): add more text or lower model.max_seq_len")
+
+
+def _gather(tokens: np.ndarray, starts: np.ndarray, window: int) -> torch.Tensor:
+    rows = np.stack([tokens[s:s + window] for s in starts]).astype(np.int64)
+    return torch.from_numpy(rows)
+
+
+def train_batch(tokens: np.ndarray, batch_size: int, window: int, seed: int, step: int,
+                micro_step: int = 0) -> torch.Tensor:
+    """(batch_size, window) random windows for one micro-step, reproducible from (seed, step, micro_step)."""
+    _check_length(tokens, window, "train")
+    rng = np.random.default_rng((seed, step, micro_step))
+    starts = rng.integers(0, len(tokens) - window + 1, size=batch_size)
+    return _gather(tokens, starts, window)
+
+
+def eval_batches(tokens: np.ndarray, batch_size: int, window: int, num_batches: int) -> list[torch.Tensor]:
+    """Up to num_batches batches of windows spread evenly over the whole split (the same every time)."""
+    _check_length(tokens, window, "validation")
+    n_windows = min(num_batches * batch_size, len(tokens) // window)
+    starts = np.linspace(0, len(tokens) - window, n_windows).astype(np.int64)
+    return [_gather(tokens, starts[i:i + batch_size], window) for i in range(0, n_windows, batch_size)]

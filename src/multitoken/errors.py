@@ -1,0 +1,22 @@
+"""User-facing errors.
+
+Anything raised as a `MultitokenError` is a problem with the user's input (a path, a config value, a checkpoint)
+rather than a bug: the CLI prints its message on one line and exits non-zero, without a traceback. Messages name
+the input and say how to fix it.
+"""
+
+
+class MultitokenError(Exception):
+    """A problem with the user's input, reported as one line by the CLI."""
+
+
+class ConfigError(MultitokenError, ValueError):
+    """An invalid configuration value. Subclasses ValueError so dataclass validation reads naturally."""
+
+
+class CheckpointError(MultitokenError):
+    """A checkpoint that is missing, incomplete or does not match what was asked of it."""
+
+
+class DataError(MultitokenError):
+    """Training or evaluation data that cannot be used (missing, empty, too short)."""

@@ -1,0 +1,111 @@
+"""Llama-style transformer building blocks: RMSNorm, rotary embeddings, attention through SDPA, SwiGLU.
+
+Parameter names follow Meta's Llama / multi-token-prediction release (`attention.wq`, `feed_forward.w1`,
+`attention_norm`, ...) so their checkpoints map one to one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from multitoken.config import ModelConfig
+from multitoken.model.kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 (as Llama does) so bf16 activations do not lose the mean-square's precision.
+        x_fp32 = x.float()
+        normed = x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def rope_cache(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables, each (max_seq_len, head_dim // 2)."""
+    half = config.head_dim // 2
+    freqs = 1.0 / (config.rope_theta ** (torch.arange(0, half, dtype=torch.float32) * 2 / config.head_dim))
+    angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32), freqs)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs (x0, x1), (x2, x3), ...: Meta's interleaved layout, in real arithmetic.
+
+    x: (B, T, H, hd); cos, sin: (T, hd // 2).
+    """
+    pairs = x.float().unflatten(-1, (-1, 2))  # (B, T, H, hd/2, 2)
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
+    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        self.wq = nn.Linear(config.d_model, config.n_head * config.head_dim, bias=False)
+        self.wk = nn.Linear(config.d_model, config.kv_heads * config.head_dim, bias=False)
+        self.wv = nn.Linear(config.d_model, config.kv_heads * config.head_dim, bias=False)
+        self.wo = nn.Linear(config.n_head * config.head_dim, config.d_model, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_head, self.head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+
+        if start_pos is None:  # training / full recompute: plain causal attention over the T positions
+            mask, is_causal = None, True
+        else:  # decoding: write this block into the cache, attend to everything cached up to it
+            if self.kv_cache is None:
+                raise RuntimeError("start_pos given but no KV cache: call model.setup_caches() first")
+            k, v = self.kv_cache.update(start_pos, k, v)
+            # Query i sits at absolute position start_pos + i and may see keys 0..start_pos + i. A single query sees
+            # all cached keys, so it needs no mask at all.
+            mask = None if T == 1 else torch.ones(T, start_pos + T, dtype=torch.bool, device=x.device).tril(start_pos)
+            is_causal = False
+        if self.n_kv_head != self.n_head:
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(config.d_model, config.ffn_dim, bias=False)
+        self.w2 = nn.Linear(config.ffn_dim, config.d_model, bias=False)
+        self.w3 = nn.Linear(config.d_model, config.ffn_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then + ffn(norm(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attention = Attention(config)
+        self.feed_forward = FeedForward(config)
+        self.attention_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                start_pos: int | None = None) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, start_pos)
+        return x + self.feed_forward(self.ffn_norm(x))

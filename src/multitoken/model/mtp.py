@@ -1,0 +1,124 @@
+"""The multi-token prediction model (Gloeckle et al. 2024, section 2): a shared trunk and n_future one-layer heads.
+
+Layout, as in Meta's release so that weights map one to one:
+
+    tok_embeddings -> layers[0 .. n_layer - n_future - 1]  (trunk)  -> z
+    head 1 = layers[-1](z),  head i = extra_heads[i - 2](z)  for i = 2..n_future   (every head reads z)
+    logits_i = output(norm(head_i))                                                (shared norm and unembedding)
+
+`layers` alone is therefore an ordinary Llama: dropping `extra_heads` leaves a next-token model. The trunk and the
+heads can be called separately (`trunk`, `head`, `unembed`): the memory-efficient loss in `training/loss.py` needs
+that seam to detach z and run each head's forward and backward in turn.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from multitoken.config import ModelConfig
+from multitoken.model.kv_cache import KVCache
+from multitoken.model.layers import RMSNorm, TransformerBlock, rope_cache
+
+
+class MTPModel(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.d_model)
+        # Trunk layers followed by head 1's layer (Meta's naming: layers = trunk + next-token head).
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_trunk_layers + 1))
+        self.extra_heads = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_future - 1))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.output = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        cos, sin = rope_cache(config)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if p.dim() < 2:  # norm gains
+                nn.init.ones_(p)
+            elif name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+                # Residual-branch outputs scaled down with depth (GPT-2) so the residual stream starts near unit scale.
+                nn.init.normal_(p, std=std / math.sqrt(2 * self.config.n_layer))
+            else:
+                nn.init.normal_(p, std=std)
+
+    @property
+    def n_future(self) -> int:
+        return self.config.n_future
+
+    def head_block(self, i: int) -> TransformerBlock:
+        """The transformer layer of head i (0-based here: 0 is the next-token head)."""
+        return self.layers[-1] if i == 0 else self.extra_heads[i - 1]
+
+    def _rope(self, T: int, start_pos: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        start = start_pos or 0
+        if start + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {start + T} positions exceeds max_seq_len={self.config.max_seq_len}")
+        return self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+
+    def trunk(self, idx: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
+        """Shared trunk: token ids (B, T) -> hidden state z (B, T, d_model)."""
+        cos, sin = self._rope(idx.shape[1], start_pos)
+        x = self.tok_embeddings(idx)
+        for layer in self.layers[:-1]:
+            x = layer(x, cos, sin, start_pos)
+        return x
+
+    def head(self, i: int, z: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
+        """Head i (0-based) applied to the trunk output z: (B, T, d_model) -> (B, T, d_model), before the norm."""
+        cos, sin = self._rope(z.shape[1], start_pos)
+        return self.head_block(i)(z, cos, sin, start_pos)
+
+    def unembed(self, h: torch.Tensor) -> torch.Tensor:
+        """Shared final norm and unembedding: (..., d_model) -> (..., V)."""
+        return self.output(self.norm(h))
+
+    def forward(self, idx: torch.Tensor, return_all_heads: bool = False,
+                start_pos: int | None = None) -> torch.Tensor:
+        """Logits (B, T, V) of the next-token head, or (B, T, n_future, V) of all heads.
+
+        start_pos=None computes causally over idx alone; an int decodes with the KV caches (see `setup_caches`),
+        idx being the block of tokens at positions start_pos..start_pos+T-1.
+        """
+        z = self.trunk(idx, start_pos)
+        if not return_all_heads:
+            return self.unembed(self.head(0, z, start_pos))
+        h = torch.stack([self.head(i, z, start_pos) for i in range(self.n_future)], dim=2)  # (B, T, n, d)
+        return self.unembed(h)
+
+    def setup_caches(self, batch_size: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None,
+                     extra_heads: bool = True) -> None:
+        """Allocate a KV cache in every layer. Each head is a full attention layer over all past positions, so each
+        needs its own cache; extra_heads=False skips heads 2..n for plain next-token decoding."""
+        max_seq_len = max_seq_len or self.config.max_seq_len
+        if max_seq_len > self.config.max_seq_len:
+            raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's context of {self.config.max_seq_len}")
+        dtype = dtype or self.output.weight.dtype
+        device = self.output.weight.device
+        c = self.config
+        for block in [*self.layers, *(self.extra_heads if extra_heads else [])]:
+            block.attention.kv_cache = KVCache(batch_size, c.kv_heads, max_seq_len, c.head_dim, dtype, device)
+
+    def clear_caches(self) -> None:
+        for block in [*self.layers, *self.extra_heads]:
+            block.attention.kv_cache = None
+
+    def num_params(self) -> dict[str, int]:
+        """Parameter counts by part: embeddings (input and unembedding), trunk, heads, norm."""
+        count = lambda mods: sum(p.numel() for m in mods for p in m.parameters())  # noqa: E731
+        parts = {
+            "tok_embeddings": count([self.tok_embeddings]),
+            "trunk": count(self.layers[:-1]),
+            "heads": count([self.layers[-1], *self.extra_heads]),
+            "norm": count([self.norm]),
+            "output": count([self.output]),
+        }
+        parts["total"] = sum(parts.values())
+        return parts

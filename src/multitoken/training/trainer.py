@@ -1,0 +1,189 @@
+"""The training loop: setup -> fit (train_step, validate, save) with exact resume.
+
+Everything that changes from step to step lives in `TrainState` plus the optimizer and RNG states, all saved in each
+checkpoint; data windows are a pure function of (seed, step), and the learning rate a pure function of the step. So a
+run killed after checkpoint k and resumed from it takes exactly the steps the uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from multitoken.config import TrainConfig, to_dict
+from multitoken.data.batches import eval_batches, train_batch
+from multitoken.data.tokenizer import build_tokenizer
+from multitoken.data.tokens import load_tokens
+from multitoken.errors import CheckpointError, ConfigError
+from multitoken.model import MTPModel
+from multitoken.training.checkpoint import (list_checkpoints, load_trainer_state, load_weights, read_train_config,
+                                            save_checkpoint)
+from multitoken.training.evaluate import evaluate, format_eval_table
+from multitoken.training.loss import mtp_forward_backward
+from multitoken.training.optim import build_optimizer, get_lr
+from multitoken.training.runtime import autocast_for, resolve_device
+
+
+@dataclass
+class TrainState:
+    """The mutable loop state, saved as-is in every checkpoint."""
+
+    step: int = 0  # optimizer steps taken; also the data position (windows are drawn per step)
+    tokens_seen: int = 0
+    last_val: dict | None = None
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(cfg.out_dir)
+        self.device = resolve_device(cfg.device)
+        self.window = cfg.model.max_seq_len + cfg.model.n_future
+        self.tokenizer = build_tokenizer(cfg.data.tokenizer)
+        if self.tokenizer.vocab_size > cfg.model.vocab_size:
+            raise ConfigError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "
+                              f"({self.tokenizer.vocab_size}): set --model.vocab_size {self.tokenizer.vocab_size}")
+        self.data = load_tokens(cfg.data, self.tokenizer)
+        self.val_batches = eval_batches(self.data.val, cfg.batch_size, self.window, cfg.eval_batches)
+        train_batch(self.data.train, 1, self.window, cfg.seed, 0)  # fail now, not at step 0, if train is too short
+
+        torch.manual_seed(cfg.seed)
+        self.model = MTPModel(cfg.model).to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device.type)
+        self.state = TrainState()
+        self._maybe_resume()
+        if cfg.compile:
+            # Compile layer by layer: the head loop calls trunk and heads separately, and module-level compile keeps
+            # the state-dict keys unchanged.
+            for block in [*self.model.layers, *self.model.extra_heads]:
+                block.compile()
+
+    # --- setup -------------------------------------------------------------------------------------------------
+
+    def _maybe_resume(self) -> None:
+        existing = list_checkpoints(self.out_dir)
+        if existing and not self.cfg.resume:
+            raise CheckpointError(f"{self.out_dir} already holds checkpoints: pass --resume true to continue that run, "
+                                  "or --out_dir to start a new one")
+        if not existing:
+            return
+        ckpt = existing[-1]
+        saved = read_train_config(ckpt)
+        if saved.model != self.cfg.model:
+            diff = [f"{f.name} {getattr(saved.model, f.name)} -> {getattr(self.cfg.model, f.name)}"
+                    for f in dataclasses.fields(saved.model)
+                    if getattr(saved.model, f.name) != getattr(self.cfg.model, f.name)]
+            raise CheckpointError(f"cannot resume {ckpt}: the model config differs ({', '.join(diff)}); use the "
+                                  "run's own config (its config.yaml) or a new --out_dir")
+        load_weights(self.model, ckpt)
+        trainer_state = load_trainer_state(ckpt)
+        self.optimizer.load_state_dict(trainer_state["optimizer"])
+        torch.set_rng_state(trainer_state["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in trainer_state:
+            torch.cuda.set_rng_state(trainer_state["cuda_rng"], self.device)
+        self.state = TrainState(**trainer_state["loop"])
+        self.resumed_from = ckpt
+        self._truncate_metrics(self.state.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric records logged after the checkpoint we resume from: those steps are about to be redone."""
+        path = self.out_dir / "metrics.jsonl"
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+
+    def train_step(self, step: int) -> torch.Tensor:
+        """One optimizer step (with gradient accumulation). Returns per-head losses (n_future,), still on device."""
+        cfg = self.cfg
+        lr = get_lr(step, cfg.max_steps, cfg.optim)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        head_losses = torch.zeros(cfg.model.n_future, device=self.device)
+        for micro in range(cfg.grad_accum_steps):
+            tokens = train_batch(self.data.train, cfg.batch_size, self.window, cfg.seed, step, micro)
+            tokens = tokens.to(self.device, non_blocking=True)
+            with autocast_for(self.device, cfg.precision):
+                head_losses += mtp_forward_backward(self.model, tokens, cfg.loss_strategy, cfg.head_weights,
+                                                    loss_scale=1.0 / cfg.grad_accum_steps)
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return head_losses / cfg.grad_accum_steps
+
+    def validate(self) -> dict:
+        result = evaluate(self.model, self.val_batches, self.device, self.cfg.precision,
+                          byte_level=self.tokenizer.kind == "bytes")
+        self.state.last_val = result
+        self._log({"step": self.state.step, "split": "val", **result})
+        return result
+
+    def save(self) -> Path:
+        trainer_state = {"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                         "loop": dataclasses.asdict(self.state)}
+        if self.device.type == "cuda":
+            trainer_state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        meta = {"tokens_seen": self.state.tokens_seen, "last_val": self.state.last_val}
+        return save_checkpoint(self.out_dir, self.state.step, self.model, self.cfg, self.tokenizer, trainer_state,
+                               meta, self.cfg.keep_last)
+
+    def _log(self, record: dict) -> None:
+        with (self.out_dir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def fit(self) -> dict:
+        cfg, state = self.cfg, self.state
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        self.model.train()
+        tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * cfg.model.max_seq_len
+        bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not cfg.progress, unit="step",
+                   dynamic_ncols=True, desc="train")
+        if getattr(self, "resumed_from", None):
+            bar.write(f"resumed from {self.resumed_from} at step {state.step}")
+        window_start, window_steps, loss_sum = time.perf_counter(), 0, None
+        while state.step < cfg.max_steps:
+            head_losses = self.train_step(state.step)
+            state.step += 1
+            state.tokens_seen += tokens_per_step
+            loss_sum = head_losses if loss_sum is None else loss_sum + head_losses
+            window_steps += 1
+            bar.update(1)
+            if state.step % cfg.log_interval == 0 or state.step == cfg.max_steps:
+                losses = (loss_sum / window_steps).tolist()  # host sync only at log intervals
+                elapsed = time.perf_counter() - window_start
+                tok_s = window_steps * tokens_per_step / elapsed
+                if not all(math.isfinite(x) for x in losses):
+                    raise FloatingPointError(f"loss became {losses} at step {state.step}: lower optim.lr")
+                lr = self.optimizer.param_groups[0]["lr"]
+                self._log({"step": state.step, "split": "train", "loss": losses, "lr": lr, "tokens_per_s": tok_s,
+                           "tokens_seen": state.tokens_seen})
+                heads = " ".join(f"h{i + 1}={x:.3f}" for i, x in enumerate(losses))
+                bar.set_postfix_str(f"{heads} | {tok_s / 1e3:.1f}k tok/s")
+                window_start, window_steps, loss_sum = time.perf_counter(), 0, None
+            if state.step % cfg.eval_interval == 0 or state.step == cfg.max_steps:
+                val = self.validate()
+                bar.write(f"step {state.step} val loss per head: "
+                          + " ".join(f"h{i + 1}={x:.3f}" for i, x in enumerate(val["loss"])))
+            if state.step % cfg.save_interval == 0 or state.step == cfg.max_steps:
+                self.save()
+        bar.close()
+        if state.last_val is None:  # resumed a finished run: still report where it stands
+            self.validate()
+        return {"step": state.step, "tokens_seen": state.tokens_seen, "val": state.last_val,
+                "checkpoint": str(list_checkpoints(self.out_dir)[-1]), "table": format_eval_table(state.last_val)}
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Set up and run a training job; returns the final step, validation metrics and checkpoint path."""
+    return Trainer(cfg).fit()
