@@ -142,7 +142,7 @@ class TrainConfig:
     """Optimizer and schedule."""
     out_dir: str = "runs/default"
     """Run directory: checkpoints/, metrics.jsonl and config.yaml go here."""
-    max_steps: int = 1500
+    max_steps: int = 800
     """Optimizer steps to train for."""
     batch_size: int = 16
     """Sequences per micro-batch."""
@@ -154,13 +154,13 @@ class TrainConfig:
     """Per-head loss weights, head 1 first; null means all 1 (the paper's plain sum)."""
     seed: int = 1337
     """Seed for initialisation and data order."""
-    eval_interval: int = 250
+    eval_interval: int = 200
     """Validate every this many steps (and at the end)."""
     eval_batches: int = 8
     """Validation batches of batch_size windows each, evenly spaced over the validation split."""
     log_interval: int = 10
     """Log training metrics every this many steps."""
-    save_interval: int = 500
+    save_interval: int = 200
     """Save a checkpoint every this many steps (and at the end)."""
     keep_last: int = 2
     """Keep this many most recent checkpoints."""
