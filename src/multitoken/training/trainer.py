@@ -138,6 +138,7 @@ class Trainer:
                                meta, self.cfg.keep_last)
 
     def _log(self, record: dict) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         with (self.out_dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
 

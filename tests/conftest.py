@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny random models, a small text corpus on disk, and an isolated token cache."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from multitoken import DataConfig, ModelConfig, OptimConfig, TrainConfig
+
+torch.set_num_threads(2)
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    values = dict(vocab_size=64, d_model=32, n_layer=4, n_head=4, n_future=2, max_seq_len=32)
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Token caches go to a per-test temporary folder, never to ~/.cache."""
+    monkeypatch.setenv("MULTITOKEN_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    """A folder of small Python-like text files, plus a binary file that must be skipped."""
+    root = tmp_path / "corpus"
+    rng = random.Random(0)
+    words = ["def", "return", "self", "x", "y", "for", "in", "range", "if", "else", "print", "(", ")", ":", "=", "+"]
+    for i in range(12):
+        path = root / f"pkg{i % 3}" / f"mod{i}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(60)]
+        path.write_text("\n".join(lines) + "\n")
+    (root / "blob.bin").write_bytes(bytes(range(256)) * 4)
+    return root
+
+
+def tiny_train_config(corpus: Path, out_dir: Path, **overrides) -> TrainConfig:
+    values = dict(model=tiny_model_config(vocab_size=256, n_future=2), data=DataConfig(path=[str(corpus)]),
+                  optim=OptimConfig(lr=3e-3, warmup_steps=2), out_dir=str(out_dir), max_steps=6, batch_size=4,
+                  eval_interval=3, eval_batches=2, log_interval=2, save_interval=3, keep_last=5, progress=False)
+    values.update(overrides)
+    return TrainConfig(**values)
