@@ -11,8 +11,9 @@ from jsonargparse import ArgumentParser
 
 def new_parser(description: str, prog: str | None = None) -> ArgumentParser:
     # exit_on_error=False: parse errors come back as exceptions, and main() prints them as one line.
-    return ArgumentParser(description=description, prog=prog, exit_on_error=False, env_prefix="MULTITOKEN",
-                          default_env=False)
+    # allow_abbrev=False: a misspelt key such as --model.n_futur must be an error, not a silent prefix match.
+    return ArgumentParser(description=description, prog=prog, exit_on_error=False, allow_abbrev=False,
+                          env_prefix="MULTITOKEN", default_env=False)
 
 
 def add_ckpt_argument(parser: ArgumentParser) -> None:

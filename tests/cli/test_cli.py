@@ -1,0 +1,155 @@
+"""The console script end to end (train -> generate -> eval -> info) and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from multitoken import TrainConfig
+from multitoken.cli.main import main
+from multitoken.config import from_dict
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--model.vocab_size", "256", "--model.d_model", "32", "--model.n_layer", "3", "--model.n_head", "2",
+        "--model.n_future", "2", "--model.max_seq_len", "32", "--batch_size", "4", "--max_steps", "4",
+        "--eval_interval", "2", "--eval_batches", "2", "--save_interval", "2", "--log_interval", "1",
+        "--progress", "false"]
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def trained_run(corpus, tmp_path, capsys) -> Path:
+    out_dir = tmp_path / "run"
+    code, out, _ = run_cli(capsys, "train", *TINY, "--data.path", corpus, "--out_dir", out_dir)
+    assert code == 0
+    assert "validation after 4 steps" in out and "checkpoint:" in out
+    return out_dir
+
+
+def test_train_generate_eval_info(trained_run, capsys):
+    code, out, err = run_cli(capsys, "generate", "--ckpt", trained_run, "--prompt", "def f(", "--max-new-tokens", 10,
+                             "--seed", 3)
+    assert code == 0 and out.startswith("def f(") and "tokens/s" in err
+    assert run_cli(capsys, "generate", "--ckpt", trained_run, "--prompt", "def f(", "--max_new_tokens", 10,
+                   "--seed", 3)[1] == out  # same seed, same text
+
+    code, out, _ = run_cli(capsys, "eval", "--ckpt", trained_run, "--json")
+    result = json.loads(out)
+    assert code == 0 and len(result["loss"]) == 2 and len(result["acc"]) == 2 and len(result["bpb"]) == 2
+    code, out, _ = run_cli(capsys, "eval", "--ckpt", trained_run)
+    assert code == 0 and "t+2" in out and "bits/byte" in out
+
+    code, out, _ = run_cli(capsys, "info", "--ckpt", trained_run)
+    assert code == 0 and "trunk (1 layers)" in out and "heads (2 x 1 layer)" in out
+    code, out, _ = run_cli(capsys, "info", "--ckpt", trained_run, "--json")
+    info = json.loads(out)
+    assert info["step"] == 4 and info["params"]["total"] == sum(v for k, v in info["params"].items() if k != "total")
+
+
+def test_resume_flag_continues_a_run(trained_run, corpus, capsys):
+    code, out, err = run_cli(capsys, "train", *TINY[:-6], "--max_steps", 6, "--data.path", corpus,
+                             "--out_dir", trained_run, "--resume", "--progress", "false")
+    assert code == 0 and "validation after 6 steps" in out
+
+
+def test_yaml_config_and_overrides(corpus, tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model": {"d_model": 32, "n_layer": 3, "n_head": 2, "n_future": 3,
+                                                "max_seq_len": 32}, "max_steps": 99, "batch_size": 2}))
+    code, out, _ = run_cli(capsys, "train", "--config", config, "--max_steps", 2, "--data.path", corpus,
+                           "--out_dir", tmp_path / "r", "--eval_batches", 1, "--progress", "false")
+    assert code == 0 and "validation after 2 steps" in out and "t+3" in out
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert saved["model"]["n_future"] == 3 and saved["max_steps"] == 2 and saved["batch_size"] == 2
+
+
+def test_shipped_default_config_is_the_builtin_default():
+    assert from_dict(TrainConfig, yaml.safe_load((REPO / "configs" / "default.yaml").read_text())) == TrainConfig()
+
+
+def test_shipped_configs_are_valid():
+    for path in (REPO / "configs").glob("*.yaml"):
+        from_dict(TrainConfig, yaml.safe_load(path.read_text()))
+
+
+# --- bad input: one line, non-zero, no traceback --------------------------------------------------------------------
+
+def test_missing_checkpoint(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "generate", "--ckpt", tmp_path / "nope", "--prompt", "x")
+    assert_one_line_error(code, err, "does not exist")
+
+
+def test_corrupt_checkpoint(trained_run, capsys):
+    weights = sorted(trained_run.glob("checkpoints/step_*/model.safetensors"))[-1]
+    weights.write_bytes(weights.read_bytes()[:100])
+    code, _, err = run_cli(capsys, "generate", "--ckpt", trained_run, "--prompt", "x")
+    assert_one_line_error(code, err, "corrupt or truncated")
+
+
+def test_n_future_zero(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--model.n_future", 0, "--max_steps", 1, "--out_dir", tmp_path / "r")
+    assert_one_line_error(code, err, "model.n_future must be at least 1")
+
+
+def test_prompt_longer_than_context(trained_run, capsys):
+    code, _, err = run_cli(capsys, "generate", "--ckpt", trained_run, "--prompt", "x" * 40)
+    assert_one_line_error(code, err, "prompt is 40 tokens", "context is 32")
+    code, _, err = run_cli(capsys, "generate", "--ckpt", trained_run, "--prompt", "x" * 20, "--max-new-tokens", 20)
+    assert_one_line_error(code, err, "--max-new-tokens 12 or less")
+
+
+def test_empty_data_directory(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "train", "--data.path", tmp_path / "empty", "--max_steps", 1,
+                           "--out_dir", tmp_path / "r")
+    assert_one_line_error(code, err, "no text files found under")
+
+
+def test_unknown_config_key_on_command_line_and_in_yaml(capsys, tmp_path):
+    # --max_steps 1 and a scratch out_dir: were the key wrongly accepted, the test fails fast instead of training.
+    guard = ["--max_steps", 1, "--out_dir", tmp_path / "r"]
+    code, _, err = run_cli(capsys, "train", "--model.n_futur", 2, *guard)
+    assert_one_line_error(code, err, "--model.n_futur")
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  n_futur: 3\n")
+    code, _, err = run_cli(capsys, "train", "--config", config, *guard)
+    assert_one_line_error(code, err, "n_futur")
+
+
+def test_wrong_type_and_missing_arguments(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--model.n_future", "four", "--max_steps", 1, "--out_dir", tmp_path)
+    assert_one_line_error(code, err, "model.n_future")
+    code, _, err = run_cli(capsys, "generate", "--prompt", "x")
+    assert_one_line_error(code, err, "ckpt")
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    """The installed entry point, in its own process: what a shell user sees."""
+    env = {**os.environ, "MULTITOKEN_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "multitoken", "info", "--ckpt", str(tmp_path / "missing")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: checkpoint") and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "multitoken", "--debug", "info", "--ckpt", str(tmp_path / "missing")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr  # --debug shows it
