@@ -40,7 +40,7 @@ def assert_one_line_error(code, err, *fragments):
 @pytest.fixture
 def trained_run(corpus, tmp_path, capsys) -> Path:
     out_dir = tmp_path / "run"
-    code, out, _ = run_cli(capsys, "train", *TINY, "--data.path", corpus, "--out_dir", out_dir)
+    code, out, _ = run_cli(capsys, "train", *TINY, "--data", corpus, "--out_dir", out_dir)
     assert code == 0
     assert "validation after 4 steps" in out and "checkpoint:" in out
     return out_dir

@@ -16,9 +16,10 @@ def add_parser(subcommands) -> None:
     add_ckpt_argument(parser)
     parser.add_argument("--prompt", required=True, help="Text to continue.")
     parser.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=200, help="Tokens to generate.")
-    parser.add_argument("--temperature", type=float, default=0.8, help="Sampling temperature; 0 is greedy.")
+    parser.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature; 0 is greedy.")
     parser.add_argument("--top-k", "--top_k", type=int | None, default=None, help="Sample among the k most likely.")
-    parser.add_argument("--top-p", "--top_p", type=float | None, default=None, help="Nucleus sampling threshold.")
+    parser.add_argument("--top-p", "--top_p", type=float | None, default=0.9,
+                        help="Nucleus sampling: keep the most likely tokens covering this probability; null for all.")
     parser.add_argument("--seed", type=int, default=0, help="Seed for sampling (same seed, same output).")
     add_device_argument(parser)
     subcommands.add_subcommand("generate", parser, help="Generate text from a checkpoint.")

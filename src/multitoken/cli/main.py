@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         parser = build_parser()
-        args = parser.parse_args(train.bare_flags_to_true(argv))
+        args = parser.parse_args(train.normalize_argv(argv) if argv[:1] == ["train"] else argv)
         return COMMANDS[args.command].run(args[args.command])
     except ArgumentError as e:
         if debug:

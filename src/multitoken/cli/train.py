@@ -10,7 +10,8 @@ from multitoken.config import TrainConfig, from_dict
 DESCRIPTION = """Train a multi-token prediction model. With no arguments: the built-in default run, a byte-level
 n_future=4 model on this Python's standard library source (about 7 minutes on 2 CPU cores), saved under
 runs/default. Settings come from the defaults, then --config FILE.yaml, then dotted overrides such as
---model.n_future 2 --optim.lr 3e-4 --max_steps 100, in that order."""
+--model.n_future 2 --optim.lr 3e-4 --max_steps 100, in that order. Train on your own text with --data PATH
+(short for --data.path: a file, a folder, or a list '[a, b]'); continue a stopped run with --resume."""
 
 BOOL_FLAGS = ("--resume", "--compile", "--progress")
 
@@ -22,13 +23,20 @@ def add_parser(subcommands) -> None:
     subcommands.add_subcommand("train", parser, help="Train a model (default: the built-in byte-level run).")
 
 
-def bare_flags_to_true(argv: list[str]) -> list[str]:
-    """Let boolean settings be given bare (`--resume`), as users expect, as well as `--resume true`."""
+def normalize_argv(argv: list[str]) -> list[str]:
+    """Shorthands users expect: boolean settings given bare (`--resume` for `--resume true`), and `--data PATH` for
+    `--data.path PATH` (jsonargparse would otherwise read `--data` as a YAML file for the data group)."""
     out = []
     for i, arg in enumerate(argv):
         nxt = argv[i + 1] if i + 1 < len(argv) else None
         bare = nxt is None or nxt.startswith("-")
-        out.append(f"{arg}=true" if arg in BOOL_FLAGS and bare else arg)
+        if arg in BOOL_FLAGS and bare:
+            arg = f"{arg}=true"
+        elif arg == "--data":
+            arg = "--data.path"
+        elif arg.startswith("--data="):
+            arg = "--data.path=" + arg.removeprefix("--data=")
+        out.append(arg)
     return out
 
 
