@@ -5,6 +5,7 @@ import torch
 
 from multitoken import MTPModel
 from multitoken.decoding import generate, sample
+from multitoken.decoding.generate import pad_prompts
 from tests.conftest import tiny_model_config
 
 
@@ -27,7 +28,17 @@ def test_kv_cache_greedy_equals_full_recompute(seed, n_future):
     prompt = torch.randint(0, 64, (2, 5 + seed))
     with torch.no_grad():
         expected = _greedy_by_recompute(model, prompt, 20)
-    assert torch.equal(generate(model, prompt, 20), expected)
+    assert torch.equal(generate(model, prompt, 20), expected[:, prompt.shape[1]:])
+
+
+def test_ragged_prompts_decode_like_each_row_alone():
+    torch.manual_seed(0)
+    model = MTPModel(tiny_model_config(n_future=2, max_seq_len=40)).eval()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10]]
+    padded, lengths = pad_prompts(prompts)
+    batch = generate(model, padded, 12, lengths=lengths)
+    for row, ids in enumerate(prompts):
+        assert torch.equal(batch[row], generate(model, torch.tensor([ids]), 12)[0])
 
 
 def test_same_seed_same_sample_and_temperature_zero_ignores_seed():

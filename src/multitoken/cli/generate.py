@@ -1,4 +1,5 @@
-"""`multitoken generate`: sample from a checkpoint with the next-token head and a KV cache."""
+"""`multitoken generate`: sample from a checkpoint with the next-token head and a KV cache, optionally
+self-speculatively with the model's extra heads."""
 
 from __future__ import annotations
 
@@ -11,27 +12,21 @@ from multitoken.cli.common import add_ckpt_argument, add_device_argument, new_pa
 from multitoken.errors import ConfigError
 
 
-def add_parser(subcommands) -> None:
-    parser = new_parser("Generate text from a checkpoint with the next-token head (KV-cached).")
-    add_ckpt_argument(parser)
-    parser.add_argument("--prompt", required=True, help="Text to continue.")
+def add_sampling_arguments(parser) -> None:
     parser.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=200, help="Tokens to generate.")
     parser.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature; 0 is greedy.")
     parser.add_argument("--top-k", "--top_k", type=int | None, default=None, help="Sample among the k most likely.")
     parser.add_argument("--top-p", "--top_p", type=float | None, default=0.9,
                         help="Nucleus sampling: keep the most likely tokens covering this probability; null for all.")
     parser.add_argument("--seed", type=int, default=0, help="Seed for sampling (same seed, same output).")
-    add_device_argument(parser)
-    subcommands.add_subcommand("generate", parser, help="Generate text from a checkpoint.")
 
 
-def run(args: Namespace) -> int:
-    import torch
+def add_speculative_arguments(parser) -> None:
+    parser.add_argument("--draft-len", "--draft_len", type=int | None, default=None,
+                        help="Tokens drafted per step by heads 2..k+1 (1..n_future-1); default n_future - 1.")
 
-    from multitoken.decoding import generate
-    from multitoken.training.checkpoint import load_model
-    from multitoken.training.runtime import resolve_device
 
+def check_sampling(args: Namespace) -> None:
     if args.max_new_tokens < 0:
         raise ConfigError(f"--max-new-tokens must be >= 0 (got {args.max_new_tokens})")
     if args.temperature < 0:
@@ -40,23 +35,72 @@ def run(args: Namespace) -> int:
         raise ConfigError(f"--top-k must be at least 1 (got {args.top_k})")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p must be in (0, 1] (got {args.top_p})")
+
+
+def check_speculative(model, draft_len: int | None, ckpt: str) -> int:
+    n = model.n_future
+    if n < 2:
+        raise ConfigError(f"{ckpt} is a next-token-only model (n_future=1): it has no extra heads to draft with; "
+                          "drop --speculative")
+    k = n - 1 if draft_len is None else draft_len
+    if not 1 <= k <= n - 1:
+        raise ConfigError(f"--draft-len {k} is out of range for a model with {n} heads: use 1..{n - 1}")
+    return k
+
+
+def check_prompt_fits(n_tokens: int, max_new_tokens: int, context: int, what: str = "the prompt") -> None:
+    if n_tokens == 0:
+        raise ConfigError(f"{what} is empty: give it some text to continue")
+    if n_tokens >= context:
+        raise ConfigError(f"{what} is {n_tokens} tokens but the model's context is {context}: shorten it")
+    if n_tokens + max_new_tokens > context:
+        raise ConfigError(f"{what} ({n_tokens} tokens) + --max-new-tokens ({max_new_tokens}) exceeds the model's "
+                          f"context of {context}: use --max-new-tokens {context - n_tokens} or less")
+
+
+def add_parser(subcommands) -> None:
+    parser = new_parser("Generate text from a checkpoint with the next-token head (KV-cached); with --speculative the "
+                        "extra heads draft tokens that the next-token head verifies (same output, fewer forwards).")
+    add_ckpt_argument(parser)
+    parser.add_argument("--prompt", required=True, help="Text to continue.")
+    add_sampling_arguments(parser)
+    parser.add_argument("--speculative", action="store_true",
+                        help="Self-speculative decoding with the model's own heads; prints statistics after the text.")
+    add_speculative_arguments(parser)
+    add_device_argument(parser)
+    subcommands.add_subcommand("generate", parser, help="Generate text from a checkpoint.")
+
+
+def run(args: Namespace) -> int:
+    import torch
+
+    from multitoken.decoding import generate
+    from multitoken.decoding.speculative import speculative_generate
+    from multitoken.training.checkpoint import load_model
+    from multitoken.training.runtime import resolve_device
+
+    check_sampling(args)
     device = resolve_device(args.device)
     model, _, tokenizer = load_model(args.ckpt, device)
+    k = check_speculative(model, args.draft_len, args.ckpt) if args.speculative else None
     ids = tokenizer.encode(args.prompt)
-    context = model.config.max_seq_len
-    if not ids:
-        raise ConfigError("the prompt is empty: give --prompt some text to continue")
-    if len(ids) >= context:
-        raise ConfigError(f"the prompt is {len(ids)} tokens but the model's context is {context}: shorten the prompt")
-    if len(ids) + args.max_new_tokens > context:
-        raise ConfigError(f"prompt ({len(ids)} tokens) + --max-new-tokens ({args.max_new_tokens}) exceeds the "
-                          f"model's context of {context}: use --max-new-tokens {context - len(ids)} or less")
+    check_prompt_fits(len(ids), args.max_new_tokens, model.config.max_seq_len)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     prompt = torch.tensor([ids], device=device)
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator)
     start = time.perf_counter()
-    out = generate(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, generator)
+    if args.speculative:
+        new, stats = speculative_generate(model, prompt, args.max_new_tokens, draft_len=k, **sampling)
+    else:
+        new = generate(model, prompt, args.max_new_tokens, **sampling)
     elapsed = time.perf_counter() - start
-    print(tokenizer.decode(out[0].tolist()))
-    print(f"[{args.max_new_tokens} tokens in {elapsed:.2f} s, {args.max_new_tokens / max(elapsed, 1e-9):.1f} tokens/s]",
-          file=sys.stderr)
+    print(tokenizer.decode(ids + new[0].tolist()))
+    rate = args.max_new_tokens / max(elapsed, 1e-9)
+    if args.speculative:
+        acceptance = " ".join(f"{a:.0%}" for a in stats.acceptance_per_position)
+        print(f"[{args.max_new_tokens} tokens in {elapsed:.2f} s, {rate:.1f} tokens/s | speculative, draft length {k}: "
+              f"{stats.forwards} forwards, tau {stats.tau:.2f} tokens/forward, acceptance by draft position "
+              f"{acceptance}]", file=sys.stderr)
+    else:
+        print(f"[{args.max_new_tokens} tokens in {elapsed:.2f} s, {rate:.1f} tokens/s]", file=sys.stderr)
     return 0

@@ -9,10 +9,10 @@ from __future__ import annotations
 import sys
 import warnings
 
-from multitoken.cli import evaluate, generate, info, train
+from multitoken.cli import bench, evaluate, generate, info, train
 from multitoken.cli.common import new_parser
 
-COMMANDS = {"train": train, "generate": generate, "eval": evaluate, "info": info}
+COMMANDS = {"train": train, "generate": generate, "eval": evaluate, "info": info, "bench": bench}
 
 
 def build_parser():

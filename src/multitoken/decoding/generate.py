@@ -1,7 +1,8 @@
 """Plain autoregressive generation with the next-token head and a KV cache (gpt-fast's prefill / decode_one_token).
 
-Only the trunk and head 1 run (an ordinary Llama); self-speculative decoding, which also runs the extra heads, builds on
-the same caches.
+Only the trunk and head 1 run (an ordinary Llama). Prompts may have different lengths: they come right-padded with
+their lengths, and each row decodes at its own positions. Self-speculative decoding (`speculative.py`) is the fast
+twin of this function and must produce the same greedy output.
 """
 
 from __future__ import annotations
@@ -12,38 +13,64 @@ from multitoken.decoding.sampling import sample
 from multitoken.model import MTPModel
 
 
-def prefill(model: MTPModel, prompt: torch.Tensor) -> torch.Tensor:
-    """Run the prompt (B, T0) through the model, filling the caches; return the last position's logits (B, V)."""
-    return model(prompt, start_pos=0)[:, -1]
+def pad_prompts(prompts: list[list[int]], device: torch.device | str = "cpu",
+                pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> right-padded (B, T0) tensor and lengths (B,)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    padded = torch.full((len(prompts), int(lengths.max())), pad_id, dtype=torch.long, device=device)
+    for row, ids in enumerate(prompts):
+        padded[row, :len(ids)] = torch.tensor(ids, dtype=torch.long, device=device)
+    return padded, lengths
 
 
-def decode_one_token(model: MTPModel, token: torch.Tensor, pos: int) -> torch.Tensor:
-    """Feed one token per row (B,) at position pos; return the next logits (B, V)."""
+def check_fits(model: MTPModel, prompt_len: int, max_new_tokens: int) -> None:
+    total = prompt_len + max_new_tokens
+    if total > model.config.max_seq_len:
+        raise ValueError(f"prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) = {total} tokens exceeds the "
+                         f"context of {model.config.max_seq_len}")
+
+
+def prefill(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, all_heads: bool = False) -> torch.Tensor:
+    """Run the padded prompts through the model, filling the caches; logits at each row's last real position.
+
+    Returns (B, V), or (B, n_future, V) with all_heads. Pad positions write junk into the caches beyond a row's
+    prompt; decoding overwrites each such slot before any query may attend to it.
+    """
+    logits = model(prompt, return_all_heads=all_heads, start_pos=0)
+    return logits[torch.arange(prompt.shape[0], device=prompt.device), lengths - 1]
+
+
+def decode_one_token(model: MTPModel, token: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
+    """Feed one token per row (B,) at position pos (shared int or per-row (B,)); return the next logits (B, V)."""
     return model(token[:, None], start_pos=pos)[:, -1]
 
 
 @torch.no_grad()
 def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-             top_k: int | None = None, top_p: float | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-    """Prompt (B, T0) -> (B, T0 + max_new_tokens). temperature 0 is greedy decoding."""
+             top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+             lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """New tokens (B, max_new_tokens) after each prompt. temperature 0 is greedy decoding.
+
+    prompt: (B, T0) token ids, right-padded when `lengths` (B,) gives rows of different lengths.
+    """
     B, T0 = prompt.shape
-    total = T0 + max_new_tokens
-    if total > model.config.max_seq_len:
-        raise ValueError(f"prompt ({T0}) + max_new_tokens ({max_new_tokens}) = {total} tokens exceeds the context "
-                         f"of {model.config.max_seq_len}")
-    out = torch.empty(B, total, dtype=prompt.dtype, device=prompt.device)
-    out[:, :T0] = prompt
+    check_fits(model, T0, max_new_tokens)
+    out = torch.empty(B, max_new_tokens, dtype=torch.long, device=prompt.device)
     if max_new_tokens == 0:
         return out
-    model.setup_caches(B, total, extra_heads=False)
+    if lengths is None:
+        lengths = torch.full((B,), T0, device=prompt.device)
+    aligned = bool((lengths == T0).all())  # one host check up front: aligned rows use the cheaper shared position
+    model.setup_caches(B, T0 + max_new_tokens, extra_heads=False)
     try:
-        logits = prefill(model, prompt)
-        for pos in range(T0, total):
+        logits = prefill(model, prompt, lengths)
+        for i in range(max_new_tokens):
             token = sample(logits, temperature, top_k, top_p, generator)
-            out[:, pos] = token
-            if pos + 1 < total:
-                logits = decode_one_token(model, token, pos)
+            out[:, i] = token
+            if i + 1 < max_new_tokens:
+                logits = decode_one_token(model, token, T0 + i if aligned else lengths + i)
     finally:
         model.clear_caches()
     return out

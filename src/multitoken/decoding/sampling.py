@@ -1,15 +1,17 @@
-"""Turning logits into tokens: greedy, temperature, top-k and top-p."""
+"""Turning logits into tokens: greedy, temperature, top-k and top-p.
+
+`probs_from_logits` is the distribution plain sampling draws from; speculative sampling needs it explicitly, both for
+the draft heads (q) and for the verifying next-token head (p), so that its output follows exactly the same law.
+"""
 
 from __future__ import annotations
 
 import torch
 
 
-def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-           generator: torch.Generator | None = None) -> torch.Tensor:
-    """Next tokens (B,) from logits (B, V). temperature 0 is greedy (argmax), independent of the generator."""
-    if temperature == 0:
-        return logits.argmax(-1)
+def probs_from_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                      top_p: float | None = None) -> torch.Tensor:
+    """Sampling distribution (..., V) after temperature, top-k and top-p (temperature must be > 0)."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
@@ -21,4 +23,18 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
         drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
         probs = probs / probs.sum(-1, keepdim=True)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return probs
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from probabilities (..., V) -> (...)."""
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next tokens (B,) from logits (B, V). temperature 0 is greedy (argmax), independent of the generator."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    return draw(probs_from_logits(logits, temperature, top_k, top_p), generator)

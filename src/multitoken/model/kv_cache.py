@@ -24,11 +24,27 @@ class KVCache(nn.Module):
     def max_seq_len(self) -> int:
         return self.k.shape[2]
 
-    def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, H, T, hd) at positions start_pos..start_pos+T-1; return all keys/values up to there."""
-        end = start_pos + k.shape[2]
-        if end > self.max_seq_len:
-            raise ValueError(f"KV cache holds {self.max_seq_len} positions, asked to write up to {end}")
-        self.k[:, :, start_pos:end] = k
-        self.v[:, :, start_pos:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+    def update(self, start_pos: int | torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Write k, v (B, H, T, hd) at positions start_pos..start_pos+T-1 and return (keys, values, mask) to attend.
+
+        start_pos is an int (all rows aligned: keys are sliced to the block's end, and a single query needs no mask)
+        or a (B,) tensor of per-row starts (ragged batches in speculative decoding: every row's block lands at its
+        own position, keys span the whole cache and a (B, 1, T, L) mask lets query i see keys <= start + i).
+        """
+        T = k.shape[2]
+        if isinstance(start_pos, int):
+            end = start_pos + T
+            if end > self.max_seq_len:
+                raise ValueError(f"KV cache holds {self.max_seq_len} positions, asked to write up to {end}")
+            self.k[:, :, start_pos:end] = k
+            self.v[:, :, start_pos:end] = v
+            mask = None if T == 1 else torch.ones(T, end, dtype=torch.bool, device=k.device).tril(start_pos)
+            return self.k[:, :, :end], self.v[:, :, :end], mask
+        positions = start_pos[:, None] + torch.arange(T, device=k.device)  # (B, T)
+        index = positions[:, None, :, None].expand_as(k)  # (B, H, T, hd)
+        self.k.scatter_(2, index, k)
+        self.v.scatter_(2, index, v)
+        keys = torch.arange(self.max_seq_len, device=k.device)
+        mask = keys[None, None, None, :] <= positions[:, None, :, None]  # (B, 1, T, L)
+        return self.k, self.v, mask

@@ -38,11 +38,11 @@ def rope_cache(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive pairs (x0, x1), (x2, x3), ...: Meta's interleaved layout, in real arithmetic.
 
-    x: (B, T, H, hd); cos, sin: (T, hd // 2).
+    x: (B, T, H, hd); cos, sin: (T, hd // 2), or (B, T, hd // 2) when rows sit at different positions.
     """
     pairs = x.float().unflatten(-1, (-1, 2))  # (B, T, H, hd/2, 2)
     x0, x1 = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over attention heads
     rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     return rotated.flatten(-2).type_as(x)
 
@@ -57,7 +57,8 @@ class Attention(nn.Module):
         self.wo = nn.Linear(config.n_head * config.head_dim, config.d_model, bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                start_pos: int | torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -70,10 +71,8 @@ class Attention(nn.Module):
         else:  # decoding: write this block into the cache, attend to everything cached up to it
             if self.kv_cache is None:
                 raise RuntimeError("start_pos given but no KV cache: call model.setup_caches() first")
-            k, v = self.kv_cache.update(start_pos, k, v)
-            # Query i sits at absolute position start_pos + i and may see keys 0..start_pos + i. A single query sees
-            # all cached keys, so it needs no mask at all.
-            mask = None if T == 1 else torch.ones(T, start_pos + T, dtype=torch.bool, device=x.device).tril(start_pos)
+            # Query i sits at absolute position start_pos + i and may see keys 0..start_pos + i.
+            k, v, mask = self.kv_cache.update(start_pos, k, v)
             is_causal = False
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
@@ -106,6 +105,6 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                start_pos: int | None = None) -> torch.Tensor:
+                start_pos: int | torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), cos, sin, start_pos)
         return x + self.feed_forward(self.ffn_norm(x))

@@ -57,13 +57,17 @@ class MTPModel(nn.Module):
         """The transformer layer of head i (0-based here: 0 is the next-token head)."""
         return self.layers[-1] if i == 0 else self.extra_heads[i - 1]
 
-    def _rope(self, T: int, start_pos: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rope(self, T: int, start_pos: int | torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for the block: (T, hd/2), or (B, T, hd/2) for per-row start positions."""
+        if isinstance(start_pos, torch.Tensor):  # bounds are the caller's job here: checking would sync the device
+            positions = start_pos[:, None] + torch.arange(T, device=start_pos.device)
+            return self.rope_cos[positions], self.rope_sin[positions]
         start = start_pos or 0
         if start + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {start + T} positions exceeds max_seq_len={self.config.max_seq_len}")
         return self.rope_cos[start:start + T], self.rope_sin[start:start + T]
 
-    def trunk(self, idx: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
+    def trunk(self, idx: torch.Tensor, start_pos: int | torch.Tensor | None = None) -> torch.Tensor:
         """Shared trunk: token ids (B, T) -> hidden state z (B, T, d_model)."""
         cos, sin = self._rope(idx.shape[1], start_pos)
         x = self.tok_embeddings(idx)
@@ -71,7 +75,7 @@ class MTPModel(nn.Module):
             x = layer(x, cos, sin, start_pos)
         return x
 
-    def head(self, i: int, z: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
+    def head(self, i: int, z: torch.Tensor, start_pos: int | torch.Tensor | None = None) -> torch.Tensor:
         """Head i (0-based) applied to the trunk output z: (B, T, d_model) -> (B, T, d_model), before the norm."""
         cos, sin = self._rope(z.shape[1], start_pos)
         return self.head_block(i)(z, cos, sin, start_pos)
@@ -81,11 +85,12 @@ class MTPModel(nn.Module):
         return self.output(self.norm(h))
 
     def forward(self, idx: torch.Tensor, return_all_heads: bool = False,
-                start_pos: int | None = None) -> torch.Tensor:
+                start_pos: int | torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, V) of the next-token head, or (B, T, n_future, V) of all heads.
 
-        start_pos=None computes causally over idx alone; an int decodes with the KV caches (see `setup_caches`),
-        idx being the block of tokens at positions start_pos..start_pos+T-1.
+        start_pos=None computes causally over idx alone. Otherwise it decodes with the KV caches (see `setup_caches`):
+        idx is the block of tokens at positions start_pos..start_pos+T-1, where start_pos is an int shared by all
+        rows or a (B,) tensor with one start per row.
         """
         z = self.trunk(idx, start_pos)
         if not return_all_heads:

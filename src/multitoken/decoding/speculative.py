@@ -1,0 +1,183 @@
+"""Self-speculative decoding with the model's own heads (paper section 3.2; blockwise parallel decoding, Stern et al.
+2018). Verification rule and proof sketch: docs/speculative.md.
+
+Each step feeds one block per row, [d_0, d_1 .. d_k]: d_0 is the next token, already certain (head 1 chose it), and
+d_1..d_k are the guesses of heads 2..k+1 made at the same position. One forward over the block, all heads:
+
+- head 1 at block index j gives the true next-token distribution p_j after d_0..d_j, which verifies d_{j+1};
+- the longest verified prefix d_0..d_a is kept (a + 1 tokens, at least 1), plus a correction token from p_a;
+- the extra heads at index a draft the next block. One forward per step; rejected positions in the KV caches are
+  simply overwritten by the next block.
+
+Greedy: d_{j+1} is accepted iff it equals argmax p_j, so the output is token for token plain greedy decoding.
+Sampling (Leviathan et al. 2023, Chen et al. 2023): draft d_{j+1} ~ q_j (head j+2's distribution), accepted with
+probability min(1, p_j(d) / q_j(d)); the first rejection resamples from normalize(max(0, p_j - q_j)); if all k are
+accepted a bonus token comes from p_k. Output follows exactly the plain sampling distribution.
+
+Rows of a batch accept different lengths and so sit at different positions: positions are a (B,) tensor.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from multitoken.decoding.generate import check_fits, prefill
+from multitoken.decoding.sampling import draw, probs_from_logits
+from multitoken.model import MTPModel
+
+
+@dataclass
+class DecodeStats:
+    """What one decoding call did. tau = tokens accepted per verification forward (plain decoding: 1)."""
+
+    forwards: int = 0  # model forwards after the prefill
+    row_steps: int = 0  # (row, forward) pairs of rows still generating: tau's denominator
+    accepted_tokens: int = 0  # tokens kept over those row-steps (drafts accepted + the certain token)
+    new_tokens: int = 0
+    seconds: float = 0.0
+    accepted_per_position: list[int] = field(default_factory=list)  # draft position 1..k: drafts accepted
+    attempted_per_position: list[int] = field(default_factory=list)  # draft position 1..k: drafts offered
+
+    @property
+    def tau(self) -> float:
+        return self.accepted_tokens / max(self.row_steps, 1)
+
+    @property
+    def acceptance_per_position(self) -> list[float]:
+        return [a / t if t else 0.0 for a, t in zip(self.accepted_per_position, self.attempted_per_position)]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, other: "DecodeStats") -> None:
+        """Accumulate another call's statistics into this one (for benchmarks over many batches)."""
+        for name in ("forwards", "row_steps", "accepted_tokens", "new_tokens", "seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        if not self.accepted_per_position:
+            self.accepted_per_position = [0] * len(other.accepted_per_position)
+            self.attempted_per_position = [0] * len(other.attempted_per_position)
+        self.accepted_per_position = [a + b for a, b in zip(self.accepted_per_position, other.accepted_per_position)]
+        self.attempted_per_position = [a + b for a, b in zip(self.attempted_per_position, other.attempted_per_position)]
+
+    def as_dict(self) -> dict:
+        return {"forwards": self.forwards, "new_tokens": self.new_tokens, "seconds": self.seconds,
+                "tau": self.tau, "acceptance_per_position": self.acceptance_per_position,
+                "tokens_per_s": self.tokens_per_s}
+
+
+def check_draft_len(model: MTPModel, draft_len: int | None) -> int:
+    n = model.n_future
+    if n < 2:
+        raise ValueError("this model has a single head (n_future=1): it has no extra heads to draft with; decode "
+                         "without --speculative")
+    k = n - 1 if draft_len is None else draft_len
+    if not 1 <= k <= n - 1:
+        raise ValueError(f"draft length {k} is out of range: this model has {n} heads, so use 1..{n - 1}")
+    return k
+
+
+def _draft(head_logits: torch.Tensor, greedy: bool, sampling: tuple, generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Tokens (B, k) from the extra heads' logits (B, k, V), and their draft distributions q (B, k, V) when sampling."""
+    if greedy:
+        return head_logits.argmax(-1), None
+    q = probs_from_logits(head_logits, *sampling)
+    return draw(q, generator), q
+
+
+@torch.no_grad()
+def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, draft_len: int | None = None,
+                         temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                         generator: torch.Generator | None = None,
+                         lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, DecodeStats]:
+    """New tokens (B, max_new_tokens) and statistics; the same contract as `generate`, faster when heads agree."""
+    start_time = time.perf_counter()
+    k = check_draft_len(model, draft_len)
+    B, T0 = prompt.shape
+    check_fits(model, T0, max_new_tokens)
+    device = prompt.device
+    lengths = torch.full((B,), T0, device=device) if lengths is None else lengths.to(device)
+    N = max_new_tokens
+    stats = DecodeStats(accepted_per_position=[0] * k, attempted_per_position=[0] * k)
+    if N == 0:
+        return torch.empty(B, 0, dtype=torch.long, device=device), stats
+    greedy = temperature == 0
+    sampling = (temperature, top_k, top_p)
+    # A block may reach k positions past the last token we keep; the cache stops at the context, and blocks are cut
+    # short there instead (see `width` below).
+    cache_len = min(model.config.max_seq_len, T0 + N + k)
+    rows = torch.arange(B, device=device)
+    offsets = torch.arange(k + 1, device=device)
+    out = torch.zeros(B, N + 2 * k + 1, dtype=torch.long, device=device)  # room for a last block's overshoot
+    n_done = torch.zeros(B, dtype=torch.long, device=device)  # tokens finalized per row
+    accepted_at = torch.zeros(k, dtype=torch.long, device=device)
+    attempted_at = torch.zeros(k, dtype=torch.long, device=device)
+    row_steps = torch.zeros((), dtype=torch.long, device=device)
+    kept = torch.zeros((), dtype=torch.long, device=device)
+
+    model.setup_caches(B, cache_len)
+    try:
+        last = prefill(model, prompt, lengths, all_heads=True)  # (B, n, V)
+        first = last[:, 0].argmax(-1) if greedy else draw(probs_from_logits(last[:, 0], *sampling), generator)
+        drafts, q = _draft(last[:, 1:k + 1], greedy, sampling, generator)
+        block = torch.cat([first[:, None], drafts], dim=1)  # (B, k + 1)
+        while True:
+            active = n_done < N
+            pos = lengths + n_done
+            # The loop's exit and the block width depend on data: one host sync per step, the only one.
+            any_active, furthest = torch.stack([active.any().long(), torch.where(active, pos, 0).max()]).tolist()
+            if not any_active:
+                break
+            width = min(k + 1, cache_len - furthest)  # near the end of the context, verify fewer drafts
+            start = furthest if B == 1 else torch.where(active, pos, 0)  # finished rows idle at position 0
+            logits = model(block[:, :width], return_all_heads=True, start_pos=start)  # (B, width, n, V)
+            stats.forwards += 1
+
+            drafts_in = block[:, 1:width]  # (B, width - 1): d_1 .. d_{width-1}
+            if greedy:
+                target = logits[:, :, 0].argmax(-1)  # (B, width): greedy token after d_0..d_j
+                ok = drafts_in == target[:, :-1]
+            else:
+                p = probs_from_logits(logits[:, :, 0], *sampling)  # (B, width, V)
+                p_draft = p[:, :-1].gather(-1, drafts_in[..., None]).squeeze(-1)
+                q_draft = q[:, :width - 1].gather(-1, drafts_in[..., None]).squeeze(-1)
+                u = torch.rand(p_draft.shape, generator=generator, device=device)
+                ok = u * q_draft < p_draft  # accept with probability min(1, p / q)
+            n_acc = ok.long().cumprod(dim=1).sum(dim=1)  # (B,) drafts accepted: the longest verified prefix
+
+            if greedy:
+                correction = target[rows, n_acc]
+            else:
+                p_at = p[rows, n_acc]  # (B, V)
+                q_pad = torch.cat([q[:, :width - 1], torch.zeros_like(q[:, :1])], dim=1)  # no draft after the last
+                residual = (p_at - q_pad[rows, n_acc]).clamp_min(0)
+                # Where every draft was accepted q_pad is 0 and this is p itself: the bonus token.
+                residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_at)
+                correction = draw(residual / residual.sum(-1, keepdim=True), generator)
+
+            # Keep d_0..d_a: write the whole block at the row's next slots; anything past a is overwritten next step.
+            write = torch.where(active, n_done, N + k)[:, None] + offsets[:width]
+            out.scatter_(1, write, block[:, :width])
+            drafts, q = _draft(logits[rows, n_acc, 1:k + 1], greedy, sampling, generator)
+            block = torch.cat([correction[:, None], drafts], dim=1)
+
+            active_long = active.long()
+            n_done += active_long * (n_acc + 1)
+            row_steps += active_long.sum()
+            kept += (active_long * (n_acc + 1)).sum()
+            positions = torch.arange(1, width, device=device)
+            accepted_at[:width - 1] += ((n_acc[:, None] >= positions) & active[:, None]).sum(0)
+            attempted_at[:width - 1] += active_long.sum()
+    finally:
+        model.clear_caches()
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    stats.seconds = time.perf_counter() - start_time
+    stats.new_tokens = B * N
+    stats.row_steps, stats.accepted_tokens = int(row_steps), int(kept)
+    stats.accepted_per_position, stats.attempted_per_position = accepted_at.tolist(), attempted_at.tolist()
+    return out[:, :N], stats
