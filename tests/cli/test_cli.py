@@ -16,10 +16,14 @@ from multitoken.cli.main import main
 from multitoken.config import from_dict
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--model.vocab_size", "256", "--model.d_model", "32", "--model.n_layer", "3", "--model.n_head", "2",
-        "--model.n_future", "2", "--model.max_seq_len", "32", "--batch_size", "4", "--max_steps", "4",
-        "--eval_interval", "2", "--eval_batches", "2", "--save_interval", "2", "--log_interval", "1",
-        "--progress", "false"]
+def tiny_args(n_future: int = 2) -> list[str]:
+    return ["--model.vocab_size", "256", "--model.d_model", "32", "--model.n_layer", "3", "--model.n_head", "2",
+            "--model.n_future", str(n_future), "--model.max_seq_len", "32", "--batch_size", "4", "--max_steps", "4",
+            "--eval_interval", "2", "--eval_batches", "2", "--save_interval", "2", "--log_interval", "1",
+            "--progress", "false"]
+
+
+TINY = tiny_args()
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -92,6 +96,34 @@ def test_shipped_configs_are_valid():
         from_dict(TrainConfig, yaml.safe_load(path.read_text()))
 
 
+def test_speculative_generate_prints_statistics(trained_run, capsys):
+    code, out, err = run_cli(capsys, "generate", "--ckpt", trained_run, "--prompt", "def f(", "--max-new-tokens", 12,
+                             "--temperature", 0, "--speculative")
+    assert code == 0 and "tau" in err and "acceptance by draft position" in err
+    plain = run_cli(capsys, "generate", "--ckpt", trained_run, "--prompt", "def f(", "--max-new-tokens", 12,
+                    "--temperature", 0)[1]
+    assert out == plain  # greedy: the same text
+
+
+def test_bench_decode_table_and_json(trained_run, capsys, tmp_path):
+    path = tmp_path / "bench.json"
+    code, out, _ = run_cli(capsys, "bench", "decode", "--ckpt", trained_run, "--num-prompts", 3, "--prompt-len", 8,
+                           "--max-new-tokens", 8, "--repeats", 1, "--batch-size", 2, "--json", path)
+    assert code == 0 and "speedup" in out and "identical outputs  yes" in out
+    result = json.loads(path.read_text())
+    for key in ("tokens_per_s_plain", "tokens_per_s_speculative", "speedup", "tau", "acceptance_per_position",
+                "identical", "batch_size", "device"):
+        assert key in result, key
+    assert result["identical"] is True and result["batch_size"] == 2 and len(result["acceptance_per_position"]) == 1
+    assert result["tau"] >= 1.0
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("def f(\n\nclass A:\n")
+    code, out, _ = run_cli(capsys, "bench", "decode", "--ckpt", trained_run, "--prompts", prompts,
+                           "--max-new-tokens", 6, "--repeats", 1)
+    assert code == 0 and "2 prompts" in out
+
+
 # --- bad input: one line, non-zero, no traceback --------------------------------------------------------------------
 
 def test_missing_checkpoint(capsys, tmp_path):
@@ -141,6 +173,22 @@ def test_wrong_type_and_missing_arguments(capsys, tmp_path):
     assert_one_line_error(code, err, "model.n_future")
     code, _, err = run_cli(capsys, "generate", "--prompt", "x")
     assert_one_line_error(code, err, "ckpt")
+
+
+def test_speculative_bad_input(trained_run, corpus, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "generate", "--ckpt", trained_run, "--prompt", "x", "--speculative",
+                           "--draft-len", 2)
+    assert_one_line_error(code, err, "--draft-len 2 is out of range", "use 1..1")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    code, _, err = run_cli(capsys, "bench", "decode", "--ckpt", trained_run, "--prompts", empty)
+    assert_one_line_error(code, err, "has no prompts")
+    next_token_only = tmp_path / "ntp"
+    assert run_cli(capsys, "train", *tiny_args(n_future=1), "--data", corpus, "--out_dir", next_token_only)[0] == 0
+    code, _, err = run_cli(capsys, "generate", "--ckpt", next_token_only, "--prompt", "x", "--speculative")
+    assert_one_line_error(code, err, "next-token-only model")
+    code, _, err = run_cli(capsys, "bench", "decode", "--ckpt", next_token_only)
+    assert_one_line_error(code, err, "next-token-only model")
 
 
 def test_real_process_exit_code_and_no_traceback(tmp_path):

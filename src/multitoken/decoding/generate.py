@@ -32,14 +32,18 @@ def check_fits(model: MTPModel, prompt_len: int, max_new_tokens: int) -> None:
                          f"context of {model.config.max_seq_len}")
 
 
-def prefill(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, all_heads: bool = False) -> torch.Tensor:
-    """Run the padded prompts through the model, filling the caches; logits at each row's last real position.
+def last_positions(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Logits (B, T, ...) at each row's last real prompt position -> (B, ...)."""
+    return logits[torch.arange(logits.shape[0], device=logits.device), lengths - 1]
 
-    Returns (B, V), or (B, n_future, V) with all_heads. Pad positions write junk into the caches beyond a row's
-    prompt; decoding overwrites each such slot before any query may attend to it.
+
+def prefill(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Run the padded prompts through the model, filling the caches; next-token logits (B, V) after each prompt.
+
+    Pad positions write junk into the caches beyond a row's prompt; decoding overwrites each such slot before any
+    query may attend to it.
     """
-    logits = model(prompt, return_all_heads=all_heads, start_pos=0)
-    return logits[torch.arange(prompt.shape[0], device=prompt.device), lengths - 1]
+    return last_positions(model(prompt, start_pos=0), lengths)
 
 
 def decode_one_token(model: MTPModel, token: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
@@ -63,7 +67,7 @@ def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, tempera
     if lengths is None:
         lengths = torch.full((B,), T0, device=prompt.device)
     aligned = bool((lengths == T0).all())  # one host check up front: aligned rows use the cheaper shared position
-    model.setup_caches(B, T0 + max_new_tokens, extra_heads=False)
+    model.setup_caches(B, T0 + max_new_tokens, heads="next")
     try:
         logits = prefill(model, prompt, lengths)
         for i in range(max_new_tokens):

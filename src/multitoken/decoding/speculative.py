@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from multitoken.decoding.generate import check_fits, prefill
+from multitoken.decoding.fused_heads import FusedHeads
+from multitoken.decoding.generate import check_fits, last_positions
 from multitoken.decoding.sampling import draw, probs_from_logits
 from multitoken.model import MTPModel
 
@@ -88,12 +89,35 @@ def _draft(head_logits: torch.Tensor, greedy: bool, sampling: tuple, generator) 
     return draw(q, generator), q
 
 
+def _all_heads_forward(model: MTPModel, num_heads: int, batch_size: int, cache_len: int, fused: bool):
+    """Set up caches and return forward(block, start_pos) -> logits (B, T, >= num_heads, V) of heads 1..num_heads.
+
+    fused: heads 1..num_heads as one batched layer (`FusedHeads`); otherwise the model's own per-head forward, which
+    is also what any duck-typed model (such as the tests' stubs) provides.
+    """
+    if not (fused and isinstance(model, MTPModel)):
+        model.setup_caches(batch_size, cache_len)
+        return lambda block, start: model(block, return_all_heads=True, start_pos=start)
+    heads = FusedHeads(model, num_heads)
+    model.setup_caches(batch_size, cache_len, heads="none")
+    heads.setup_cache(batch_size, cache_len)
+
+    def forward(block: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
+        cos, sin = model.rope(block.shape[1], start)
+        return model.unembed(heads(model.trunk(block, start), cos, sin, start))
+
+    return forward
+
+
 @torch.no_grad()
 def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, draft_len: int | None = None,
                          temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                         generator: torch.Generator | None = None,
-                         lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, DecodeStats]:
-    """New tokens (B, max_new_tokens) and statistics; the same contract as `generate`, faster when heads agree."""
+                         generator: torch.Generator | None = None, lengths: torch.Tensor | None = None,
+                         fused: bool = True) -> tuple[torch.Tensor, DecodeStats]:
+    """New tokens (B, max_new_tokens) and statistics; the same contract as `generate`, faster when heads agree.
+
+    fused=False runs the heads one by one through the model (the reference path; same output).
+    """
     start_time = time.perf_counter()
     k = check_draft_len(model, draft_len)
     B, T0 = prompt.shape
@@ -118,9 +142,9 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
     row_steps = torch.zeros((), dtype=torch.long, device=device)
     kept = torch.zeros((), dtype=torch.long, device=device)
 
-    model.setup_caches(B, cache_len)
+    forward = _all_heads_forward(model, k + 1, B, cache_len, fused)
     try:
-        last = prefill(model, prompt, lengths, all_heads=True)  # (B, n, V)
+        last = last_positions(forward(prompt, 0), lengths)  # (B, heads, V)
         first = last[:, 0].argmax(-1) if greedy else draw(probs_from_logits(last[:, 0], *sampling), generator)
         drafts, q = _draft(last[:, 1:k + 1], greedy, sampling, generator)
         block = torch.cat([first[:, None], drafts], dim=1)  # (B, k + 1)
@@ -133,7 +157,7 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
                 break
             width = min(k + 1, cache_len - furthest)  # near the end of the context, verify fewer drafts
             start = furthest if B == 1 else torch.where(active, pos, 0)  # finished rows idle at position 0
-            logits = model(block[:, :width], return_all_heads=True, start_pos=start)  # (B, width, n, V)
+            logits = forward(block[:, :width], start)  # (B, width, heads, V)
             stats.forwards += 1
 
             drafts_in = block[:, 1:width]  # (B, width - 1): d_1 .. d_{width-1}

@@ -14,6 +14,7 @@ that seam to detach z and run each head's forward and backward in turn.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
@@ -57,7 +58,7 @@ class MTPModel(nn.Module):
         """The transformer layer of head i (0-based here: 0 is the next-token head)."""
         return self.layers[-1] if i == 0 else self.extra_heads[i - 1]
 
-    def _rope(self, T: int, start_pos: int | torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def rope(self, T: int, start_pos: int | torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin for the block: (T, hd/2), or (B, T, hd/2) for per-row start positions."""
         if isinstance(start_pos, torch.Tensor):  # bounds are the caller's job here: checking would sync the device
             positions = start_pos[:, None] + torch.arange(T, device=start_pos.device)
@@ -69,7 +70,7 @@ class MTPModel(nn.Module):
 
     def trunk(self, idx: torch.Tensor, start_pos: int | torch.Tensor | None = None) -> torch.Tensor:
         """Shared trunk: token ids (B, T) -> hidden state z (B, T, d_model)."""
-        cos, sin = self._rope(idx.shape[1], start_pos)
+        cos, sin = self.rope(idx.shape[1], start_pos)
         x = self.tok_embeddings(idx)
         for layer in self.layers[:-1]:
             x = layer(x, cos, sin, start_pos)
@@ -77,7 +78,7 @@ class MTPModel(nn.Module):
 
     def head(self, i: int, z: torch.Tensor, start_pos: int | torch.Tensor | None = None) -> torch.Tensor:
         """Head i (0-based) applied to the trunk output z: (B, T, d_model) -> (B, T, d_model), before the norm."""
-        cos, sin = self._rope(z.shape[1], start_pos)
+        cos, sin = self.rope(z.shape[1], start_pos)
         return self.head_block(i)(z, cos, sin, start_pos)
 
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
@@ -99,16 +100,18 @@ class MTPModel(nn.Module):
         return self.unembed(h)
 
     def setup_caches(self, batch_size: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None,
-                     extra_heads: bool = True) -> None:
-        """Allocate a KV cache in every layer. Each head is a full attention layer over all past positions, so each
-        needs its own cache; extra_heads=False skips heads 2..n for plain next-token decoding."""
+                     heads: Literal["all", "next", "none"] = "all") -> None:
+        """Allocate KV caches: the trunk's, and the heads' as asked. Each head is a full attention layer over all past
+        positions, so each needs its own cache: "all" heads, only the "next"-token head (plain decoding), or "none"
+        (the heads run elsewhere, e.g. fused for speculative decoding)."""
         max_seq_len = max_seq_len or self.config.max_seq_len
         if max_seq_len > self.config.max_seq_len:
             raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's context of {self.config.max_seq_len}")
         dtype = dtype or self.output.weight.dtype
         device = self.output.weight.device
         c = self.config
-        for block in [*self.layers, *(self.extra_heads if extra_heads else [])]:
+        blocks = {"all": [*self.layers, *self.extra_heads], "next": list(self.layers), "none": list(self.layers[:-1])}
+        for block in blocks[heads]:
             block.attention.kv_cache = KVCache(batch_size, c.kv_heads, max_seq_len, c.head_dim, dtype, device)
 
     def clear_caches(self) -> None:

@@ -1,0 +1,65 @@
+"""Heads 1..m run as one batched layer for decoding.
+
+Every head is a transformer layer reading the same trunk output z. Called one by one, m heads cost m layers' worth
+of small kernels per decoding step, which at small batch is launch/dispatch overhead, not arithmetic. Here their
+weights are stacked once so that each projection is a single `bmm` over the m heads, their KV caches form one cache
+of batch m * B, and attention is one SDPA call. Same math as `TransformerBlock` (the slow twin, tested equal).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from multitoken.model import KVCache, MTPModel
+from multitoken.model.layers import apply_rope
+
+
+def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    x_fp32 = x.float()
+    return (x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
+
+
+class FusedHeads:
+    def __init__(self, model: MTPModel, num_heads: int) -> None:
+        c = model.config
+        self.m, self.n_head, self.n_kv_head, self.head_dim, self.eps = num_heads, c.n_head, c.kv_heads, c.head_dim, c.norm_eps
+        blocks = [model.head_block(i) for i in range(num_heads)]
+
+        def stack(get) -> torch.Tensor:
+            return torch.stack([get(b).detach() for b in blocks]).contiguous()
+
+        # Weights as (m, in, out) so that x (m, rows, in) @ w gives (m, rows, out); q, k, v and w1, w3 concatenated.
+        self.w_qkv = stack(lambda b: torch.cat([b.attention.wq.weight, b.attention.wk.weight,
+                                                b.attention.wv.weight]).t())
+        self.w_o = stack(lambda b: b.attention.wo.weight.t())
+        self.w_13 = stack(lambda b: torch.cat([b.feed_forward.w1.weight, b.feed_forward.w3.weight]).t())
+        self.w_2 = stack(lambda b: b.feed_forward.w2.weight.t())
+        self.attention_norm = stack(lambda b: b.attention_norm.weight)[:, None, :]  # (m, 1, d)
+        self.ffn_norm = stack(lambda b: b.ffn_norm.weight)[:, None, :]
+        self.cache: KVCache | None = None
+
+    def setup_cache(self, batch_size: int, max_seq_len: int) -> None:
+        w = self.w_qkv
+        self.cache = KVCache(self.m * batch_size, self.n_kv_head, max_seq_len, self.head_dim, w.dtype, w.device)
+
+    def __call__(self, z: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 start_pos: int | torch.Tensor) -> torch.Tensor:
+        """z (B, T, d) -> every head's hidden state (B, T, m, d), before the shared final norm."""
+        m, H, Hkv, hd = self.m, self.n_head, self.n_kv_head, self.head_dim
+        B, T, d = z.shape
+        x = z.reshape(1, B * T, d)
+        a = _rms(x, self.eps) * self.attention_norm  # (m, B*T, d): the input is shared, only the gains differ
+        q, k, v = torch.bmm(a, self.w_qkv).split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
+        q = apply_rope(q.reshape(m, B, T, H, hd), cos, sin).reshape(m * B, T, H, hd).transpose(1, 2)
+        k = apply_rope(k.reshape(m, B, T, Hkv, hd), cos, sin).reshape(m * B, T, Hkv, hd).transpose(1, 2)
+        v = v.reshape(m * B, T, Hkv, hd).transpose(1, 2)
+        per_row_start = start_pos.repeat(m) if isinstance(start_pos, torch.Tensor) else start_pos
+        keys, values, mask = self.cache.update(per_row_start, k, v)
+        if Hkv != H:
+            keys, values = keys.repeat_interleave(H // Hkv, dim=1), values.repeat_interleave(H // Hkv, dim=1)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (m*B, H, T, hd)
+        h = x + torch.bmm(y.transpose(1, 2).reshape(m, B * T, H * hd), self.w_o)  # (m, B*T, d)
+        gate, up = torch.bmm(_rms(h, self.eps) * self.ffn_norm, self.w_13).chunk(2, dim=-1)
+        h = h + torch.bmm(F.silu(gate) * up, self.w_2)
+        return h.view(m, B, T, d).permute(1, 2, 0, 3)
