@@ -137,10 +137,10 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
     offsets = torch.arange(k + 1, device=device)
     out = torch.zeros(B, N + 2 * k + 1, dtype=torch.long, device=device)  # room for a last block's overshoot
     n_done = torch.zeros(B, dtype=torch.long, device=device)  # tokens finalized per row
-    accepted_at = torch.zeros(k, dtype=torch.long, device=device)
-    attempted_at = torch.zeros(k, dtype=torch.long, device=device)
-    row_steps = torch.zeros((), dtype=torch.long, device=device)
-    kept = torch.zeros((), dtype=torch.long, device=device)
+    # Per step and row: drafts accepted, or -1 for a row already finished. Statistics come from this log at the end,
+    # keeping the hot loop to the few ops decoding itself needs. A step finalizes >= 1 token per row: <= N steps.
+    accept_log = torch.full((N, B), -1, dtype=torch.long, device=device)
+    widths: list[int] = []
 
     forward = _all_heads_forward(model, k + 1, B, cache_len, fused)
     try:
@@ -158,7 +158,6 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
             width = min(k + 1, cache_len - furthest)  # near the end of the context, verify fewer drafts
             start = furthest if B == 1 else torch.where(active, pos, 0)  # finished rows idle at position 0
             logits = forward(block[:, :width], start)  # (B, width, heads, V)
-            stats.forwards += 1
 
             drafts_in = block[:, 1:width]  # (B, width - 1): d_1 .. d_{width-1}
             if greedy:
@@ -187,21 +186,23 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
             out.scatter_(1, write, block[:, :width])
             drafts, q = _draft(logits[rows, n_acc, 1:k + 1], greedy, sampling, generator)
             block = torch.cat([correction[:, None], drafts], dim=1)
-
-            active_long = active.long()
-            n_done += active_long * (n_acc + 1)
-            row_steps += active_long.sum()
-            kept += (active_long * (n_acc + 1)).sum()
-            positions = torch.arange(1, width, device=device)
-            accepted_at[:width - 1] += ((n_acc[:, None] >= positions) & active[:, None]).sum(0)
-            attempted_at[:width - 1] += active_long.sum()
+            n_done += torch.where(active, n_acc + 1, 0)
+            accept_log[len(widths)] = torch.where(active, n_acc, -1)
+            widths.append(width)
     finally:
         model.clear_caches()
 
+    log = accept_log[:len(widths)]  # (steps, B)
+    live = log >= 0
+    draft_positions = torch.arange(1, k + 1, device=device)
+    offered = torch.tensor(widths, device=device)[:, None] - 1 >= draft_positions  # (steps, k): position offered
+    stats.forwards = len(widths)
+    stats.row_steps = int(live.sum())
+    stats.accepted_tokens = int((log + 1).clamp_min(0).sum())
+    stats.accepted_per_position = (log[:, :, None] >= draft_positions).sum((0, 1)).tolist()
+    stats.attempted_per_position = (offered * live.sum(1, keepdim=True)).sum(0).tolist()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     stats.seconds = time.perf_counter() - start_time
     stats.new_tokens = B * N
-    stats.row_steps, stats.accepted_tokens = int(row_steps), int(kept)
-    stats.accepted_per_position, stats.attempted_per_position = accepted_at.tolist(), attempted_at.tolist()
     return out[:, :N], stats
