@@ -150,6 +150,9 @@ class TrainConfig:
     """Micro-batches per optimizer step (global batch = batch_size * grad_accum_steps)."""
     loss_strategy: Literal["sequential", "naive"] = "sequential"
     """'sequential': the paper's memory-efficient head loop (one head's logits alive); 'naive': all heads at once."""
+    cross_entropy: Literal["chunked", "plain"] = "chunked"
+    """'chunked': linear + cross-entropy over chunks of tokens, never holding a head's full logits; 'plain': the
+    reference (logits materialized, then F.cross_entropy). Same loss and gradients."""
     head_weights: list[float] | None = None
     """Per-head loss weights, head 1 first; null means all 1 (the paper's plain sum)."""
     seed: int = 1337

@@ -25,13 +25,15 @@ def _assert_grads_equal(a, b, rel=1e-5):
 
 @pytest.mark.parametrize("n_future", [1, 2, 4])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_sequential_equals_naive_gradients(n_future, seed):
+@pytest.mark.parametrize("ce", ["plain", "chunked"])
+def test_sequential_equals_naive_gradients(n_future, seed, ce):
+    """The paper's loop (with either cross-entropy) against the naive all-heads backward with plain cross-entropy."""
     torch.manual_seed(seed)
     naive = MTPModel(tiny_model_config(n_layer=5, n_future=n_future))
     sequential = copy.deepcopy(naive)
     tokens = torch.randint(0, 64, (3, 16 + n_future))
-    loss_naive = mtp_forward_backward(naive, tokens, strategy="naive")
-    loss_seq = mtp_forward_backward(sequential, tokens, strategy="sequential")
+    loss_naive = mtp_forward_backward(naive, tokens, strategy="naive", ce="plain")
+    loss_seq = mtp_forward_backward(sequential, tokens, strategy="sequential", ce=ce)
     torch.testing.assert_close(loss_seq, loss_naive, rtol=1e-6, atol=0)
     _assert_grads_equal(_grads(sequential), _grads(naive))
 
@@ -98,7 +100,7 @@ def test_sequential_keeps_fewer_logits_alive():
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-            mtp_forward_backward(model, tokens, strategy)
+            mtp_forward_backward(model, tokens, strategy, ce="plain")
         peaks[strategy] = peak
     logits_bytes = 4 * 32 * 4096 * 4
     assert peaks["naive"] - peaks["sequential"] >= (4 - 1) * logits_bytes, peaks  # at least n - 1 logits tensors

@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from multitoken.model import MTPModel
+from multitoken.training.chunked_ce import chunked_linear_cross_entropy, chunked_loss_sum_and_correct
 
 Strategy = Literal["sequential", "naive"]
+CrossEntropy = Literal["chunked", "plain"]
 
 
 def split_window(tokens: torch.Tensor, n_future: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -32,20 +34,29 @@ def split_window(tokens: torch.Tensor, n_future: int) -> tuple[torch.Tensor, lis
     return tokens[:, :T], [tokens[:, i:i + T] for i in range(1, n_future + 1)]
 
 
-def head_loss(model: MTPModel, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of one head's hidden state (B, T, d) against its targets (B, T)."""
+def head_loss(model: MTPModel, h: torch.Tensor, targets: torch.Tensor, ce: CrossEntropy = "chunked") -> torch.Tensor:
+    """Mean cross-entropy of one head's hidden state (B, T, d) against its targets (B, T).
+
+    "chunked" never materializes the (B*T, V) logits (training/chunked_ce.py); "plain" is its reference twin.
+    """
+    if ce == "chunked":
+        return chunked_linear_cross_entropy(model.norm(h).flatten(0, 1), model.output.weight, targets.flatten())
+    if ce != "plain":
+        raise ValueError(f"unknown cross-entropy {ce!r}: use 'chunked' or 'plain'")
     logits = model.unembed(h)  # (B, T, V)
     # fp32 log-softmax: under bf16 autocast the logits are bf16, too coarse for a loss over tens of thousands of classes.
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
 def mtp_forward_backward(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequential",
-                         head_weights: Sequence[float] | None = None, loss_scale: float = 1.0) -> torch.Tensor:
+                         head_weights: Sequence[float] | None = None, loss_scale: float = 1.0,
+                         ce: CrossEntropy = "chunked") -> torch.Tensor:
     """Forward and backward of the multi-token loss on one window batch; gradients are accumulated into .grad.
 
     tokens: (B, T + n_future) token ids. The backward pass sees loss_scale * sum_i w_i * CE_i (loss_scale is
-    1 / grad_accum_steps under gradient accumulation). Returns the per-head mean cross-entropies (n_future,),
-    unweighted and detached, head 1 first.
+    1 / grad_accum_steps under gradient accumulation). ce picks the chunked cross-entropy (default: no head's full
+    logits ever alive) or the plain one. Returns the per-head mean cross-entropies (n_future,), unweighted and
+    detached, head 1 first.
     """
     n = model.n_future
     weights = [1.0] * n if head_weights is None else list(head_weights)
@@ -53,30 +64,30 @@ def mtp_forward_backward(model: MTPModel, tokens: torch.Tensor, strategy: Strate
         raise ValueError(f"{len(weights)} head weights for a model with n_future={n}")
     inputs, targets = split_window(tokens, n)
     if strategy == "naive":
-        return _naive(model, inputs, targets, weights, loss_scale)
+        return _naive(model, inputs, targets, weights, loss_scale, ce)
     if strategy == "sequential":
-        return _sequential(model, inputs, targets, weights, loss_scale)
+        return _sequential(model, inputs, targets, weights, loss_scale, ce)
     raise ValueError(f"unknown loss strategy {strategy!r}: use 'sequential' or 'naive'")
 
 
 def _naive(model: MTPModel, inputs: torch.Tensor, targets: list[torch.Tensor], weights: list[float],
-           loss_scale: float) -> torch.Tensor:
+           loss_scale: float, ce: CrossEntropy) -> torch.Tensor:
     z = model.trunk(inputs)
-    losses = torch.stack([head_loss(model, model.head(i, z), y) for i, y in enumerate(targets)])
+    losses = torch.stack([head_loss(model, model.head(i, z), y, ce) for i, y in enumerate(targets)])
     total = sum(w * loss for w, loss in zip(weights, losses))
     (loss_scale * total).backward()
     return losses.detach()
 
 
 def _sequential(model: MTPModel, inputs: torch.Tensor, targets: list[torch.Tensor], weights: list[float],
-                loss_scale: float) -> torch.Tensor:
+                loss_scale: float, ce: CrossEntropy) -> torch.Tensor:
     z = model.trunk(inputs)
     # Cut the graph at the trunk output: each head's backward stops at d and adds into d.grad, so only one head's
     # logits and activations are alive at a time (Fig. 2).
     d = z.detach().requires_grad_(True)
     losses = []
     for i, y in enumerate(targets):
-        loss = head_loss(model, model.head(i, d), y)
+        loss = head_loss(model, model.head(i, d), y, ce)
         (loss_scale * weights[i] * loss).backward()
         losses.append(loss.detach())
     # One backward through the trunk with the summed gradient of all heads.
@@ -88,14 +99,11 @@ def _sequential(model: MTPModel, inputs: torch.Tensor, targets: list[torch.Tenso
 def mtp_eval_batch(model: MTPModel, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-head summed cross-entropy and count of correct top-1 predictions over one window batch, both (n_future,).
 
-    Sums rather than means so that batches of any size combine exactly. Heads run one at a time, as in training,
-    so evaluation never holds n_future logits tensors either.
+    Sums rather than means so that batches of any size combine exactly. Heads run one at a time and the loss goes
+    chunk by chunk, as in training, so evaluation never holds even one head's full logits.
     """
     inputs, targets = split_window(tokens, model.n_future)
     z = model.trunk(inputs)
-    loss_sums, correct = [], []
-    for i, y in enumerate(targets):
-        logits = model.unembed(model.head(i, z)).float()  # (B, T, V)
-        loss_sums.append(F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"))
-        correct.append((logits.argmax(-1) == y).sum())
-    return torch.stack(loss_sums), torch.stack(correct)
+    sums = [chunked_loss_sum_and_correct(model.norm(model.head(i, z)).flatten(0, 1), model.output.weight, y.flatten())
+            for i, y in enumerate(targets)]
+    return torch.stack([s for s, _ in sums]), torch.stack([c for _, c in sums])

@@ -114,7 +114,7 @@ class Trainer:
             tokens = tokens.to(self.device, non_blocking=True)
             with autocast_for(self.device, cfg.precision):
                 head_losses += mtp_forward_backward(self.model, tokens, cfg.loss_strategy, cfg.head_weights,
-                                                    loss_scale=1.0 / cfg.grad_accum_steps)
+                                                    loss_scale=1.0 / cfg.grad_accum_steps, ce=cfg.cross_entropy)
         if cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
         self.optimizer.step()

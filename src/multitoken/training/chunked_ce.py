@@ -1,0 +1,89 @@
+"""Linear + cross-entropy over chunks of rows: no (N, V) logits or logit-gradient tensor is ever alive whole.
+
+With vocabularies of 32k-256k tokens, one head's logits and their gradient dominate training memory (issue 4; the
+idea of Liger-Kernel's fused linear cross-entropy, written here in plain PyTorch). For each chunk of rows we compute
+the logits, the loss, and at once the gradients: d loss / d logits = softmax - onehot, turned right away into the
+chunk's share of d loss / d h (= g @ W) and of d loss / d W (+= g^T @ h, accumulated in fp32). The backward pass
+then only scales the saved gradients. Peak extra memory: one chunk's logits (chunk_rows x V, fp32), the (N, d)
+gradient of h and the (V, d) fp32 gradient of W, instead of several (N, V) tensors.
+
+The chunk size follows Liger's rule: rows per chunk ~ N / ceil(V / d), so one chunk's logits are about as large as
+the hidden states themselves.
+
+Its slow twin is `F.cross_entropy(h @ W.T, targets)`; tests hold the two equal on loss and gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def default_chunk_rows(n_rows: int, vocab_size: int, d_model: int) -> int:
+    chunks = math.ceil(vocab_size / d_model)
+    return max(1, 2 ** math.ceil(math.log2(max(1, math.ceil(n_rows / chunks)))))
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int,
+                want_grads: bool) -> torch.Tensor:
+        n_rows = h.shape[0]
+        valid_all = targets != IGNORE_INDEX
+        n_valid = valid_all.sum().clamp_min(1)  # mean over the rows that count, as F.cross_entropy does
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h = torch.empty_like(h) if want_grads else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grads else None
+        for start in range(0, n_rows, chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            h_c, t_c, valid = h[rows], targets[rows], valid_all[rows]
+            t_safe = t_c.clamp_min(0)
+            logits = (h_c @ weight.t()).float()  # (c, V): the only vocabulary-sized buffer
+            lse = torch.logsumexp(logits, dim=-1)
+            picked = logits.gather(1, t_safe[:, None]).squeeze(1)
+            loss += ((lse - picked) * valid).sum()
+            if want_grads:
+                g = logits.sub_(lse[:, None]).exp_()  # softmax, in place over the logits
+                g[torch.arange(g.shape[0], device=g.device), t_safe] -= 1.0
+                g.mul_((valid / n_valid)[:, None])  # rows that do not count get no gradient
+                grad_h[rows] = (g.to(weight.dtype) @ weight).to(h.dtype)
+                grad_w += (g.t().to(h_c.dtype) @ h_c).float()  # fp32 accumulation across chunks
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = (h.dtype, weight.dtype)
+        return loss / n_valid
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        h_dtype, w_dtype = ctx.dtypes
+        return ((grad_h * grad_loss).to(h_dtype) if ctx.needs_input_grad[0] else None,
+                (grad_w * grad_loss).to(w_dtype) if ctx.needs_input_grad[1] else None, None, None, None)
+
+
+def chunked_linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                                 chunk_rows: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of logits h @ weight.T against targets, never materializing the logits whole.
+
+    h: (N, d) hidden states (already normed); weight: (V, d) unembedding; targets: (N,), IGNORE_INDEX rows skipped.
+    """
+    chunk_rows = chunk_rows or default_chunk_rows(h.shape[0], weight.shape[0], weight.shape[1])
+    want_grads = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+    return _ChunkedLinearCrossEntropy.apply(h, weight, targets, chunk_rows, want_grads)
+
+
+@torch.no_grad()
+def chunked_loss_sum_and_correct(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                                 chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy and number of correct top-1 predictions, chunk by chunk (for evaluation)."""
+    chunk_rows = chunk_rows or default_chunk_rows(h.shape[0], weight.shape[0], weight.shape[1])
+    loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
+    correct = torch.zeros((), dtype=torch.long, device=h.device)
+    for start in range(0, h.shape[0], chunk_rows):
+        logits = (h[start:start + chunk_rows] @ weight.t()).float()
+        t = targets[start:start + chunk_rows]
+        loss_sum += (torch.logsumexp(logits, -1) - logits.gather(1, t[:, None]).squeeze(1)).sum()
+        correct += (logits.argmax(-1) == t).sum()
+    return loss_sum, correct
