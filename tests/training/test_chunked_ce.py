@@ -65,9 +65,9 @@ def test_no_gradients_computed_without_autograd():
 
 
 def test_default_chunk_keeps_logits_near_hidden_size():
-    assert default_chunk_rows(8192, 32000, 1024) == 256  # 32 chunks: 256 x 32000 ~ 8192 x 1024
-    assert default_chunk_rows(10, 256, 128) == 8
-    assert default_chunk_rows(1, 10**6, 8) == 1
+    assert default_chunk_rows(65536, 32000, 1024) == 2048  # 32 chunks: 2048 x 32000 ~ 65536 x 1024
+    assert default_chunk_rows(10, 256, 128) == 256  # the floor: small inputs go in one chunk
+    assert default_chunk_rows(512, 128000, 256) == 256
 
 
 def _saved_peak(fn) -> int:
@@ -98,3 +98,20 @@ def test_chunked_sequential_holds_less_than_one_logits_tensor_of_plain():
              for ce in ("plain", "chunked")}
     logits_bytes = 4 * 32 * 8192 * 4
     assert peaks["plain"] - peaks["chunked"] >= logits_bytes, peaks
+
+
+def test_weight_gradient_into_a_shared_accumulator():
+    """Two losses adding scaled unembedding gradients into one fp32 buffer equal autograd's sum over both."""
+    h1, w, t1 = _both(seed=1)
+    h2, _, t2 = _both(seed=2)
+    acc = torch.zeros(w.shape)
+    loss1 = chunked_linear_cross_entropy(h1, w.detach(), t1, 16, weight_grad_into=acc, weight_grad_scale=0.5)
+    loss2 = chunked_linear_cross_entropy(h2, w.detach(), t2, 16, weight_grad_into=acc, weight_grad_scale=2.0)
+    (0.5 * loss1).backward()
+    (2.0 * loss2).backward()
+    w_ref = w.detach().clone().requires_grad_()
+    h1r, h2r = h1.detach().clone().requires_grad_(), h2.detach().clone().requires_grad_()
+    (0.5 * _plain(h1r, w_ref, t1) + 2.0 * _plain(h2r, w_ref, t2)).backward()
+    torch.testing.assert_close(acc, w_ref.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(h1.grad, h1r.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(h2.grad, h2r.grad, rtol=1e-5, atol=1e-7)

@@ -14,7 +14,7 @@ from multitoken.errors import ConfigError
 
 def add_parser(subcommands) -> None:
     bench = new_parser("Benchmarks: side-by-side comparisons in one run, as a table and JSON.")
-    subcommands.add_subcommand("bench", bench, help="Benchmarks (decode).")
+    subcommands.add_subcommand("bench", bench, help="Benchmarks (decode, train).")
     inner = bench.add_subcommands(required=True, dest="bench")  # jsonargparse: outer level registered first
 
     decode = new_parser("Plain vs self-speculative decoding on the same prompts in one run, alternating: tokens/s "
@@ -36,6 +36,23 @@ def add_parser(subcommands) -> None:
     decode.add_argument("--json", type=str | None, default=None, help="Write the results to this JSON file.")
     add_device_argument(decode)
     inner.add_subcommand("decode", decode, help="Plain vs self-speculative decoding.")
+
+    train = new_parser("Training memory and speed in one run: next-token baseline (plain and chunked "
+                       "cross-entropy) vs MTP naive, sequential and sequential + chunked, each case in its own "
+                       "process, parameter-matched (same n_layer). Prints a table, writes JSON and a PNG plot.")
+    train.add_argument("--vocab-size", "--vocab_size", type=str, default="32000,128000",
+                       help="Vocabulary sizes, comma-separated.")
+    train.add_argument("--n-future", "--n_future", type=str, default="4", help="MTP head counts, comma-separated.")
+    train.add_argument("--d-model", "--d_model", type=int, default=256, help="Model width.")
+    train.add_argument("--n-layer", "--n_layer", type=int, default=6, help="All layers (trunk + heads).")
+    train.add_argument("--n-head", "--n_head", type=int, default=4, help="Attention heads.")
+    train.add_argument("--batch-size", "--batch_size", type=int, default=4, help="Sequences per step.")
+    train.add_argument("--seq-len", "--seq_len", type=int, default=128, help="Tokens per sequence.")
+    train.add_argument("--steps", type=int, default=3, help="Timed steps per case (after one warm-up step).")
+    train.add_argument("--json", type=str | None, default=None, help="Write the records to this JSON file.")
+    train.add_argument("--plot", type=str | None, default=None, help="Draw a PNG plot here (needs matplotlib).")
+    add_device_argument(train)
+    inner.add_subcommand("train", train, help="Training memory and speed: next-token vs multi-token.")
 
 
 def _prompts_from_file(path: str, tokenizer) -> list[list[int]]:
@@ -87,5 +104,53 @@ def _run_decode(args: Namespace) -> int:
     return 0
 
 
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers, e.g. 32000,128000 (got {text!r})") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{flag} needs positive integers (got {text!r})")
+    return values
+
+
+def _run_train(args: Namespace) -> int:
+    from multitoken.bench.train import format_train_table, measure, plan, plot
+    from multitoken.config import ModelConfig
+    from multitoken.training.runtime import resolve_device
+
+    vocab_sizes = _int_list(args.vocab_size, "--vocab-size")
+    n_futures = _int_list(args.n_future, "--n-future")
+    for name in ("batch_size", "seq_len", "steps"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    for n in n_futures:  # validate every shape up front, with the config's own messages
+        ModelConfig(vocab_size=vocab_sizes[0], d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head,
+                    n_future=n, max_seq_len=args.seq_len)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ConfigError("--plot needs matplotlib: pip install 'multitoken[bench]'") from None
+    device = resolve_device(args.device)
+    specs = plan(vocab_sizes, n_futures, d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head,
+                 batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps, device=str(device))
+    from tqdm.auto import tqdm
+
+    records = []
+    for spec in tqdm(specs, desc="bench train", unit="case", leave=False):
+        records.append(measure(spec))
+    print(format_train_table(records))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot(records, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def run(args: Namespace) -> int:
-    return {"decode": _run_decode}[args.bench](args[args.bench])
+    return {"decode": _run_decode, "train": _run_train}[args.bench](args[args.bench])

@@ -85,13 +85,26 @@ def _sequential(model: MTPModel, inputs: torch.Tensor, targets: list[torch.Tenso
     # Cut the graph at the trunk output: each head's backward stops at d and adds into d.grad, so only one head's
     # logits and activations are alive at a time (Fig. 2).
     d = z.detach().requires_grad_(True)
+    weight = model.output.weight
+    # With the chunked loss, every head adds its unembedding gradient into one fp32 accumulator during its forward,
+    # instead of each head holding a (V, d) gradient of its own until its backward (issue 4's memory bar).
+    w_grad = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+        if ce == "chunked" and weight.requires_grad else None
     losses = []
     for i, y in enumerate(targets):
-        loss = head_loss(model, model.head(i, d), y, ce)
-        (loss_scale * weights[i] * loss).backward()
+        scale = loss_scale * weights[i]
+        h = model.head(i, d)
+        if w_grad is not None:
+            loss = chunked_linear_cross_entropy(model.norm(h).flatten(0, 1), weight.detach(), y.flatten(),
+                                                weight_grad_into=w_grad, weight_grad_scale=scale)
+        else:
+            loss = head_loss(model, h, y, ce)
+        (scale * loss).backward()
         losses.append(loss.detach())
     # One backward through the trunk with the summed gradient of all heads.
     z.backward(d.grad)
+    if w_grad is not None:  # through autograd's own accumulation, so gradient hooks (DDP, FSDP) see it as usual
+        weight.backward(w_grad.to(weight.dtype))
     return torch.stack(losses)
 
 
