@@ -201,3 +201,14 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "multitoken", "--debug", "info", "--ckpt", str(tmp_path / "missing")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode != 0 and "Traceback" in proc.stderr  # --debug shows it
+
+
+def test_help_documents_every_setting(capsys):
+    """--help text comes from the config dataclasses' field docstrings (one schema, documented once)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for text in ("Optimizer steps to train for.", "Output heads: head i predicts token t+i.",
+                 "Peak learning rate.", "--data PATH"):
+        assert text in " ".join(out.split()), text

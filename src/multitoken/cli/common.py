@@ -6,7 +6,10 @@ import json
 import sys
 from typing import Any
 
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, set_parsing_settings
+
+# The config dataclasses document each field in a docstring right below it; this makes those texts the --help.
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
 def new_parser(description: str, prog: str | None = None) -> ArgumentParser:
