@@ -79,24 +79,6 @@ def _naive(model: MTPModel, inputs: torch.Tensor, targets: list[torch.Tensor], w
     return losses.detach()
 
 
-def _plain_loss_into(hn: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                     w_grad: torch.Tensor) -> torch.Tensor:
-    """Plain cross-entropy of normed hidden states (B, T, d) whose unembedding gradient goes into w_grad.
-
-    The weight enters detached; a hook on the logits adds g^T h (g already carries the caller's loss scale) into the
-    shared accumulator during this head's backward, and the logits' gradient is freed right after.
-    """
-    flat = hn.flatten(0, 1)
-    logits = F.linear(flat, weight.detach())  # (B*T, V)
-
-    def add_weight_grad(g: torch.Tensor) -> None:  # returns None: the logits' own gradient passes on unchanged
-        w_grad.add_((g.t() @ flat.detach().to(g.dtype)).float())
-
-    logits.register_hook(add_weight_grad)
-    # fp32 log-softmax: under bf16 autocast the logits are bf16, too coarse for a loss over tens of thousands of classes.
-    return F.cross_entropy(logits.float(), targets.flatten())
-
-
 def _sequential(model: MTPModel, inputs: torch.Tensor, targets: list[torch.Tensor], weights: list[float],
                 loss_scale: float, ce: CrossEntropy) -> torch.Tensor:
     z = model.trunk(inputs)
@@ -104,30 +86,25 @@ def _sequential(model: MTPModel, inputs: torch.Tensor, targets: list[torch.Tenso
     # logits and activations are alive at a time (Fig. 2).
     d = z.detach().requires_grad_(True)
     weight = model.output.weight
-    # All heads share the unembedding. Its gradient goes into one fp32 accumulator, head by head, and reaches
-    # weight.grad only in the final backward: no (V, d) gradient is held while later heads run their logits, and
-    # the step ends in a single backward call through the trunk (what gradient-sync hooks of DDP/FSDP expect).
-    w_grad = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if weight.requires_grad else None
+    # With the chunked loss, every head adds its unembedding gradient into one fp32 accumulator during its forward,
+    # instead of each head holding a (V, d) gradient of its own until its backward (issue 4's memory bar).
+    w_grad = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+        if ce == "chunked" and weight.requires_grad else None
     losses = []
     for i, y in enumerate(targets):
         scale = loss_scale * weights[i]
         h = model.head(i, d)
-        if w_grad is None:
-            loss = head_loss(model, h, y, ce)
-        elif ce == "chunked":
+        if w_grad is not None:
             loss = chunked_linear_cross_entropy(model.norm(h).flatten(0, 1), weight.detach(), y.flatten(),
                                                 weight_grad_into=w_grad, weight_grad_scale=scale)
-        elif ce == "plain":
-            loss = _plain_loss_into(model.norm(h), weight, y, w_grad)
         else:
-            raise ValueError(f"unknown cross-entropy {ce!r}: use 'chunked' or 'plain'")
+            loss = head_loss(model, h, y, ce)
         (scale * loss).backward()
         losses.append(loss.detach())
-    # One backward through the trunk with the summed gradient of all heads (and the unembedding's, if it trains).
-    if w_grad is None:
-        z.backward(d.grad)
-    else:
-        torch.autograd.backward([z, weight], [d.grad, w_grad.to(weight.dtype)])
+    # One backward through the trunk with the summed gradient of all heads.
+    z.backward(d.grad)
+    if w_grad is not None:  # through autograd's own accumulation, so gradient hooks (DDP, FSDP) see it as usual
+        weight.backward(w_grad.to(weight.dtype))
     return torch.stack(losses)
 
 
