@@ -101,10 +101,12 @@ def _sequential(model: MTPModel, inputs: torch.Tensor, targets: list[torch.Tenso
             loss = head_loss(model, h, y, ce)
         (scale * loss).backward()
         losses.append(loss.detach())
-    # One backward through the trunk with the summed gradient of all heads.
-    z.backward(d.grad)
-    if w_grad is not None:  # through autograd's own accumulation, so gradient hooks (DDP, FSDP) see it as usual
-        weight.backward(w_grad.to(weight.dtype))
+    # One backward through the trunk with the summed gradient of all heads, and the unembedding's accumulated
+    # gradient handed to autograd in the same call, so gradient hooks (DDP, FSDP) see one ordinary backward.
+    if w_grad is None:
+        z.backward(d.grad)
+    else:
+        torch.autograd.backward([z, weight], [d.grad, w_grad.to(weight.dtype)])
     return torch.stack(losses)
 
 
