@@ -12,12 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from multitoken.model import KVCache, MTPModel
-from multitoken.model.layers import apply_rope
-
-
-def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    x_fp32 = x.float()
-    return (x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
+from multitoken.model.layers import apply_rope, rms_normalize
 
 
 class FusedHeads:
@@ -49,7 +44,7 @@ class FusedHeads:
         m, H, Hkv, hd = self.m, self.n_head, self.n_kv_head, self.head_dim
         B, T, d = z.shape
         x = z.reshape(1, B * T, d)
-        a = _rms(x, self.eps) * self.attention_norm  # (m, B*T, d): the input is shared, only the gains differ
+        a = rms_normalize(x, self.eps) * self.attention_norm  # (m, B*T, d): the input is shared, only the gains differ
         q, k, v = torch.bmm(a, self.w_qkv).split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
         q = apply_rope(q.reshape(m, B, T, H, hd), cos, sin).reshape(m * B, T, H, hd).transpose(1, 2)
         k = apply_rope(k.reshape(m, B, T, Hkv, hd), cos, sin).reshape(m * B, T, Hkv, hd).transpose(1, 2)
@@ -60,6 +55,6 @@ class FusedHeads:
             keys, values = keys.repeat_interleave(H // Hkv, dim=1), values.repeat_interleave(H // Hkv, dim=1)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (m*B, H, T, hd)
         h = x + torch.bmm(y.transpose(1, 2).reshape(m, B * T, H * hd), self.w_o)  # (m, B*T, d)
-        gate, up = torch.bmm(_rms(h, self.eps) * self.ffn_norm, self.w_13).chunk(2, dim=-1)
+        gate, up = torch.bmm(rms_normalize(h, self.eps) * self.ffn_norm, self.w_13).chunk(2, dim=-1)
         h = h + torch.bmm(F.silu(gate) * up, self.w_2)
         return h.view(m, B, T, d).permute(1, 2, 0, 3)

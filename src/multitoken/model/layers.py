@@ -14,6 +14,13 @@ from multitoken.config import ModelConfig
 from multitoken.model.kv_cache import KVCache
 
 
+def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / rms(x) over the last dimension, before any gain. Computed in fp32 (as Llama does) so that bf16
+    activations do not lose the mean square's precision; returned in x's dtype."""
+    x_fp32 = x.float()
+    return (x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -21,10 +28,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 (as Llama does) so bf16 activations do not lose the mean-square's precision.
-        x_fp32 = x.float()
-        normed = x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        return rms_normalize(x, self.eps) * self.weight
 
 
 def rope_cache(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
