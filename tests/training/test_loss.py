@@ -23,30 +23,34 @@ def _assert_grads_equal(a, b, rel=1e-5):
         assert err <= rel, f"{name}: relative error {err:.2e}"
 
 
+def _naive_and_sequential(model_cfg, tokens, naive_kwargs=None, sequential_kwargs=None):
+    """Twin models from one init: naive strategy on one, sequential on the other. Returns both losses and grads."""
+    naive = MTPModel(model_cfg)
+    sequential = copy.deepcopy(naive)
+    loss_naive = mtp_forward_backward(naive, tokens, "naive", **(naive_kwargs or {}))
+    loss_seq = mtp_forward_backward(sequential, tokens, "sequential", **(sequential_kwargs or {}))
+    return loss_naive, loss_seq, _grads(naive), _grads(sequential)
+
+
 @pytest.mark.parametrize("n_future", [1, 2, 4])
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("ce", ["plain", "chunked"])
 def test_sequential_equals_naive_gradients(n_future, seed, ce):
     """The paper's loop (with either cross-entropy) against the naive all-heads backward with plain cross-entropy."""
     torch.manual_seed(seed)
-    naive = MTPModel(tiny_model_config(n_layer=5, n_future=n_future))
-    sequential = copy.deepcopy(naive)
     tokens = torch.randint(0, 64, (3, 16 + n_future))
-    loss_naive = mtp_forward_backward(naive, tokens, strategy="naive", ce="plain")
-    loss_seq = mtp_forward_backward(sequential, tokens, strategy="sequential", ce=ce)
+    loss_naive, loss_seq, grads_naive, grads_seq = _naive_and_sequential(
+        tiny_model_config(n_layer=5, n_future=n_future), tokens, {"ce": "plain"}, {"ce": ce})
     torch.testing.assert_close(loss_seq, loss_naive, rtol=1e-6, atol=0)
-    _assert_grads_equal(_grads(sequential), _grads(naive))
+    _assert_grads_equal(grads_seq, grads_naive)
 
 
 def test_head_weights_and_loss_scale_equal_naive():
     torch.manual_seed(0)
-    naive = MTPModel(tiny_model_config(n_future=3))
-    sequential = copy.deepcopy(naive)
     tokens = torch.randint(0, 64, (2, 15))
-    weights = [1.0, 0.8, 0.64]
-    mtp_forward_backward(naive, tokens, "naive", weights, loss_scale=0.5)
-    mtp_forward_backward(sequential, tokens, "sequential", weights, loss_scale=0.5)
-    _assert_grads_equal(_grads(sequential), _grads(naive))
+    scaled = {"head_weights": [1.0, 0.8, 0.64], "loss_scale": 0.5}
+    _, _, grads_naive, grads_seq = _naive_and_sequential(tiny_model_config(n_future=3), tokens, scaled, scaled)
+    _assert_grads_equal(grads_seq, grads_naive)
 
 
 def test_gradients_are_the_sum_of_per_head_cross_entropies():
