@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ class Trainer:
         self.model = MTPModel(cfg.model).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device.type)
         self.state = TrainState()
+        self.resumed_from: Path | None = None
         self._maybe_resume()
         if cfg.compile:
             # Compile layer by layer: the head loop calls trunk and heads separately, and module-level compile keeps
@@ -71,7 +73,7 @@ class Trainer:
     def _maybe_resume(self) -> None:
         existing = list_checkpoints(self.out_dir)
         if existing and not self.cfg.resume:
-            raise CheckpointError(f"{self.out_dir} already holds checkpoints: pass --resume true to continue that run, "
+            raise CheckpointError(f"{self.out_dir} already holds checkpoints: pass --resume to continue that run, "
                                   "or --out_dir to start a new one")
         if not existing:
             return
@@ -94,11 +96,14 @@ class Trainer:
         self._truncate_metrics(self.state.step)
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop metric records logged after the checkpoint we resume from: those steps are about to be redone."""
+        """Drop metric records logged after the checkpoint we resume from: those steps are about to be redone.
+        Written aside and renamed over the old log, so a kill at this moment cannot lose it."""
         path = self.out_dir / "metrics.jsonl"
         if path.exists():
             kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            path.write_text("".join(line + "\n" for line in kept))
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
 
     # --- the loop ----------------------------------------------------------------------------------------------
 
@@ -150,7 +155,7 @@ class Trainer:
         tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * cfg.model.max_seq_len
         bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not cfg.progress, unit="step",
                    dynamic_ncols=True, desc="train")
-        if getattr(self, "resumed_from", None):
+        if self.resumed_from is not None:
             bar.write(f"resumed from {self.resumed_from} at step {state.step}")
         window_start, window_steps, loss_sum = time.perf_counter(), 0, None
         while state.step < cfg.max_steps:
