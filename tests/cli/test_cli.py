@@ -178,7 +178,7 @@ def test_wrong_type_and_missing_arguments(capsys, tmp_path):
 def test_speculative_bad_input(trained_run, corpus, tmp_path, capsys):
     code, _, err = run_cli(capsys, "generate", "--ckpt", trained_run, "--prompt", "x", "--speculative",
                            "--draft-len", 2)
-    assert_one_line_error(code, err, "--draft-len 2 is out of range", "use 1..1")
+    assert_one_line_error(code, err, "draft length 2 is out of range", "use 1..1")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
     code, _, err = run_cli(capsys, "bench", "decode", "--ckpt", trained_run, "--prompts", empty)

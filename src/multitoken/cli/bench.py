@@ -8,7 +8,7 @@ from pathlib import Path
 from jsonargparse import Namespace
 
 from multitoken.cli.common import add_ckpt_argument, add_device_argument, new_parser
-from multitoken.cli.generate import add_speculative_arguments, check_prompt_fits, check_speculative
+from multitoken.cli.generate import add_speculative_arguments, check_prompt_fits
 from multitoken.errors import ConfigError
 
 
@@ -71,6 +71,7 @@ def _run_decode(args: Namespace) -> int:
 
     from multitoken.bench.decode import bench_decode, format_decode_table
     from multitoken.data.tokens import load_tokens
+    from multitoken.decoding.speculative import check_draft_len
     from multitoken.training.checkpoint import load_model, resolve_checkpoint
     from multitoken.training.runtime import resolve_device
 
@@ -80,7 +81,7 @@ def _run_decode(args: Namespace) -> int:
     device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.ckpt)
     model, cfg, tokenizer = load_model(ckpt, device)
-    k = check_speculative(model, args.draft_len, args.ckpt)
+    k = check_draft_len(model, args.draft_len)
     context = model.config.max_seq_len
     if args.prompts is not None:
         prompts, source = _prompts_from_file(args.prompts, tokenizer), args.prompts

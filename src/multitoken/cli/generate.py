@@ -37,17 +37,6 @@ def check_sampling(args: Namespace) -> None:
         raise ConfigError(f"--top-p must be in (0, 1] (got {args.top_p})")
 
 
-def check_speculative(model, draft_len: int | None, ckpt: str) -> int:
-    n = model.n_future
-    if n < 2:
-        raise ConfigError(f"{ckpt} is a next-token-only model (n_future=1): it has no extra heads to draft with; "
-                          "drop --speculative")
-    k = n - 1 if draft_len is None else draft_len
-    if not 1 <= k <= n - 1:
-        raise ConfigError(f"--draft-len {k} is out of range for a model with {n} heads: use 1..{n - 1}")
-    return k
-
-
 def check_prompt_fits(n_tokens: int, max_new_tokens: int, context: int, what: str = "the prompt") -> None:
     if n_tokens == 0:
         raise ConfigError(f"{what} is empty: give it some text to continue")
@@ -75,14 +64,14 @@ def run(args: Namespace) -> int:
     import torch
 
     from multitoken.decoding import generate
-    from multitoken.decoding.speculative import speculative_generate
+    from multitoken.decoding.speculative import check_draft_len, speculative_generate
     from multitoken.training.checkpoint import load_model
     from multitoken.training.runtime import resolve_device
 
     check_sampling(args)
     device = resolve_device(args.device)
     model, _, tokenizer = load_model(args.ckpt, device)
-    k = check_speculative(model, args.draft_len, args.ckpt) if args.speculative else None
+    k = check_draft_len(model, args.draft_len) if args.speculative else None
     ids = tokenizer.encode(args.prompt)
     check_prompt_fits(len(ids), args.max_new_tokens, model.config.max_seq_len)
     generator = torch.Generator(device=device).manual_seed(args.seed)

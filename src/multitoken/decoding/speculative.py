@@ -27,6 +27,7 @@ import torch
 from multitoken.decoding.fused_heads import FusedHeads
 from multitoken.decoding.generate import check_fits, last_positions
 from multitoken.decoding.sampling import draw, probs_from_logits
+from multitoken.errors import ConfigError
 from multitoken.model import MTPModel
 
 
@@ -71,13 +72,14 @@ class DecodeStats:
 
 
 def check_draft_len(model: MTPModel, draft_len: int | None) -> int:
+    """The draft length to use (default n_future - 1). ConfigError (a ValueError) when the model cannot draft it."""
     n = model.n_future
     if n < 2:
-        raise ValueError("this model has a single head (n_future=1): it has no extra heads to draft with; decode "
-                         "without --speculative")
+        raise ConfigError("this is a next-token-only model (n_future=1): it has no extra heads to draft with; "
+                          "decode without speculation")
     k = n - 1 if draft_len is None else draft_len
     if not 1 <= k <= n - 1:
-        raise ValueError(f"draft length {k} is out of range: this model has {n} heads, so use 1..{n - 1}")
+        raise ConfigError(f"draft length {k} is out of range for a model with {n} heads: use 1..{n - 1}")
     return k
 
 
