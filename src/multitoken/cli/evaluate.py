@@ -25,8 +25,6 @@ def add_parser(subcommands) -> None:
 
 
 def run(args: Namespace) -> int:
-    import numpy as np
-
     from multitoken.data.batches import eval_batches
     from multitoken.data.tokens import load_tokens
     from multitoken.errors import ConfigError
@@ -41,14 +39,18 @@ def run(args: Namespace) -> int:
     num_batches = args.batches or cfg.eval_batches
     if batch_size < 1 or num_batches < 1:
         raise ConfigError("--batch-size and --batches must be at least 1")
-    if args.data is None:
-        tokens, source = load_tokens(cfg.data, tokenizer).val, "validation split of the training data"
-    else:  # the user's files, all of them: concatenate both sides of the split the cache makes
-        data = load_tokens(dataclasses.replace(cfg.data, path=args.data), tokenizer)
-        tokens, source = np.concatenate([data.train, data.val]), str(args.data)
     window = model.config.max_seq_len + model.n_future
-    result = evaluate(model, eval_batches(tokens, batch_size, window, num_batches), device, cfg.precision,
-                      byte_level=tokenizer.kind == "bytes")
+    if args.data is None:
+        batches = eval_batches(load_tokens(cfg.data, tokenizer).val, batch_size, window, num_batches)
+        source = "validation split of the training data"
+    else:  # the user's files, all of them: windows from both sides of the cache's split, in proportion to their size
+        data = load_tokens(dataclasses.replace(cfg.data, path=args.data), tokenizer)
+        parts = [part for part in (data.train, data.val) if len(part) >= window] or [data.train]
+        total = sum(len(part) for part in parts)
+        batches = [batch for part in parts for batch in
+                   eval_batches(part, batch_size, window, max(1, round(num_batches * len(part) / total)))]
+        source = str(args.data)
+    result = evaluate(model, batches, device, cfg.precision, byte_level=tokenizer.kind == "bytes")
     result.update(checkpoint=str(ckpt), data=source)
     if args.json:
         print_json(result)
