@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from jsonargparse import Namespace
 
-from multitoken.cli.common import add_ckpt_argument, add_device_argument, new_parser
+from multitoken.cli.common import add_ckpt_argument, add_device_argument, new_parser, require_positive, write_json
 from multitoken.cli.generate import add_speculative_arguments, check_prompt_fits
 from multitoken.errors import ConfigError
 
@@ -75,9 +74,7 @@ def _run_decode(args: Namespace) -> int:
     from multitoken.training.checkpoint import load_model, resolve_checkpoint
     from multitoken.training.runtime import resolve_device
 
-    for name in ("num_prompts", "prompt_len", "batch_size", "max_new_tokens", "repeats"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
+    require_positive(args, "num_prompts", "prompt_len", "batch_size", "max_new_tokens", "repeats")
     device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.ckpt)
     model, cfg, tokenizer = load_model(ckpt, device)
@@ -99,9 +96,7 @@ def _run_decode(args: Namespace) -> int:
     result.update(checkpoint=str(ckpt), prompts=source)
     print(format_decode_table(result))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return 0
 
 
@@ -122,9 +117,7 @@ def _run_train(args: Namespace) -> int:
 
     vocab_sizes = _int_list(args.vocab_size, "--vocab-size")
     n_futures = _int_list(args.n_future, "--n-future")
-    for name in ("batch_size", "seq_len", "steps"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    require_positive(args, "batch_size", "seq_len", "steps")
     for n in n_futures:  # validate every shape up front, with the config's own messages
         ModelConfig(vocab_size=vocab_sizes[0], d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head,
                     n_future=n, max_seq_len=args.seq_len)
@@ -143,9 +136,7 @@ def _run_train(args: Namespace) -> int:
         records.append(measure(spec))
     print(format_train_table(records))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, records)
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot(records, args.plot)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentParser, set_parsing_settings
@@ -31,3 +32,19 @@ def add_device_argument(parser: ArgumentParser) -> None:
 def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=1)
     sys.stdout.write("\n")
+
+
+def write_json(path: str, value: Any) -> None:
+    """Write value as JSON to path (making its folder) and say so."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(value, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+def require_positive(args: Any, *names: str) -> None:
+    """Each named integer option must be at least 1; the error names the option as typed (--batch-size)."""
+    from multitoken.errors import ConfigError
+
+    for name in names:
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")

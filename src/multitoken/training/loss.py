@@ -34,13 +34,18 @@ def split_window(tokens: torch.Tensor, n_future: int) -> tuple[torch.Tensor, lis
     return tokens[:, :T], [tokens[:, i:i + T] for i in range(1, n_future + 1)]
 
 
-def head_loss(model: MTPModel, h: torch.Tensor, targets: torch.Tensor, ce: CrossEntropy = "chunked") -> torch.Tensor:
+def head_loss(model: MTPModel, h: torch.Tensor, targets: torch.Tensor, ce: CrossEntropy = "chunked",
+              weight_grad_into: torch.Tensor | None = None, weight_grad_scale: float = 1.0) -> torch.Tensor:
     """Mean cross-entropy of one head's hidden state (B, T, d) against its targets (B, T).
 
     "chunked" never materializes the (B*T, V) logits (training/chunked_ce.py); "plain" is its reference twin.
+    weight_grad_into (chunked only): an fp32 accumulator that receives weight_grad_scale * d loss / d W during this
+    forward pass, in place of an unembedding gradient through autograd.
     """
     if ce == "chunked":
-        return chunked_linear_cross_entropy(model.norm(h).flatten(0, 1), model.output.weight, targets.flatten())
+        weight = model.output.weight if weight_grad_into is None else model.output.weight.detach()
+        return chunked_linear_cross_entropy(model.norm(h).flatten(0, 1), weight, targets.flatten(),
+                                            weight_grad_into=weight_grad_into, weight_grad_scale=weight_grad_scale)
     if ce != "plain":
         raise ValueError(f"unknown cross-entropy {ce!r}: use 'chunked' or 'plain'")
     logits = model.unembed(h)  # (B, T, V)
@@ -93,12 +98,7 @@ def _sequential(model: MTPModel, inputs: torch.Tensor, targets: list[torch.Tenso
     losses = []
     for i, y in enumerate(targets):
         scale = loss_scale * weights[i]
-        h = model.head(i, d)
-        if w_grad is not None:
-            loss = chunked_linear_cross_entropy(model.norm(h).flatten(0, 1), weight.detach(), y.flatten(),
-                                                weight_grad_into=w_grad, weight_grad_scale=scale)
-        else:
-            loss = head_loss(model, h, y, ce)
+        loss = head_loss(model, model.head(i, d), y, ce, weight_grad_into=w_grad, weight_grad_scale=scale)
         (scale * loss).backward()
         losses.append(loss.detach())
     # One backward through the trunk with the summed gradient of all heads, and the unembedding's accumulated
