@@ -94,6 +94,9 @@ class DataConfig:
     """Share of files held out for validation (split by file, deterministic)."""
     cache_dir: str | None = None
     """Where token caches live; null means $MULTITOKEN_CACHE or ~/.cache/multitoken."""
+    mask_documents: bool = False
+    """Ignore targets that lie in the next document: head i's target at position t is skipped when an
+    end-of-document token occurs among tokens t..t+i-1 (the end token itself is still predicted)."""
 
     def __post_init__(self) -> None:
         _require(0.0 < self.val_fraction < 1.0,
@@ -153,8 +156,19 @@ class TrainConfig:
     cross_entropy: Literal["chunked", "plain"] = "chunked"
     """'chunked': linear + cross-entropy over chunks of tokens, never holding a head's full logits; 'plain': the
     reference (logits materialized, then F.cross_entropy). Same loss and gradients."""
-    head_weights: list[float] | None = None
-    """Per-head loss weights, head 1 first; null means all 1 (the paper's plain sum)."""
+    head_weights: list[float] | str | None = None
+    """Per-head loss weights: a list (head 1 first); 'decay:R' for R^(i-1) (e.g. decay:0.8); 'deepseek:L' for 1 on
+    head 1 and L / (n_future - 1) on each extra head (DeepSeek-V3's scaled mean); null means all 1 (the paper's sum)."""
+    init_from: str | None = None
+    """Start from this checkpoint's weights (a run or step directory), for finetuning. Its n_future may differ:
+    heads it lacks are copied from its head 1, heads beyond model.n_future are dropped. The rest of model.* must
+    match it. The optimizer and schedule start fresh."""
+    freeze: Literal["none", "trunk"] = "none"
+    """'trunk': train only the heads, the shared norm and the unembedding (embeddings and trunk layers fixed): the cheap
+    way to give an existing next-token model speculative-decoding heads."""
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+    """Data parallelism under torchrun: 'ddp' (replicated weights), 'fsdp' (FSDP2, sharded weights and optimizer
+    state), 'auto' = ddp when launched with more than one process, else none."""
     seed: int = 1337
     """Seed for initialisation and data order."""
     eval_interval: int = 200
@@ -182,11 +196,29 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches",
                      "log_interval", "save_interval", "keep_last"):
             _require(getattr(self, name) >= 1, f"{name} must be at least 1 (got {getattr(self, name)})")
-        if self.head_weights is not None:
-            _require(len(self.head_weights) == self.model.n_future,
-                     f"head_weights has {len(self.head_weights)} entries but model.n_future is "
-                     f"{self.model.n_future}: give one weight per head")
-            _require(all(w >= 0 for w in self.head_weights), "head_weights must be non-negative")
+        weights = self.resolved_head_weights()
+        _require(len(weights) == self.model.n_future, f"head_weights has {len(weights)} entries but model.n_future "
+                 f"is {self.model.n_future}: give one weight per head, or a rule like decay:0.8")
+        _require(all(w >= 0 for w in weights), "head_weights must be non-negative")
+
+    def resolved_head_weights(self) -> list[float]:
+        """The per-head loss weights as numbers, head 1 first."""
+        n, spec = self.model.n_future, self.head_weights
+        if spec is None:
+            return [1.0] * n
+        if not isinstance(spec, str):
+            return [float(w) for w in spec]
+        rule, _, value = spec.partition(":")
+        try:
+            x = float(value)
+        except ValueError:
+            x = None
+        if rule == "decay" and x is not None:
+            return [x ** i for i in range(n)]
+        if rule == "deepseek" and x is not None:
+            return [1.0] + [x / (n - 1)] * (n - 1)
+        raise ConfigError(f"head_weights {spec!r} is not understood: give a list like [1, 0.5], 'decay:0.8' or "
+                          "'deepseek:0.3'")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

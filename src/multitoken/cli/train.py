@@ -52,6 +52,8 @@ def run(args: Namespace) -> int:
 
     cfg = config_from_args(args)
     result = train(cfg)
+    if result is None:  # a worker rank of a distributed run: rank 0 reports
+        return 0
     print(f"\nvalidation after {result['step']} steps ({result['tokens_seen']:,} tokens):")
     print(result["table"])
     print(f"\ncheckpoint: {result['checkpoint']}")

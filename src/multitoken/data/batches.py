@@ -24,12 +24,17 @@ def _gather(tokens: np.ndarray, starts: np.ndarray, window: int) -> torch.Tensor
 
 
 def train_batch(tokens: np.ndarray, batch_size: int, window: int, seed: int, step: int,
-                micro_step: int = 0) -> torch.Tensor:
-    """(batch_size, window) random windows for one micro-step, reproducible from (seed, step, micro_step)."""
+                micro_step: int = 0, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """(batch_size, window) random windows for one micro-step, reproducible from (seed, step, micro_step).
+
+    In a data-parallel run the micro-step's global batch holds batch_size * world_size windows and rank r reads rows
+    r * batch_size .. (r + 1) * batch_size - 1 of it: ranks see different data, and together exactly the batch a
+    single process with batch_size * world_size would see (what makes distributed == single-process testable).
+    """
     _check_length(tokens, window, "train")
     rng = np.random.default_rng((seed, step, micro_step))
-    starts = rng.integers(0, len(tokens) - window + 1, size=batch_size)
-    return _gather(tokens, starts, window)
+    starts = rng.integers(0, len(tokens) - window + 1, size=batch_size * world_size)
+    return _gather(tokens, starts[rank * batch_size:(rank + 1) * batch_size], window)
 
 
 def eval_batches(tokens: np.ndarray, batch_size: int, window: int, num_batches: int) -> list[torch.Tensor]:

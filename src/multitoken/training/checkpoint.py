@@ -57,14 +57,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(out_dir: str | Path, step: int, model: MTPModel, cfg: TrainConfig, tokenizer: ByteTokenizer,
-                    trainer_state: dict[str, Any], meta: dict[str, Any], keep_last: int) -> Path:
+def save_checkpoint(out_dir: str | Path, step: int, model: MTPModel | dict[str, torch.Tensor], cfg: TrainConfig,
+                    tokenizer: ByteTokenizer, trainer_state: dict[str, Any], meta: dict[str, Any],
+                    keep_last: int) -> Path:
+    """Write one checkpoint. model: the model, or its full state dict (what a sharded run gathers on rank 0)."""
     root = checkpoints_dir(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        weights = model if isinstance(model, dict) else model.state_dict()
+        state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "step": str(step)})
         (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         tokenizer.save(tmp)
@@ -122,13 +125,19 @@ def read_train_config(ckpt: Path) -> TrainConfig:
         raise CheckpointError(f"{ckpt / 'config.yaml'} is invalid: {e}") from None
 
 
-def load_weights(model: MTPModel, ckpt: Path) -> None:
+def read_weights(ckpt: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The full state dict in a checkpoint's model.safetensors."""
     path = ckpt / "model.safetensors"
     try:
-        state = load_file(path, device=str(model.output.weight.device))
+        return load_file(path, device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is corrupt or truncated ({str(e).splitlines()[0][:80]}): pick another "
                               "checkpoint") from None
+
+
+def load_weights(model: MTPModel, ckpt: Path) -> None:
+    path = ckpt / "model.safetensors"
+    state = read_weights(ckpt, model.output.weight.device)
     try:
         model.load_state_dict(state)
     except RuntimeError:

@@ -8,8 +8,9 @@ Total loss = sum_i w_i * CE_i (w_i = 1 by default, the paper's plain sum). Two s
 
 - `naive`: every head's logits (B, T, V) alive at once, one backward. Peak memory O(n V + d).
 - `sequential`: run the trunk, detach z into d, then for each head in turn forward *and* backward (freeing its
-  logits before the next head), gradients piling up in d.grad; finally one trunk backward z.backward(d.grad).
-  Peak memory O(V + d).
+  logits before the next head), gradients piling up in d's gradient; finally one trunk backward with it.
+  Peak memory O(V + d). The head passes run inside one autograd op (`_HeadLoop`), so the caller still makes a
+  single total.backward() call: data-parallel wrappers then reduce gradients once per step.
 """
 
 from __future__ import annotations
@@ -20,18 +21,30 @@ import torch
 import torch.nn.functional as F
 
 from multitoken.model import MTPModel
-from multitoken.training.chunked_ce import chunked_linear_cross_entropy, chunked_loss_sum_and_correct
+from multitoken.training.chunked_ce import IGNORE_INDEX, chunked_linear_cross_entropy, chunked_loss_sum_and_correct
 
 Strategy = Literal["sequential", "naive"]
 CrossEntropy = Literal["chunked", "plain"]
 
 
-def split_window(tokens: torch.Tensor, n_future: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(B, T + n_future) window -> inputs (B, T) and the targets (B, T) of heads 1..n_future, all views."""
+def split_window(tokens: torch.Tensor, n_future: int,
+                 eot_id: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(B, T + n_future) window -> inputs (B, T) and the targets (B, T) of heads 1..n_future, all views.
+
+    eot_id: mask targets that cross a document boundary. The end-of-document token belongs to the document it ends
+    (so head 1 still learns to predict it); head i's target at position t lies in the next document when an end
+    token occurs among tokens[t : t + i], and is then set to IGNORE_INDEX (docs/data.md).
+    """
     T = tokens.shape[1] - n_future
     if T < 1:
         raise ValueError(f"a window of {tokens.shape[1]} tokens is too short for n_future={n_future}")
-    return tokens[:, :T], [tokens[:, i:i + T] for i in range(1, n_future + 1)]
+    targets = [tokens[:, i:i + T] for i in range(1, n_future + 1)]
+    if eot_id is not None:
+        ends = torch.cumsum(tokens == eot_id, dim=1)  # ends[:, p] = end tokens among tokens[:, :p + 1]
+        before = torch.nn.functional.pad(ends, (1, 0))  # before[:, p] = end tokens among tokens[:, :p]
+        targets = [y.masked_fill(before[:, i:i + T] != before[:, :T], IGNORE_INDEX) for i, y in
+                   enumerate(targets, start=1)]
+    return tokens[:, :T], targets
 
 
 def head_loss(model: MTPModel, h: torch.Tensor, targets: torch.Tensor, ce: CrossEntropy = "chunked",
@@ -53,61 +66,102 @@ def head_loss(model: MTPModel, h: torch.Tensor, targets: torch.Tensor, ce: Cross
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
-def mtp_forward_backward(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequential",
-                         head_weights: Sequence[float] | None = None, loss_scale: float = 1.0,
-                         ce: CrossEntropy = "chunked") -> torch.Tensor:
-    """Forward and backward of the multi-token loss on one window batch; gradients are accumulated into .grad.
+def mtp_loss(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequential",
+             head_weights: Sequence[float] | None = None, loss_scale: float = 1.0, ce: CrossEntropy = "chunked",
+             eot_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The multi-token loss of one window batch as (total, per_head): call total.backward() once.
 
-    tokens: (B, T + n_future) token ids. The backward pass sees loss_scale * sum_i w_i * CE_i (loss_scale is
-    1 / grad_accum_steps under gradient accumulation). ce picks the chunked cross-entropy (default: no head's full
-    logits ever alive) or the plain one. Returns the per-head mean cross-entropies (n_future,), unweighted and
-    detached, head 1 first.
+    tokens: (B, T + n_future) token ids. total = loss_scale * sum_i w_i * CE_i (loss_scale is 1 / grad_accum_steps
+    under gradient accumulation); per_head holds the unweighted mean cross-entropies (n_future,), head 1 first,
+    detached. eot_id: ignore targets that lie in the next document (see `split_window`).
+
+    With strategy "sequential" the heads' forward and backward passes run inside this call, one head at a time, and
+    total.backward() then only runs the trunk's backward (see `_HeadLoop`). Either way there is exactly one backward
+    call per micro-batch, which is what DDP and FSDP2 need to reduce gradients once.
     """
     n = model.n_future
     weights = [1.0] * n if head_weights is None else list(head_weights)
     if len(weights) != n:
         raise ValueError(f"{len(weights)} head weights for a model with n_future={n}")
-    inputs, targets = split_window(tokens, n)
+    if strategy not in ("naive", "sequential"):
+        raise ValueError(f"unknown loss strategy {strategy!r}: use 'sequential' or 'naive'")
+    inputs, targets = split_window(tokens, n, eot_id)
+    z = model.trunk(inputs)
     if strategy == "naive":
-        return _naive(model, inputs, targets, weights, loss_scale, ce)
-    if strategy == "sequential":
-        return _sequential(model, inputs, targets, weights, loss_scale, ce)
-    raise ValueError(f"unknown loss strategy {strategy!r}: use 'sequential' or 'naive'")
+        losses = torch.stack([head_loss(model, model.head(i, z), y, ce) for i, y in enumerate(targets)])
+        total = loss_scale * sum(w * loss for w, loss in zip(weights, losses))
+        return total, losses.detach()
+    params = [p for p in _head_side_params(model) if p.requires_grad]
+    total, losses = _HeadLoop.apply(z, (model, targets, weights, loss_scale, ce), *params)
+    return total, losses
 
 
-def _naive(model: MTPModel, inputs: torch.Tensor, targets: list[torch.Tensor], weights: list[float],
-           loss_scale: float, ce: CrossEntropy) -> torch.Tensor:
-    z = model.trunk(inputs)
-    losses = torch.stack([head_loss(model, model.head(i, z), y, ce) for i, y in enumerate(targets)])
-    total = sum(w * loss for w, loss in zip(weights, losses))
-    (loss_scale * total).backward()
-    return losses.detach()
+def mtp_forward_backward(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequential",
+                         head_weights: Sequence[float] | None = None, loss_scale: float = 1.0,
+                         ce: CrossEntropy = "chunked", eot_id: int | None = None) -> torch.Tensor:
+    """Forward and backward of the multi-token loss (`mtp_loss`); gradients are accumulated into .grad.
+    Returns the per-head mean cross-entropies (n_future,), unweighted and detached, head 1 first."""
+    total, losses = mtp_loss(model, tokens, strategy, head_weights, loss_scale, ce, eot_id)
+    total.backward()
+    return losses
 
 
-def _sequential(model: MTPModel, inputs: torch.Tensor, targets: list[torch.Tensor], weights: list[float],
-                loss_scale: float, ce: CrossEntropy) -> torch.Tensor:
-    z = model.trunk(inputs)
-    # Cut the graph at the trunk output: each head's backward stops at d and adds into d.grad, so only one head's
-    # logits and activations are alive at a time (Fig. 2).
-    d = z.detach().requires_grad_(True)
-    weight = model.output.weight
-    # With the chunked loss, every head adds its unembedding gradient into one fp32 accumulator during its forward,
-    # instead of each head holding a (V, d) gradient of its own until its backward (issue 4's memory bar).
-    w_grad = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
-        if ce == "chunked" and weight.requires_grad else None
-    losses = []
-    for i, y in enumerate(targets):
-        scale = loss_scale * weights[i]
-        loss = head_loss(model, model.head(i, d), y, ce, weight_grad_into=w_grad, weight_grad_scale=scale)
-        (scale * loss).backward()
-        losses.append(loss.detach())
-    # One backward through the trunk with the summed gradient of all heads, and the unembedding's accumulated
-    # gradient handed to autograd in the same call, so gradient hooks (DDP, FSDP) see one ordinary backward.
-    if w_grad is None:
-        z.backward(d.grad)
-    else:
-        torch.autograd.backward([z, weight], [d.grad, w_grad.to(weight.dtype)])
-    return torch.stack(losses)
+def _head_side_params(model: MTPModel) -> list[torch.nn.Parameter]:
+    """Everything after the trunk: every head's layer, the shared norm and the unembedding."""
+    blocks = [model.head_block(i) for i in range(model.n_future)]
+    return [p for m in (*blocks, model.norm, model.output) for p in m.parameters()]
+
+
+class _HeadLoop(torch.autograd.Function):
+    """The paper's memory-efficient head loop (Fig. 2) packaged as one differentiable op on the trunk output z.
+
+    forward: detach z into d; for each head in turn run its forward and its backward (torch.autograd.grad, so only one
+    head's logits and activations are alive at a time), summing the gradients of d and of the head-side parameters.
+    backward: hand those gradients to autograd, scaled by the incoming gradient (1 for total.backward()).
+
+    Why a Function rather than the paper's literal sequence of .backward() calls: wrapped like this the whole step
+    has a single backward, so DDP's reducer and FSDP2's reduce-scatter fire once per step instead of once per head,
+    and gradient accumulation (no_sync) works as for any model. The head passes use autograd.grad, which returns
+    gradients instead of accumulating them into .grad, so no gradient hook fires before the real backward.
+    """
+
+    @staticmethod
+    def forward(ctx, z, spec, *params):
+        model, targets, weights, loss_scale, ce = spec
+        weight = model.output.weight
+        # With the chunked loss every head adds its unembedding gradient into one fp32 accumulator during its forward,
+        # instead of each head holding a (V, d) gradient of its own (issue 4's memory bar).
+        w_acc = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if ce == "chunked" and weight.requires_grad else None
+        d = z.detach().requires_grad_(z.requires_grad)
+        # Gradients to collect, by tensor: d (the trunk output's), and each head-side parameter's, except the
+        # unembedding's when the accumulator collects it.
+        wrt = ([d] if d.requires_grad else []) + [p for p in params if w_acc is None or p is not weight]
+        grad_of: dict[torch.Tensor, torch.Tensor | None] = dict.fromkeys([*wrt, *params])
+        losses = []
+        with torch.enable_grad():
+            for i, y in enumerate(targets):
+                scale = loss_scale * weights[i]
+                loss = head_loss(model, model.head(i, d), y, ce, weight_grad_into=w_acc, weight_grad_scale=scale)
+                if wrt:
+                    for t, g in zip(wrt, torch.autograd.grad(scale * loss, wrt, allow_unused=True)):
+                        if g is not None:  # a head's gradient reaches its own layer, the norm, d and W only
+                            grad_of[t] = g if grad_of[t] is None else grad_of[t].add_(g)
+                losses.append(loss.detach())
+        if w_acc is not None:
+            grad_of[weight] = w_acc.to(weight.dtype)
+        total = loss_scale * sum(w * loss for w, loss in zip(weights, losses))
+        ctx.grads = (grad_of.get(d), [grad_of[p] for p in params])
+        per_head = torch.stack(losses)
+        ctx.mark_non_differentiable(per_head)
+        return total.detach(), per_head
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_per_head):
+        d_grad, param_grads = ctx.grads
+        del ctx.grads  # these buffers are ours and used once: scale in place, then let go
+        scaled = [None if g is None else g.mul_(grad_total) for g in param_grads]
+        return (None if d_grad is None else d_grad.mul_(grad_total), None, *scaled)
 
 
 @torch.no_grad()

@@ -25,12 +25,14 @@ from multitoken.data.tokenizer import build_tokenizer
 from multitoken.data.tokens import load_tokens
 from multitoken.errors import CheckpointError, ConfigError
 from multitoken.model import MTPModel
-from multitoken.training.checkpoint import (list_checkpoints, load_trainer_state, load_weights, read_train_config,
+from multitoken.training.checkpoint import (list_checkpoints, load_trainer_state, read_train_config, read_weights,
                                             save_checkpoint)
+from multitoken.training.distributed import (MTPObjective, all_reduce_, apply_parallel, gradient_sync,
+                                             init_distributed, shutdown_distributed)
 from multitoken.training.evaluate import evaluate, format_eval_table
-from multitoken.training.loss import mtp_forward_backward
 from multitoken.training.optim import build_optimizer, get_lr
 from multitoken.training.runtime import autocast_for, resolve_device
+from multitoken.training.surgery import freeze_trunk, init_from_checkpoint, model_config_for_init
 
 
 @dataclass
@@ -44,9 +46,11 @@ class TrainState:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
+        if cfg.init_from:  # the shape comes from the checkpoint; only n_future is this run's own
+            cfg = dataclasses.replace(cfg, model=model_config_for_init(cfg.init_from, cfg.model.n_future))
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
-        self.device = resolve_device(cfg.device)
+        self.dist, self.device = init_distributed(resolve_device(cfg.device))
         self.window = cfg.model.max_seq_len + cfg.model.n_future
         self.tokenizer = build_tokenizer(cfg.data.tokenizer)
         if self.tokenizer.vocab_size > cfg.model.vocab_size:
@@ -58,15 +62,24 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.model = MTPModel(cfg.model).to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.device.type)
-        self.state = TrainState()
-        self.resumed_from: Path | None = None
-        self._maybe_resume()
+        self.init_note = init_from_checkpoint(self.model, cfg.init_from, self.tokenizer) if cfg.init_from else None
+        if cfg.freeze == "trunk":
+            freeze_trunk(self.model)
         if cfg.compile:
             # Compile layer by layer: the head loop calls trunk and heads separately, and module-level compile keeps
             # the state-dict keys unchanged.
             for block in [*self.model.layers, *self.model.extra_heads]:
                 block.compile()
+        eot_id = self.data.meta.get("eot_id", 0) if cfg.data.mask_documents else None
+        self.objective = MTPObjective(self.model, cfg.loss_strategy, cfg.cross_entropy, cfg.resolved_head_weights(),
+                                      eot_id)
+        mode = cfg.parallel if cfg.parallel != "auto" else ("ddp" if self.dist.world_size > 1 else "none")
+        self.parallel = mode
+        self.wrapped = apply_parallel(self.objective, mode, self.dist, self.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device.type)  # after sharding: FSDP2 swaps params
+        self.state = TrainState()
+        self.resumed_from: Path | None = None
+        self._maybe_resume()
 
     # --- setup -------------------------------------------------------------------------------------------------
 
@@ -85,9 +98,8 @@ class Trainer:
                     if getattr(saved.model, f.name) != getattr(self.cfg.model, f.name)]
             raise CheckpointError(f"cannot resume {ckpt}: the model config differs ({', '.join(diff)}); use the "
                                   "run's own config (its config.yaml) or a new --out_dir")
-        load_weights(self.model, ckpt)
         trainer_state = load_trainer_state(ckpt)
-        self.optimizer.load_state_dict(trainer_state["optimizer"])
+        self._load_state(read_weights(ckpt), trainer_state["optimizer"], ckpt)
         torch.set_rng_state(trainer_state["torch_rng"])
         if self.device.type == "cuda" and "cuda_rng" in trainer_state:
             torch.cuda.set_rng_state(trainer_state["cuda_rng"], self.device)
@@ -95,11 +107,34 @@ class Trainer:
         self.resumed_from = ckpt
         self._truncate_metrics(self.state.step)
 
+    def _load_state(self, weights: dict, optim_state: dict, ckpt: Path) -> None:
+        """Full (unsharded) weights and optimizer state into the possibly sharded model: any world size resumes any
+        checkpoint, because checkpoints hold full tensors keyed by parameter name (torch.distributed.checkpoint's
+        state-dict API does the sharding)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        if optim_state["state"] and isinstance(next(iter(optim_state["state"])), int):
+            raise CheckpointError(f"{ckpt} was saved by multitoken 0.1 (optimizer state by index): resume it with "
+                                  "that version, or start from its weights with --init_from")
+        try:
+            set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=optim_state,
+                           options=StateDictOptions(full_state_dict=True, strict=True))
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"{ckpt} does not match this model ({type(e).__name__}): the checkpoint is "
+                                  "damaged or from another run") from None
+
+    def _gather_state(self) -> tuple[dict, dict]:
+        """Full weights and optimizer state by parameter name, gathered from every rank (on CPU, complete on rank 0)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        return get_state_dict(self.model, self.optimizer,
+                              options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric records logged after the checkpoint we resume from: those steps are about to be redone.
         Written aside and renamed over the old log, so a kill at this moment cannot lose it."""
         path = self.out_dir / "metrics.jsonl"
-        if path.exists():
+        if self.dist.is_main and path.exists():
             kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
@@ -108,55 +143,82 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------------------------------
 
     def train_step(self, step: int) -> torch.Tensor:
-        """One optimizer step (with gradient accumulation). Returns per-head losses (n_future,), still on device."""
-        cfg = self.cfg
+        """One optimizer step (with gradient accumulation). Returns this rank's per-head losses (n_future,), on device.
+
+        Each micro-step is one forward and one backward call of the wrapped objective (the head loop runs inside it),
+        and only the last micro-step's backward reduces gradients across ranks.
+        """
+        cfg, d = self.cfg, self.dist
         lr = get_lr(step, cfg.max_steps, cfg.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         head_losses = torch.zeros(cfg.model.n_future, device=self.device)
         for micro in range(cfg.grad_accum_steps):
-            tokens = train_batch(self.data.train, cfg.batch_size, self.window, cfg.seed, step, micro)
+            tokens = train_batch(self.data.train, cfg.batch_size, self.window, cfg.seed, step, micro,
+                                 rank=d.rank, world_size=d.world_size)
             tokens = tokens.to(self.device, non_blocking=True)
-            with autocast_for(self.device, cfg.precision):
-                head_losses += mtp_forward_backward(self.model, tokens, cfg.loss_strategy, cfg.head_weights,
-                                                    loss_scale=1.0 / cfg.grad_accum_steps, ce=cfg.cross_entropy)
+            with gradient_sync(self.wrapped, micro == cfg.grad_accum_steps - 1), autocast_for(self.device,
+                                                                                             cfg.precision):
+                total, losses = self.wrapped(tokens, loss_scale=1.0 / cfg.grad_accum_steps)
+                total.backward()
+            head_losses += losses
         if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return head_losses / cfg.grad_accum_steps
 
     def validate(self) -> dict:
-        result = evaluate(self.model, self.val_batches, self.device, self.cfg.precision,
-                          byte_level=self.tokenizer.kind == "bytes")
+        """Validation over the fixed batches, split across ranks (padded so every rank runs as many forwards)."""
+        rank, world = self.dist.rank, self.dist.world_size
+        per_rank = math.ceil(len(self.val_batches) / world)
+        mine = [rank + world * j for j in range(per_rank)]
+        batches = [self.val_batches[i % len(self.val_batches)] for i in mine]
+        counted = [i < len(self.val_batches) for i in mine]
+        batch_fn = self.wrapped.evaluate if self.parallel == "fsdp" else None
+        result = evaluate(self.model, batches, self.device, self.cfg.precision,
+                          byte_level=self.tokenizer.kind == "bytes", batch_fn=batch_fn, counted=counted)
         self.state.last_val = result
         self._log({"step": self.state.step, "split": "val", **result})
         return result
 
-    def save(self) -> Path:
-        trainer_state = {"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                         "loop": dataclasses.asdict(self.state)}
-        if self.device.type == "cuda":
-            trainer_state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        meta = {"tokens_seen": self.state.tokens_seen, "last_val": self.state.last_val}
-        return save_checkpoint(self.out_dir, self.state.step, self.model, self.cfg, self.tokenizer, trainer_state,
-                               meta, self.cfg.keep_last)
+    def save(self) -> Path | None:
+        """Every rank takes part (the weights may be sharded); rank 0 writes the checkpoint."""
+        weights, optim_state = self._gather_state()
+        path = None
+        if self.dist.is_main:
+            trainer_state = {"optimizer": optim_state, "torch_rng": torch.get_rng_state(),
+                             "loop": dataclasses.asdict(self.state)}
+            if self.device.type == "cuda":
+                trainer_state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+            meta = {"tokens_seen": self.state.tokens_seen, "last_val": self.state.last_val,
+                    "world_size": self.dist.world_size, "parallel": self.parallel}
+            path = save_checkpoint(self.out_dir, self.state.step, weights, self.cfg, self.tokenizer, trainer_state,
+                                   meta, self.cfg.keep_last)
+        if self.dist.enabled:
+            torch.distributed.barrier()  # a resume, on any rank, must find the checkpoint complete
+        return path
 
     def _log(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with (self.out_dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
 
     def fit(self) -> dict:
-        cfg, state = self.cfg, self.state
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        cfg, state, main = self.cfg, self.state, self.dist.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         self.model.train()
-        tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * cfg.model.max_seq_len
-        bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not cfg.progress, unit="step",
+        tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * cfg.model.max_seq_len * self.dist.world_size
+        bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not (cfg.progress and main), unit="step",
                    dynamic_ncols=True, desc="train")
-        if self.resumed_from is not None:
+        if main and self.resumed_from is not None:
             bar.write(f"resumed from {self.resumed_from} at step {state.step}")
+        elif main and self.init_note:
+            bar.write(self.init_note)
         window_start, window_steps, loss_sum = time.perf_counter(), 0, None
         while state.step < cfg.max_steps:
             head_losses = self.train_step(state.step)
@@ -166,7 +228,7 @@ class Trainer:
             window_steps += 1
             bar.update(1)
             if state.step % cfg.log_interval == 0 or state.step == cfg.max_steps:
-                losses = (loss_sum / window_steps).tolist()  # host sync only at log intervals
+                losses = all_reduce_(loss_sum / window_steps, "avg").tolist()  # host sync only at log intervals
                 elapsed = time.perf_counter() - window_start
                 tok_s = window_steps * tokens_per_step / elapsed
                 if not all(math.isfinite(x) for x in losses):
@@ -179,8 +241,9 @@ class Trainer:
                 window_start, window_steps, loss_sum = time.perf_counter(), 0, None
             if state.step % cfg.eval_interval == 0 or state.step == cfg.max_steps:
                 val = self.validate()
-                bar.write(f"step {state.step} val loss per head: "
-                          + " ".join(f"h{i + 1}={x:.3f}" for i, x in enumerate(val["loss"])))
+                if main:
+                    bar.write(f"step {state.step} val loss per head: "
+                              + " ".join(f"h{i + 1}={x:.3f}" for i, x in enumerate(val["loss"])))
             if state.step % cfg.save_interval == 0 or state.step == cfg.max_steps:
                 self.save()
         bar.close()
@@ -190,6 +253,14 @@ class Trainer:
                 "checkpoint": str(list_checkpoints(self.out_dir)[-1]), "table": format_eval_table(state.last_val)}
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Set up and run a training job; returns the final step, validation metrics and checkpoint path."""
-    return Trainer(cfg).fit()
+def train(cfg: TrainConfig) -> dict | None:
+    """Set up and run a training job; returns the final step, validation metrics and checkpoint path (on rank 0 of a
+    distributed run; None on the other ranks)."""
+    ok = False
+    try:
+        trainer = Trainer(cfg)
+        result = trainer.fit()
+        ok = True
+        return result if trainer.dist.is_main else None
+    finally:
+        shutdown_distributed(barrier=ok)  # after a failure, peers may never reach a barrier

@@ -1,0 +1,63 @@
+"""Finetuning across n_future: start from a checkpoint with more, fewer or the same heads, optionally frozen trunk.
+
+The paper (section 3.x, CodeContests) found a 4-token model finetuned with next-token loss (n' = 1) did best; the
+other way round, heads added to an existing model (each initialised from its head 1, the closest thing to a trained
+head it has) turn a next-token model into one that can draft for self-speculative decoding. The trunk, the shared
+norm and the unembedding carry over unchanged; only the list of extra heads grows or shrinks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from multitoken.config import ModelConfig
+from multitoken.errors import CheckpointError
+from multitoken.model import MTPModel
+from multitoken.training.checkpoint import read_train_config, read_weights, resolve_checkpoint
+
+_EXTRA_HEAD = re.compile(r"^extra_heads\.(\d+)\.(.*)$")
+
+
+def model_config_for_init(init_from: str, n_future: int) -> ModelConfig:
+    """The shape of a model initialised from a checkpoint: the checkpoint's, with n_future heads on the same trunk."""
+    saved = read_train_config(resolve_checkpoint(init_from)).model
+    return dataclasses.replace(saved, n_future=n_future, n_layer=saved.n_trunk_layers + n_future)
+
+
+def init_from_checkpoint(model: MTPModel, init_from: str, tokenizer) -> str:
+    """Load a checkpoint's weights into model, mapping heads; returns a one-line description of what was done."""
+    from multitoken.data.tokenizer import load_tokenizer
+
+    ckpt = resolve_checkpoint(init_from)
+    saved = read_train_config(ckpt).model
+    theirs, ours = getattr(load_tokenizer(ckpt), "fingerprint", None), getattr(tokenizer, "fingerprint", None)
+    if theirs != ours:
+        raise CheckpointError(f"the tokenizer of {ckpt} differs from this run's data tokenizer: finetune on data "
+                              "prepared with the checkpoint's own tokenizer (it is saved in the checkpoint directory)")
+    c = model.config
+    if dataclasses.replace(saved, n_future=c.n_future, n_layer=c.n_layer) != c or \
+            saved.n_trunk_layers != c.n_trunk_layers:
+        raise CheckpointError(f"{ckpt} has a different model shape than this run: with --init_from, leave model.* "
+                              "to the checkpoint and set only model.n_future")
+    state = read_weights(ckpt, model.output.weight.device)
+    head1 = f"layers.{saved.n_trunk_layers}."
+    mapped = {}
+    for key, value in state.items():
+        m = _EXTRA_HEAD.match(key)
+        if m is None:
+            mapped[key] = value
+        elif int(m.group(1)) < c.n_future - 1:  # extra heads beyond the new n_future are dropped
+            mapped[key] = value
+    for j in range(saved.n_future - 1, c.n_future - 1):  # heads the checkpoint lacks start as copies of its head 1
+        for key, value in state.items():
+            if key.startswith(head1):
+                mapped[f"extra_heads.{j}.{key[len(head1):]}"] = value.clone()
+    model.load_state_dict(mapped, strict=True)
+    return f"initialised from {ckpt}: n_future {saved.n_future} -> {c.n_future}"
+
+
+def freeze_trunk(model: MTPModel) -> None:
+    """Fix the input embeddings and the trunk layers; the heads, the shared norm and the unembedding still train."""
+    for module in (model.tok_embeddings, *model.layers[:-1]):
+        module.requires_grad_(False)
