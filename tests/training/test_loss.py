@@ -139,3 +139,45 @@ def test_unknown_strategy_and_wrong_weights_are_refused():
         mtp_forward_backward(model, tokens, strategy="fast")
     with pytest.raises(ValueError, match="head weights"):
         mtp_forward_backward(model, tokens, head_weights=[1.0])
+
+
+@pytest.mark.parametrize("n_future", [1, 2, 4])
+def test_document_boundary_masking_for_every_head_offset(n_future):
+    """Head i's target at t is ignored exactly when an end token lies among tokens[t .. t+i-1], checked against a
+    direct loop over positions; the end token itself stays a target."""
+    eot = 0
+    torch.manual_seed(n_future)
+    tokens = torch.randint(1, 6, (3, 20 + n_future))
+    tokens[0, [3, 4, 11]] = eot
+    tokens[1, [0, 19 + n_future]] = eot
+    inputs, targets = split_window(tokens, n_future, eot_id=eot)
+    T = inputs.shape[1]
+    for i, y in enumerate(targets, start=1):
+        for b in range(tokens.shape[0]):
+            for t in range(T):
+                crosses = bool((tokens[b, t:t + i] == eot).any())
+                assert y[b, t].item() == (-100 if crosses else tokens[b, t + i].item()), (i, b, t)
+    assert (targets[0][0, 2] == eot).item()  # predicting the end of a document is still learned
+    unmasked = split_window(tokens, n_future)[1]
+    assert all(torch.equal(a, b) for a, b in zip(unmasked, [tokens[:, i:i + T] for i in range(1, n_future + 1)]))
+
+
+def test_masked_loss_is_the_mean_over_kept_targets_and_paths_agree():
+    torch.manual_seed(0)
+    cfg = tiny_model_config(n_future=3)
+    tokens = torch.randint(1, 64, (2, 19))
+    tokens[:, 7] = 0
+    kwargs = {"eot_id": 0, "ce": "plain"}
+    torch.manual_seed(1)
+    loss_naive, loss_seq, grads_naive, grads_seq = _naive_and_sequential(cfg, tokens, kwargs, {"eot_id": 0})
+    torch.testing.assert_close(loss_seq, loss_naive, rtol=1e-6, atol=0)
+    _assert_grads_equal(grads_seq, grads_naive)
+    torch.manual_seed(1)
+    model = MTPModel(cfg)  # the twins' initialisation
+    inputs, targets = split_window(tokens, 3, eot_id=0)
+    with torch.no_grad():
+        logits = model(inputs, return_all_heads=True)  # (B, T, n, V)
+    for i, y in enumerate(targets):
+        keep = y != -100
+        expected = F.cross_entropy(logits[:, :, i][keep], y[keep])
+        torch.testing.assert_close(loss_naive[i], expected, rtol=1e-5, atol=1e-6)

@@ -24,12 +24,16 @@ def add_parser(subcommands) -> None:
 
 
 def normalize_argv(argv: list[str]) -> list[str]:
-    """Shorthands users expect: boolean settings given bare (`--resume` for `--resume true`), and `--data PATH` for
-    `--data.path PATH` (jsonargparse would otherwise read `--data` as a YAML file for the data group)."""
+    """Shorthands users expect: boolean settings given bare (`--resume` for `--resume true`), dashes for underscores
+    (`--init-from`), and `--data PATH` for `--data.path PATH` (jsonargparse would otherwise read `--data` as a YAML
+    file for the data group)."""
     out = []
     for i, arg in enumerate(argv):
         nxt = argv[i + 1] if i + 1 < len(argv) else None
         bare = nxt is None or nxt.startswith("-")
+        if arg.startswith("--") and "-" in arg[2:].split("=")[0]:  # --init-from reads as --init_from
+            name, eq, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + eq + value
         if arg in BOOL_FLAGS and bare:
             arg = f"{arg}=true"
         elif arg == "--data":

@@ -1,0 +1,81 @@
+"""Finetuning across n_future (--init_from) and training heads on a frozen trunk (--freeze trunk)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from multitoken.config import TrainConfig
+from multitoken.errors import CheckpointError, ConfigError
+from multitoken.training.checkpoint import list_checkpoints
+from multitoken.training.trainer import Trainer, train
+from tests.conftest import tiny_model_config, tiny_train_config
+
+
+def _final(run):
+    return load_file(list_checkpoints(run)[-1] / "model.safetensors")
+
+
+@pytest.fixture
+def base_run(corpus, tmp_path):
+    """A trained 3-head model: 1 trunk layer + 3 head layers."""
+    cfg = tiny_train_config(corpus, tmp_path / "base", model=tiny_model_config(vocab_size=256, n_future=3),
+                            max_steps=3)
+    train(cfg)
+    return tmp_path / "base"
+
+
+@pytest.mark.parametrize("n_future", [1, 3, 5])
+def test_init_from_with_fewer_equal_and_more_heads(corpus, tmp_path, base_run, n_future):
+    base = _final(base_run)
+    cfg = tiny_train_config(corpus, tmp_path / "ft", init_from=str(base_run),
+                            model=tiny_model_config(vocab_size=256, n_future=n_future, n_layer=max(4, n_future)))
+    trainer = Trainer(cfg)
+    c = trainer.model.config
+    assert (c.n_future, c.n_layer, c.n_trunk_layers) == (n_future, 1 + n_future, 1)
+    state = trainer.model.state_dict()
+    for key in state:
+        if key.startswith("extra_heads."):
+            j = int(key.split(".")[1])
+            # heads the checkpoint has are kept; new ones start as copies of its head 1 (layers.1 = trunk 1 + head 1)
+            source = key if j < 2 else "layers.1." + key.split(".", 2)[2]
+            assert torch.equal(state[key], base[source]), key
+        else:
+            assert torch.equal(state[key], base[key]), key
+    result = trainer.fit()
+    assert len(result["val"]["loss"]) == n_future
+
+
+def test_init_from_checkpoint_with_other_shape_or_tokenizer_is_refused(corpus, tmp_path, base_run):
+    cfg = tiny_train_config(corpus, tmp_path / "ft", init_from=str(base_run),
+                            model=tiny_model_config(vocab_size=256, n_future=2))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Trainer(TrainConfig(**{**cfg.__dict__, "init_from": str(tmp_path / "nowhere")}))
+    config_yaml = list_checkpoints(base_run)[-1] / "tokenizer_config.json"
+    config_yaml.write_text(json.dumps({"kind": "bytes"}))  # still the same tokenizer: accepted
+    Trainer(cfg)
+
+
+def test_frozen_trunk_parameters_do_not_change(corpus, tmp_path, base_run):
+    base = _final(base_run)
+    cfg = tiny_train_config(corpus, tmp_path / "frozen", init_from=str(base_run), freeze="trunk",
+                            model=tiny_model_config(vocab_size=256, n_future=3), max_steps=4)
+    train(cfg)
+    after = _final(tmp_path / "frozen")
+    frozen = [k for k in after if k.startswith(("tok_embeddings.", "layers.0."))]
+    trained = [k for k in after if k not in frozen]
+    assert frozen and all(torch.equal(after[k], base[k]) for k in frozen)
+    assert all(not torch.equal(after[k], base[k]) for k in trained if k.endswith("wq.weight"))
+
+
+def test_head_weight_rules():
+    model = tiny_model_config(n_layer=5, n_future=4)
+    assert TrainConfig(model=model, head_weights="decay:0.5").resolved_head_weights() == [1, 0.5, 0.25, 0.125]
+    assert TrainConfig(model=model, head_weights="deepseek:0.3").resolved_head_weights() == pytest.approx(
+        [1, 0.1, 0.1, 0.1])
+    assert TrainConfig(model=model).resolved_head_weights() == [1.0] * 4
+    with pytest.raises(ConfigError, match="decay:0.8"):
+        TrainConfig(model=model, head_weights="exp:2")
+    with pytest.raises(ConfigError, match="one weight per head"):
+        TrainConfig(model=model, head_weights=[1.0, 0.5])
