@@ -115,15 +115,19 @@ def test_two_processes_equal_one_with_the_same_global_batch(corpus, tmp_path, mo
         assert counts["fsdp_reduce_scatters"] == counts["steps"] * counts["groups"]  # one per group per step
 
 
-def test_frozen_trunk_trains_heads_only_under_fsdp(corpus, tmp_path):
-    cfg = _config(corpus, tmp_path / "frozen", batch_size=B, parallel="fsdp", freeze="trunk", grad_accum_steps=1)
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_frozen_trunk_trains_heads_only(corpus, tmp_path, mode):
+    cfg = _config(corpus, tmp_path / "frozen", batch_size=B, parallel=mode, freeze="trunk", grad_accum_steps=1)
     init = Trainer(dataclasses.replace(cfg, parallel="none", out_dir=str(tmp_path / "init"))).model.state_dict()
     counts = _spawn(cfg, tmp_path)
     after = _final_weights(tmp_path / "frozen")
     trunk = [k for k in after if k.startswith("tok_embeddings") or k.startswith(("layers.0.", "layers.1."))]
     assert trunk and all(torch.equal(after[k], init[k]) for k in trunk)
     assert not torch.equal(after["extra_heads.0.attention.wq.weight"], init["extra_heads.0.attention.wq.weight"])
-    assert counts["groups"] == 1 and counts["fsdp_reduce_scatters"] == counts["steps"]
+    if mode == "fsdp":
+        assert counts["groups"] == 1 and counts["fsdp_reduce_scatters"] == counts["steps"]
+    else:
+        assert counts["ddp_buckets"] == counts["steps"]
 
 
 @pytest.mark.parametrize("first,second", [("fsdp", "none"), ("none", "ddp")])
