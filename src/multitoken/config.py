@@ -88,8 +88,9 @@ class DataConfig:
     path: str | list[str] | None = None
     """Text file or folder (or a list of them) to train on; null means the built-in default, this Python's standard
     library source."""
-    tokenizer: Literal["bytes"] = "bytes"
-    """Tokenizer: 'bytes' is byte-level (vocab 256), no training needed."""
+    tokenizer: str = "bytes"
+    """Tokenizer: 'bytes' is byte-level (vocab 256), no training needed; or the path of a tokenizer folder or
+    tokenizer.json (`multitoken tokenizer train` makes one). Data from `multitoken prepare` brings its own."""
     val_fraction: float = 0.02
     """Share of files held out for validation (split by file, deterministic)."""
     cache_dir: str | None = None
