@@ -134,7 +134,8 @@ def _parquet_file(source: Source):
     except OSError as e:
         raise DataError(f"cannot read {source.path}: {e.strerror or e}") from None
     except Exception as e:  # pyarrow's ArrowInvalid: not a Parquet file, or a damaged one
-        raise DataError(f"cannot read {source.path} as Parquet ({str(e).splitlines()[0][:200]}): check the file") from None
+        reason = str(e).splitlines()[0][:200]
+        raise DataError(f"cannot read {source.path} as Parquet ({reason}): check the file") from None
 
 
 def check_sources(sources: list[Source], parquet_column: str) -> None:

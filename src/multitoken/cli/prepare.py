@@ -1,0 +1,83 @@
+"""`multitoken prepare`: tokenize a corpus once into shards that training memory-maps (`train --data OUT`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Literal
+
+from jsonargparse import Namespace
+
+from multitoken.cli.common import new_parser
+
+
+def add_parser(subcommands) -> None:
+    parser = new_parser("Tokenize text files and folders, .jsonl and .parquet files once into token shards for "
+                        "training: streaming (bounded memory), parallel, resumable. Rerunning over a finished OUT is a "
+                        "no-op; an interrupted run redoes only the missing shards. Train with `--data OUT`.")
+    parser.add_argument("--data", type=str, nargs="+", required=True,
+                        help="Files and folders: text (one document per file), .jsonl (one per line), .parquet (one "
+                             "per row).")
+    parser.add_argument("--tokenizer", type=str, default="bytes",
+                        help="'bytes', or a tokenizer folder / tokenizer.json (`multitoken tokenizer train`).")
+    parser.add_argument("--out", type=str, required=True, help="Output folder (new, empty, or an earlier prepare).")
+    parser.add_argument("--val-fraction", "--val_fraction", type=float, default=0.02,
+                        help="Share of documents held out for validation (by a hash of each document's name).")
+    parser.add_argument("--workers", type=int | None, default=None,
+                        help="Worker processes; default: one per CPU core.")
+    parser.add_argument("--jsonl-field", "--jsonl_field", type=str, default="text", help="JSONL field with the text.")
+    parser.add_argument("--parquet-column", "--parquet_column", type=str, default="text",
+                        help="Parquet column with the text.")
+    parser.add_argument("--shard-tokens", "--shard_tokens", type=int, default=1 << 27,
+                        help="Most tokens in one shard file.")
+    parser.add_argument("--dtype", type=Literal["auto", "uint16", "uint32"], default="auto",
+                        help="Token id type on disk; auto: uint16 when the vocabulary fits, else uint32.")
+    subcommands.add_subcommand("prepare", parser, help="Tokenize a corpus into shards for training.")
+
+
+def human_bytes(n: int | None) -> str:
+    """1234567 -> '1.2 MB' (decimal units, as throughput in MB/s)."""
+    if n is None:
+        return "n/a"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} B"
+
+
+def run(args: Namespace) -> int:
+    from multitoken.data.prepare import PrepareOptions, prepare
+    from multitoken.data.tokenizer import build_tokenizer
+
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    options = PrepareOptions(val_fraction=args.val_fraction, workers=workers, jsonl_field=args.jsonl_field,
+                             parquet_column=args.parquet_column, shard_tokens=args.shard_tokens, dtype=args.dtype)
+    tokenizer = build_tokenizer(args.tokenizer)
+    try:
+        result = prepare(args.data, tokenizer, args.out, options)
+    except KeyboardInterrupt:
+        print("interrupted: finished shards are kept; rerun the same command to finish", file=sys.stderr)
+        return 130
+    m = result.manifest
+    tokens = {s: m["splits"][s]["tokens"] for s in ("train", "val")}
+    if result.up_to_date:
+        print(f"{args.out} is up to date ({result.units} units, {sum(tokens.values()):,} tokens): nothing to do")
+        return 0
+    size = sum(s["size"] for s in m["sources"])
+    rate = result.bytes_processed / 1e6 / max(result.seconds, 1e-9)
+    n_workers = min(workers, result.units - result.units_reused) or 1
+    print(f"prepared {human_bytes(size)} from {len(m['sources']):,} files in {result.seconds:.1f} s "
+          f"({rate:.1f} MB/s, {n_workers} worker{'s' if n_workers > 1 else ''})"
+          + (f", {result.units_reused} of {result.units} units already done" if result.units_reused else ""))
+    for split in ("train", "val"):
+        s = m["splits"][split]
+        print(f"  {split:<5} {s['tokens']:>15,} tokens  {s['documents']:>11,} documents  {len(s['shards']):>5} shards")
+    tok = m["tokenizer"]
+    print(f"tokenizer {tok['kind']} (vocab {tok['vocab_size']:,}, end-of-text id {tok['eot_id']}), {m['dtype']} "
+          f"-> {args.out}")
+    print(f"peak memory (RSS): main process {human_bytes(result.peak_rss.get('main'))}, largest worker "
+          f"{human_bytes(result.peak_rss.get('workers'))}")
+    if not tokens["val"] or not tokens["train"]:
+        print(f"warning: the {'validation' if not tokens['val'] else 'training'} split is empty: use more documents "
+              "or another --val-fraction")
+    return 0

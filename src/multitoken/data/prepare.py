@@ -1,0 +1,293 @@
+"""`prepare`: tokenize a corpus of any size once, into flat shard files that training memory-maps.
+
+    OUT/manifest.json                   what was prepared from what (written last: its presence means complete)
+    OUT/tokenizer/                      the tokenizer (tokenizer_config.json, and tokenizer.json for BPE)
+    OUT/train/shard_000000_000.bin      token ids (uint16 or uint32), an end-of-text id after every document
+    OUT/val/shard_000000_000.bin        ...
+    OUT/.units/unit_000000.json         per-unit records, for resuming
+
+The input is cut into units of about `unit_bytes` (whole small files packed together, large files cut into pieces;
+see documents.py for where cuts may fall). Units are planned from the input alone, so their shards, and the order
+they are read in, are the same for any number of workers. Each document goes to validation when a hash of its name
+(the file's relative path; for JSONL `path@byte-offset`, for Parquet `path#row`) falls below val_fraction, the rule of
+corpus.is_validation. Workers are processes; each tokenizes whole units, streaming, and writes its own shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from multitoken.data.documents import Source, check_sources, find_document_sources, split_source
+from multitoken.data.prepare_unit import (SPLITS, UNITS_DIR, Unit, UnitSettings, atomic_write_text, peak_rss_bytes,
+                                          run_unit, shards_intact, unit_record_path)
+from multitoken.data.tokenizer import Tokenizer, load_tokenizer
+from multitoken.errors import CheckpointError, ConfigError, DataError
+
+VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER_DIR = "tokenizer"
+UNIT_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    val_fraction: float = 0.02
+    workers: int = 1
+    jsonl_field: str = "text"
+    parquet_column: str = "text"
+    shard_tokens: int = 1 << 27
+    dtype: str = "auto"
+    unit_bytes: int = UNIT_BYTES
+    progress: bool | None = None  # None: a progress bar when stderr is a terminal
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"--val-fraction must be between 0 and 1 (got {self.val_fraction})")
+        for name in ("workers", "shard_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.unit_bytes < 1024:
+            raise ConfigError(f"unit_bytes must be at least 1024 (got {self.unit_bytes})")
+
+
+@dataclass
+class PrepareResult:
+    manifest: dict
+    up_to_date: bool = False
+    units: int = 0
+    units_reused: int = 0
+    bytes_processed: int = 0  # input bytes tokenized by this run
+    seconds: float = 0.0
+    peak_rss: dict = field(default_factory=dict)  # "main" and "workers" (largest), bytes
+
+
+def resolve_dtype(choice: str, vocab_size: int) -> str:
+    """uint16 when every token id fits, else uint32; a forced uint16 must fit."""
+    if choice == "auto":
+        return "uint16" if vocab_size <= 2**16 else "uint32"
+    if choice == "uint16" and vocab_size > 2**16:
+        raise ConfigError(f"--dtype uint16 cannot hold token ids up to {vocab_size - 1} (vocabulary {vocab_size}): "
+                          "use --dtype uint32 or auto")
+    if choice not in ("uint16", "uint32"):
+        raise ConfigError(f"--dtype must be auto, uint16 or uint32 (got {choice!r})")
+    return choice
+
+
+def _check_out_dir(out: Path, tokenizer: Tokenizer) -> None:
+    """OUT is new, empty, or an earlier prepare with the same tokenizer; never someone else's folder."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file: choose a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not any((out / name).exists() for name in (MANIFEST, TOKENIZER_DIR, UNITS_DIR)):
+        raise DataError(f"--out {out} is not empty and holds no prepared data: choose a new or empty folder")
+    if (out / TOKENIZER_DIR).is_dir():
+        try:
+            previous = load_tokenizer(out / TOKENIZER_DIR)
+        except (CheckpointError, ConfigError):
+            raise DataError(f"{out / TOKENIZER_DIR} is damaged: delete {out} and prepare again") from None
+        if previous.fingerprint != tokenizer.fingerprint:
+            raise DataError(f"{out} holds data prepared with a different tokenizer ({previous.kind}, fingerprint "
+                            f"{previous.fingerprint[:12]}): choose another --out, or delete {out} to start over")
+
+
+def _save_tokenizer(out: Path, tokenizer: Tokenizer) -> None:
+    if (out / TOKENIZER_DIR).is_dir():
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}.tmp-", dir=out))
+    tokenizer.save(tmp)
+    tmp.rename(out / TOKENIZER_DIR)
+
+
+def plan_units(sources: list[Source], unit_bytes: int, settings: UnitSettings, fingerprint: str) -> list[Unit]:
+    """Pack the sources' pieces, in order, into units of at most unit_bytes (a larger piece is a unit of its own)."""
+    groups, current, weight = [], [], 0
+    for source in sources:
+        for piece in split_source(source, unit_bytes):
+            if current and weight + piece.weight > unit_bytes:
+                groups.append(current)
+                current, weight = [], 0
+            current.append(piece)
+            weight += piece.weight
+    if current:
+        groups.append(current)
+    common = json.dumps({"version": VERSION, "tokenizer": fingerprint, **vars(settings)}, sort_keys=True)
+    units = []
+    for index, pieces in enumerate(groups):
+        h = hashlib.sha256(common.encode())
+        for p in pieces:
+            s = p.source
+            h.update(f"\n{s.path.resolve()}\0{s.key}\0{s.kind}\0{s.size}\0{s.mtime_ns}\0{p.start}\0{p.end}".encode())
+        units.append(Unit(index, tuple(pieces), h.hexdigest()))
+    return units
+
+
+def _done_record(out: Path, unit: Unit, itemsize: int) -> dict | None:
+    try:
+        record = json.loads(unit_record_path(out, unit.index).read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("key") != unit.key:
+        return None
+    if not all(shards_intact(out, record["splits"][s]["shards"], itemsize) for s in SPLITS):
+        return None
+    return record
+
+
+def _remove_leftovers(out: Path, keep: set[str], n_units: int) -> None:
+    """Temporary files of interrupted runs, shards and records of units no longer in the plan."""
+    for split in SPLITS:
+        for path in (out / split).glob("shard_*"):
+            if f"{split}/{path.name}" not in keep:
+                path.unlink(missing_ok=True)
+    for path in (out / UNITS_DIR).glob("unit_*"):
+        if path.name.endswith(".json") and path.name[5:-5].isdigit() and int(path.name[5:-5]) < n_units:
+            continue
+        path.unlink(missing_ok=True)
+    for path in out.glob(f".{TOKENIZER_DIR}.tmp-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --- workers --------------------------------------------------------------------------------------------------------
+
+_worker: dict = {}
+
+
+def _init_worker(tokenizer_dir: str, counter) -> None:
+    _worker.update(tokenizer=load_tokenizer(Path(tokenizer_dir)), counter=counter)
+
+
+def _report_shared(n: int) -> None:
+    with _worker["counter"].get_lock():
+        _worker["counter"].value += n
+
+
+def _work(unit: Unit, out: Path, settings: UnitSettings) -> tuple[dict, int | None]:
+    record = run_unit(unit, out, _worker["tokenizer"], settings, _report_shared)
+    return record, peak_rss_bytes()
+
+
+def _context():
+    # fork on Linux: workers start at once and share the parent's imported modules (torch is ~200 MB) instead of
+    # importing everything again; the parent has not started tokenizer threads, so forking is safe.
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+
+
+def _run_units(pending: list[Unit], out: Path, tokenizer: Tokenizer, settings: UnitSettings, workers: int,
+               progress: bool | None) -> tuple[list[dict], int | None]:
+    from tqdm.auto import tqdm
+
+    total = sum(u.weight for u in pending)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="prepare", leave=False, smoothing=0.1,
+               disable=None if progress is None else not progress)  # None: only on a terminal
+    records, worker_peak = [], None
+    try:
+        if workers == 1 or len(pending) == 1:
+            for unit in pending:
+                records.append(run_unit(unit, out, tokenizer, settings, bar.update))
+            return records, worker_peak
+        ctx = _context()
+        counter = ctx.Value("q", 0)
+        with ctx.Pool(min(workers, len(pending)), initializer=_init_worker,
+                      initargs=(str(out / TOKENIZER_DIR), counter)) as pool:
+            waiting = [pool.apply_async(_work, (unit, out, settings)) for unit in pending]
+            while waiting:
+                waiting[0].wait(0.25)
+                bar.update(counter.value - bar.n)
+                for result in [r for r in waiting if r.ready()]:
+                    record, peak = result.get()  # re-raises a worker's error here; the pool is then terminated
+                    records.append(record)
+                    worker_peak = max(worker_peak or 0, peak or 0) or None
+                    waiting.remove(result)
+        return records, worker_peak
+    finally:
+        bar.close()
+
+
+# --- the whole run --------------------------------------------------------------------------------------------------
+
+def _manifest(out: Path, plan_key: str, sources: list[Source], units: list[Unit], records: dict[int, dict],
+              tokenizer: Tokenizer, settings: UnitSettings, options: PrepareOptions) -> dict:
+    per_source: dict[str, list[int]] = {}
+    splits = {s: {"documents": 0, "tokens": 0, "shards": []} for s in SPLITS}
+    for unit in units:
+        record = records[unit.index]
+        for path, stats in record["sources"].items():
+            acc = per_source.setdefault(path, [0, 0])
+            acc[0] += stats["documents"]
+            acc[1] += stats["tokens"]
+        for s in SPLITS:
+            for key in ("documents", "tokens"):
+                splits[s][key] += record["splits"][s][key]
+            splits[s]["shards"] += record["splits"][s]["shards"]
+    return {
+        "format": "multitoken-prepared", "version": VERSION, "plan": plan_key,
+        "tokenizer": {"kind": tokenizer.kind, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
+                      "eot_id": tokenizer.eot_id, "dir": TOKENIZER_DIR},
+        "dtype": settings.dtype, "eot_id": settings.eot_id, "val_fraction": settings.val_fraction,
+        "jsonl_field": settings.jsonl_field, "parquet_column": settings.parquet_column,
+        "shard_tokens": settings.shard_tokens, "unit_bytes": options.unit_bytes,
+        "sources": [{"path": str(s.path), "key": s.key, "kind": s.kind, "size": s.size, "mtime_ns": s.mtime_ns,
+                     "documents": per_source.get(str(s.path), [0, 0])[0],
+                     "tokens": per_source.get(str(s.path), [0, 0])[1]} for s in sources],
+        "splits": splits,
+    }
+
+
+def read_manifest(out: Path) -> dict | None:
+    try:
+        return json.loads((Path(out) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def prepare(paths: list[str], tokenizer: Tokenizer, out: str | Path, options: PrepareOptions = PrepareOptions()
+            ) -> PrepareResult:
+    """Tokenize the files and folders in `paths` into OUT. Finished units are kept; a finished OUT is left as it is."""
+    start = time.perf_counter()
+    out = Path(out).expanduser()
+    dtype = resolve_dtype(options.dtype, tokenizer.vocab_size)
+    sources = find_document_sources(paths)
+    check_sources(sources, options.parquet_column)
+    _check_out_dir(out, tokenizer)
+    settings = UnitSettings(dtype=dtype, eot_id=int(tokenizer.eot_id), val_fraction=options.val_fraction,
+                            jsonl_field=options.jsonl_field, parquet_column=options.parquet_column,
+                            shard_tokens=options.shard_tokens)
+    units = plan_units(sources, options.unit_bytes, settings, tokenizer.fingerprint)
+    plan_key = hashlib.sha256("".join(u.key for u in units).encode()).hexdigest()
+    itemsize = np.dtype(dtype).itemsize
+
+    manifest = read_manifest(out)
+    if manifest and manifest.get("plan") == plan_key and all(
+            shards_intact(out, manifest["splits"][s]["shards"], itemsize) for s in SPLITS):
+        return PrepareResult(manifest, up_to_date=True, units=len(units), units_reused=len(units),
+                             seconds=time.perf_counter() - start)
+
+    for directory in (out, out / UNITS_DIR, *(out / s for s in SPLITS)):
+        directory.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # from here until the end, OUT is not a complete prepare
+    _save_tokenizer(out, tokenizer)
+    records = {u.index: r for u in units if (r := _done_record(out, u, itemsize)) is not None}
+    pending = [u for u in units if u.index not in records]
+    for unit in pending:
+        unit_record_path(out, unit.index).unlink(missing_ok=True)
+    new_records, worker_peak = _run_units(pending, out, tokenizer, settings, options.workers, options.progress)
+    records.update((r["unit"], r) for r in new_records)
+
+    manifest = _manifest(out, plan_key, sources, units, records, tokenizer, settings, options)
+    keep = {shard["file"] for s in SPLITS for shard in manifest["splits"][s]["shards"]}
+    _remove_leftovers(out, keep, len(units))
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    return PrepareResult(manifest, units=len(units), units_reused=len(units) - len(pending),
+                         bytes_processed=sum(u.weight for u in pending), seconds=time.perf_counter() - start,
+                         peak_rss={"main": peak_rss_bytes(), "workers": worker_peak})

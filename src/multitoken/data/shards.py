@@ -1,0 +1,116 @@
+"""Reading prepared data: a split's shard files seen as one flat token array, and `open_prepared` for a whole folder.
+
+`ShardedTokens` supports what the batch samplers use (`len`, `dtype`, and `x[a:b]` slices that may cross shard
+boundaries, returned as numpy arrays), so `train_batch` and `eval_batches` run on prepared data unchanged. Shards are
+memory-mapped on first use, and only the most recently used ones stay open: a corpus of thousands of shards never
+holds thousands of file handles.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from multitoken.data.prepare import MANIFEST, TOKENIZER_DIR, read_manifest
+from multitoken.data.tokenizer import Tokenizer, load_tokenizer
+from multitoken.data.tokens import TokenData
+from multitoken.errors import CheckpointError, ConfigError, DataError
+
+_OPEN_SHARDS = 64
+
+
+class ShardedTokens:
+    """Read-only concatenation of shard files of one dtype; `lengths` are their token counts."""
+
+    def __init__(self, paths: list[Path], lengths: list[int], dtype: np.dtype | str):
+        self.paths = [Path(p) for p in paths]
+        self.dtype = np.dtype(dtype)
+        self.offsets = np.concatenate([[0], np.cumsum(np.asarray(lengths, dtype=np.int64))]).astype(np.int64)
+        self._open: OrderedDict[int, np.memmap] = OrderedDict()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _shard(self, i: int) -> np.memmap:
+        if i in self._open:
+            self._open.move_to_end(i)
+        else:
+            if len(self._open) >= _OPEN_SHARDS:
+                self._open.popitem(last=False)
+            self._open[i] = np.memmap(self.paths[i], dtype=self.dtype, mode="r",
+                                      shape=(int(self.offsets[i + 1] - self.offsets[i]),))
+        return self._open[i]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise IndexError("ShardedTokens supports contiguous slices only (step 1)")
+            return self._read(start, max(stop, start))
+        if isinstance(index, (int, np.integer)):
+            i = int(index) + len(self) if index < 0 else int(index)
+            if not 0 <= i < len(self):
+                raise IndexError(f"index {index} out of range for {len(self)} tokens")
+            return self._read(i, i + 1)[0]
+        raise TypeError(f"ShardedTokens indices must be integers or slices, not {type(index).__name__}")
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        first = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        parts = []
+        i = first
+        while start < stop:
+            lo = start - int(self.offsets[i])
+            take = min(stop, int(self.offsets[i + 1])) - start
+            parts.append(self._shard(i)[lo:lo + take])
+            start += take
+            i += 1
+        if not parts:
+            return np.zeros(0, dtype=self.dtype)
+        return np.array(parts[0]) if len(parts) == 1 else np.concatenate(parts)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[0:len(self)]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"ShardedTokens({len(self):,} tokens in {len(self.paths)} shards, {self.dtype.name})"
+
+
+def _split(directory: Path, manifest: dict, split: str) -> ShardedTokens:
+    shards = manifest["splits"][split]["shards"]
+    dtype = np.dtype(manifest["dtype"])
+    for shard in shards:
+        path = directory / shard["file"]
+        if not path.is_file() or path.stat().st_size != shard["tokens"] * dtype.itemsize:
+            raise DataError(f"shard {path} is missing or truncated: rerun the same `multitoken prepare` command to "
+                            "repair it")
+    return ShardedTokens([directory / s["file"] for s in shards], [s["tokens"] for s in shards], dtype)
+
+
+def is_prepared(directory: str | Path) -> bool:
+    return (Path(directory) / MANIFEST).is_file()
+
+
+def open_prepared(directory: str | Path) -> tuple[Tokenizer, TokenData]:
+    """The tokenizer and both splits of a folder written by `multitoken prepare`."""
+    directory = Path(directory).expanduser()
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise DataError(f"{directory / MANIFEST} is missing or damaged: the prepare did not finish; rerun the same "
+                        "`multitoken prepare` command to complete it")
+    try:
+        tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
+    except (CheckpointError, ConfigError):
+        raise DataError(f"{directory / TOKENIZER_DIR} is missing or damaged: prepare the data again") from None
+    try:
+        if tokenizer.fingerprint != manifest["tokenizer"]["fingerprint"]:
+            raise DataError(f"{directory / TOKENIZER_DIR} is not the tokenizer {directory} was prepared with: "
+                            "prepare the data again")
+        train, val = _split(directory, manifest, "train"), _split(directory, manifest, "val")
+    except (KeyError, TypeError):
+        raise DataError(f"{directory / MANIFEST} is damaged: prepare the data again") from None
+    meta = {"prepared": True, "directory": str(directory), "tokenizer": tokenizer.kind, "dtype": manifest["dtype"],
+            "eot_id": manifest["eot_id"], "tokens": {"train": len(train), "val": len(val)}, "manifest": manifest}
+    return tokenizer, TokenData(train=train, val=val, meta=meta)
