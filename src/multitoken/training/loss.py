@@ -144,10 +144,14 @@ class _HeadLoop(torch.autograd.Function):
                 scale = loss_scale * weights[i]
                 loss = head_loss(model, model.head(i, d), y, ce, weight_grad_into=w_acc, weight_grad_scale=scale)
                 if wrt:
-                    for t, g in zip(wrt, torch.autograd.grad(scale * loss, wrt, allow_unused=True)):
+                    grads = list(torch.autograd.grad(scale * loss, wrt, allow_unused=True))
+                    for j, t in enumerate(wrt):
+                        g, grads[j] = grads[j], None  # hold no head's gradient past its summation
                         if g is not None:  # a head's gradient reaches its own layer, the norm, d and W only
                             grad_of[t] = g if grad_of[t] is None else grad_of[t].add_(g)
+                        del g
                 losses.append(loss.detach())
+                del loss
         if w_acc is not None:
             grad_of[weight] = w_acc.to(weight.dtype)
         total = loss_scale * sum(w * loss for w, loss in zip(weights, losses))
