@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from multitoken.config import TrainConfig
+from multitoken.config import DataConfig, TrainConfig
 from multitoken.errors import CheckpointError, ConfigError
 from multitoken.training.checkpoint import list_checkpoints
 from multitoken.training.trainer import Trainer, train
@@ -47,14 +47,24 @@ def test_init_from_with_fewer_equal_and_more_heads(corpus, tmp_path, base_run, n
     assert len(result["val"]["loss"]) == n_future
 
 
-def test_init_from_checkpoint_with_other_shape_or_tokenizer_is_refused(corpus, tmp_path, base_run):
-    cfg = tiny_train_config(corpus, tmp_path / "ft", init_from=str(base_run),
-                            model=tiny_model_config(vocab_size=256, n_future=2))
+def test_init_from_a_missing_checkpoint_or_another_tokenizer_is_refused(corpus, tmp_path, base_run):
+    cfg = tiny_train_config(corpus, tmp_path / "ft", init_from=str(tmp_path / "nowhere"))
     with pytest.raises(CheckpointError, match="does not exist"):
-        Trainer(TrainConfig(**{**cfg.__dict__, "init_from": str(tmp_path / "nowhere")}))
-    config_yaml = list_checkpoints(base_run)[-1] / "tokenizer_config.json"
-    config_yaml.write_text(json.dumps({"kind": "bytes"}))  # still the same tokenizer: accepted
-    Trainer(cfg)
+        Trainer(cfg)
+    # A checkpoint trained with a BPE tokenizer, finetuned on byte-level data: refused, naming the fix.
+    pytest.importorskip("tokenizers")
+    from multitoken.data.bpe import train_bpe
+
+    bpe = tmp_path / "bpe"
+    bpe.mkdir()
+    train_bpe(iter([p.read_text() for p in sorted(corpus.rglob("*.py"))]), vocab_size=300).save(bpe)
+    bpe_run = tmp_path / "bpe_run"
+    train(tiny_train_config(corpus, bpe_run, max_steps=2, data=DataConfig(path=[str(corpus)], tokenizer=str(bpe)),
+                            model=tiny_model_config(vocab_size=300, n_future=2)))
+    assert json.loads((list_checkpoints(bpe_run)[-1] / "tokenizer_config.json").read_text())["kind"] == "bpe"
+    with pytest.raises(CheckpointError, match="tokenizer"):
+        Trainer(tiny_train_config(corpus, tmp_path / "ft2", init_from=str(bpe_run),
+                                  model=tiny_model_config(vocab_size=300, n_future=2)))
 
 
 def test_frozen_trunk_parameters_do_not_change(corpus, tmp_path, base_run):

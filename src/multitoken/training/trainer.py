@@ -21,8 +21,7 @@ from tqdm.auto import tqdm
 
 from multitoken.config import TrainConfig, to_dict
 from multitoken.data.batches import eval_batches, train_batch
-from multitoken.data.tokenizer import build_tokenizer
-from multitoken.data.tokens import load_tokens
+from multitoken.data.tokens import resolve_data
 from multitoken.errors import CheckpointError, ConfigError
 from multitoken.model import MTPModel
 from multitoken.training.checkpoint import (list_checkpoints, load_trainer_state, read_train_config, read_weights,
@@ -52,11 +51,10 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         self.dist, self.device = init_distributed(resolve_device(cfg.device))
         self.window = cfg.model.max_seq_len + cfg.model.n_future
-        self.tokenizer = build_tokenizer(cfg.data.tokenizer)
+        self.tokenizer, self.data = resolve_data(cfg.data)
         if self.tokenizer.vocab_size > cfg.model.vocab_size:
             raise ConfigError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "
                               f"({self.tokenizer.vocab_size}): set --model.vocab_size {self.tokenizer.vocab_size}")
-        self.data = load_tokens(cfg.data, self.tokenizer)
         self.val_batches = eval_batches(self.data.val, cfg.batch_size, self.window, cfg.eval_batches)
         train_batch(self.data.train, 1, self.window, cfg.seed, 0)  # fail now, not at step 0, if train is too short
 
@@ -70,7 +68,7 @@ class Trainer:
             # the state-dict keys unchanged.
             for block in [*self.model.layers, *self.model.extra_heads]:
                 block.compile()
-        eot_id = self.data.meta.get("eot_id", 0) if cfg.data.mask_documents else None
+        eot_id = self.tokenizer.eot_id if cfg.data.mask_documents else None
         self.objective = MTPObjective(self.model, cfg.loss_strategy, cfg.cross_entropy, cfg.resolved_head_weights(),
                                       eot_id)
         mode = cfg.parallel if cfg.parallel != "auto" else ("ddp" if self.dist.world_size > 1 else "none")
