@@ -95,6 +95,9 @@ class DataConfig:
     """Share of files held out for validation (split by file, deterministic)."""
     cache_dir: str | None = None
     """Where token caches live; null means $MULTITOKEN_CACHE or ~/.cache/multitoken."""
+    order: Literal["random", "sequential"] = "random"
+    """How training windows are drawn: 'random' positions (reproducible from seed and step), or 'sequential' epochs
+    over the split, front to back."""
     mask_documents: bool = False
     """Ignore targets that lie in the next document: head i's target at position t is skipped when an
     end-of-document token occurs among tokens t..t+i-1 (the end token itself is still predicted)."""

@@ -30,3 +30,18 @@ def test_eval_windows_cover_the_split_evenly():
 def test_too_short_split_is_a_clear_error():
     with pytest.raises(DataError, match="fewer than one window"):
         train_batch(TOKENS[:5], 1, 10, 0, 0)
+
+
+def test_sequential_order_walks_the_split_in_epochs_and_splits_across_ranks():
+    T, n_future = 10, 2
+    window = T + n_future
+    n_windows = (len(TOKENS) - window) // T + 1
+    seen = [train_batch(TOKENS, 4, window, seed=0, step=s, micro_step=m, order="sequential", micro_steps=2, stride=T)
+            for s in range(25) for m in range(2)]
+    starts = torch.cat(seen)[:, 0].tolist()
+    assert starts[:n_windows] == [i * T for i in range(n_windows)]  # front to back, each input token once
+    assert starts[n_windows:2 * n_windows] == starts[:n_windows]  # then the next epoch, the same way
+    # two ranks of batch 2 read exactly the rows of one process of batch 4
+    both = torch.cat([train_batch(TOKENS, 2, window, 0, 3, 1, rank=r, world_size=2, order="sequential",
+                                  micro_steps=2, stride=T) for r in range(2)])
+    assert torch.equal(both, seen[3 * 2 + 1])

@@ -24,16 +24,31 @@ def _gather(tokens: np.ndarray, starts: np.ndarray, window: int) -> torch.Tensor
 
 
 def train_batch(tokens: np.ndarray, batch_size: int, window: int, seed: int, step: int,
-                micro_step: int = 0, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+                micro_step: int = 0, rank: int = 0, world_size: int = 1, order: str = "random",
+                micro_steps: int = 1, stride: int | None = None) -> torch.Tensor:
     """(batch_size, window) random windows for one micro-step, reproducible from (seed, step, micro_step).
 
     In a data-parallel run the micro-step's global batch holds batch_size * world_size windows and rank r reads rows
     r * batch_size .. (r + 1) * batch_size - 1 of it: ranks see different data, and together exactly the batch a
     single process with batch_size * world_size would see (what makes distributed == single-process testable).
+
+    order "sequential" reads the split front to back instead, in windows that advance by stride tokens (pass the
+    context length T, so that each token is head 1's target once per epoch; default window - 1) and wrap around at
+    the end: epochs over the data, still a pure function of (step, micro_step), with micro_steps the micro-steps per
+    optimizer step.
     """
     _check_length(tokens, window, "train")
-    rng = np.random.default_rng((seed, step, micro_step))
-    starts = rng.integers(0, len(tokens) - window + 1, size=batch_size * world_size)
+    n_global = batch_size * world_size
+    if order == "sequential":
+        stride = stride or window - 1
+        n_windows = (len(tokens) - window) // stride + 1
+        first = (step * micro_steps + micro_step) * n_global
+        starts = ((first + np.arange(n_global)) % n_windows) * stride
+    elif order == "random":
+        rng = np.random.default_rng((seed, step, micro_step))
+        starts = rng.integers(0, len(tokens) - window + 1, size=n_global)
+    else:
+        raise ValueError(f"unknown order {order!r}: use 'random' or 'sequential'")
     return _gather(tokens, starts[rank * batch_size:(rank + 1) * batch_size], window)
 
 

@@ -153,7 +153,8 @@ class Trainer:
         head_losses = torch.zeros(cfg.model.n_future, device=self.device)
         for micro in range(cfg.grad_accum_steps):
             tokens = train_batch(self.data.train, cfg.batch_size, self.window, cfg.seed, step, micro,
-                                 rank=d.rank, world_size=d.world_size)
+                                 rank=d.rank, world_size=d.world_size, order=cfg.data.order,
+                                 micro_steps=cfg.grad_accum_steps, stride=cfg.model.max_seq_len)
             tokens = tokens.to(self.device, non_blocking=True)
             with gradient_sync(self.wrapped, micro == cfg.grad_accum_steps - 1), autocast_for(self.device,
                                                                                              cfg.precision):
