@@ -13,7 +13,7 @@ import yaml
 
 from multitoken import TrainConfig
 from multitoken.cli.main import main
-from multitoken.config import from_dict
+from multitoken.config import from_dict, to_dict
 
 REPO = Path(__file__).resolve().parents[2]
 def tiny_args(n_future: int = 2) -> list[str]:
@@ -88,7 +88,9 @@ def test_yaml_config_and_overrides(corpus, tmp_path, capsys):
 
 
 def test_shipped_default_config_is_the_builtin_default():
-    assert from_dict(TrainConfig, yaml.safe_load((REPO / "configs" / "default.yaml").read_text())) == TrainConfig()
+    shipped = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    assert from_dict(TrainConfig, shipped) == TrainConfig()
+    assert shipped == to_dict(TrainConfig())  # every setting written out, none left to the defaults
 
 
 def test_shipped_configs_are_valid():
