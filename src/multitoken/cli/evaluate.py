@@ -26,7 +26,7 @@ def add_parser(subcommands) -> None:
 
 def run(args: Namespace) -> int:
     from multitoken.data.batches import eval_batches
-    from multitoken.data.tokens import load_tokens
+    from multitoken.data.tokens import resolve_data
     from multitoken.errors import ConfigError
     from multitoken.training.checkpoint import load_model, resolve_checkpoint
     from multitoken.training.evaluate import evaluate, format_eval_table
@@ -41,10 +41,10 @@ def run(args: Namespace) -> int:
         raise ConfigError("--batch-size and --batches must be at least 1")
     window = model.config.max_seq_len + model.n_future
     if args.data is None:
-        batches = eval_batches(load_tokens(cfg.data, tokenizer).val, batch_size, window, num_batches)
+        batches = eval_batches(resolve_data(cfg.data, tokenizer)[1].val, batch_size, window, num_batches)
         source = "validation split of the training data"
     else:  # the user's files, all of them: windows from both sides of the cache's split, in proportion to their size
-        data = load_tokens(dataclasses.replace(cfg.data, path=args.data), tokenizer)
+        data = resolve_data(dataclasses.replace(cfg.data, path=args.data), tokenizer)[1]
         parts = [part for part in (data.train, data.val) if len(part) >= window] or [data.train]
         total = sum(len(part) for part in parts)
         batches = [batch for part in parts for batch in

@@ -126,17 +126,26 @@ def load_tokens(cfg: DataConfig, tokenizer: Tokenizer) -> TokenData:
     return TokenData(train=open_split("train"), val=open_split("val"), meta={**meta, "cache": str(directory)})
 
 
-def resolve_data(cfg: DataConfig) -> tuple[Tokenizer, TokenData]:
+def resolve_data(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> tuple[Tokenizer, TokenData]:
     """The tokenizer and token data a config names: a folder written by `multitoken prepare` (its own tokenizer), or
-    text files and folders tokenized through the cache with cfg.tokenizer."""
+    text files and folders tokenized through the cache with cfg.tokenizer.
+
+    tokenizer: the one the data must be read with (a checkpoint's, for `eval`): text is tokenized with it, and
+    prepared data made with another tokenizer is refused.
+    """
     from multitoken.data.shards import is_prepared, open_prepared
 
     if cfg.path is not None and len(cfg.path) == 1 and is_prepared(Path(cfg.path[0]).expanduser()):
-        tokenizer, data = open_prepared(cfg.path[0])
-        if cfg.tokenizer != "bytes" and build_tokenizer(cfg.tokenizer).fingerprint != tokenizer.fingerprint:
+        prepared, data = open_prepared(cfg.path[0])
+        if tokenizer is not None and tokenizer.fingerprint != prepared.fingerprint:
+            raise ConfigError(f"{cfg.path[0]} was prepared with another tokenizer ({prepared.kind}, vocab "
+                              f"{prepared.vocab_size}) than the checkpoint's ({tokenizer.kind}, vocab "
+                              f"{tokenizer.vocab_size}): prepare the data with the tokenizer saved in the checkpoint "
+                              "(multitoken prepare --tokenizer RUN/checkpoints/step_N)")
+        if cfg.tokenizer != "bytes" and build_tokenizer(cfg.tokenizer).fingerprint != prepared.fingerprint:
             raise ConfigError(f"data.tokenizer {cfg.tokenizer} is not the tokenizer {cfg.path[0]} was prepared with "
-                              f"({tokenizer.kind}, saved in {Path(cfg.path[0]) / 'tokenizer'}): leave data.tokenizer "
+                              f"({prepared.kind}, saved in {Path(cfg.path[0]) / 'tokenizer'}): leave data.tokenizer "
                               "at 'bytes' to use the prepared one, or prepare the data again with yours")
-        return tokenizer, data
-    tokenizer = build_tokenizer(cfg.tokenizer)
+        return prepared, data
+    tokenizer = tokenizer or build_tokenizer(cfg.tokenizer)
     return tokenizer, load_tokens(cfg, tokenizer)
