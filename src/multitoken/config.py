@@ -164,9 +164,9 @@ class TrainConfig:
     """Per-head loss weights: a list (head 1 first); 'decay:R' for R^(i-1) (e.g. decay:0.8); 'deepseek:L' for 1 on
     head 1 and L / (n_future - 1) on each extra head (DeepSeek-V3's scaled mean); null means all 1 (the paper's sum)."""
     init_from: str | None = None
-    """Start from this checkpoint's weights (a run or step directory), for finetuning. Its n_future may differ:
-    heads it lacks are copied from its head 1, heads beyond model.n_future are dropped. The rest of model.* must
-    match it. The optimizer and schedule start fresh."""
+    """Start from this checkpoint's weights (a run or step directory), for finetuning. The model's shape comes from
+    the checkpoint except model.n_future, which may differ: heads it lacks are copied from its head 1, heads beyond
+    model.n_future are dropped, the trunk is kept. The optimizer and schedule start fresh."""
     freeze: Literal["none", "trunk"] = "none"
     """'trunk': train only the heads, the shared norm and the unembedding (embeddings and trunk layers fixed): the cheap
     way to give an existing next-token model speculative-decoding heads."""
