@@ -112,8 +112,17 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
         if optim_state["state"] and isinstance(next(iter(optim_state["state"])), int):
-            raise CheckpointError(f"{ckpt} was saved by multitoken 0.1 (optimizer state by index): resume it with "
-                                  "that version, or start from its weights with --init_from")
+            # Written before checkpoints keyed the optimizer state by parameter name: still fine in one process.
+            if self.dist.enabled:
+                raise CheckpointError(f"{ckpt} keeps its optimizer state in the older by-index layout: resume it in "
+                                      "one process first (its next checkpoint has the layout any world size reads)")
+            try:
+                self.model.load_state_dict(weights)
+                self.optimizer.load_state_dict(optim_state)
+                return
+            except (RuntimeError, KeyError, ValueError) as e:
+                raise CheckpointError(f"{ckpt} does not match this model ({type(e).__name__}): the checkpoint is "
+                                      "damaged or from another run") from None
         try:
             set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=optim_state,
                            options=StateDictOptions(full_state_dict=True, strict=True))
