@@ -139,3 +139,11 @@ def test_output_folder_must_be_ours_and_match_the_tokenizer(mixed_corpus, tmp_pa
     (tmp_path / "mine" / "notes.txt").write_text("precious")
     with pytest.raises(DataError, match="is not empty and holds no prepared data"):
         prepare([str(mixed_corpus)], ByteTokenizer(), tmp_path / "mine", PrepareOptions())
+
+
+def test_output_inside_the_data_folder_and_repeated_paths(mixed_corpus):
+    out = mixed_corpus / "prepared"
+    first = prepare([str(mixed_corpus), str(mixed_corpus / "rows.jsonl")], ByteTokenizer(), out, PrepareOptions(**SMALL))
+    keys = [s["key"] for s in first.manifest["sources"]]
+    assert not any(k.startswith("prepared/") for k in keys) and keys.count("rows.jsonl") == 1
+    assert prepare([str(mixed_corpus)], ByteTokenizer(), out, PrepareOptions(**SMALL)).up_to_date

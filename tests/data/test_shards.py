@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -30,6 +32,8 @@ def test_slices_across_shard_boundaries_equal_the_concatenation(tmp_path):
     assert tokens[22] == whole[22] and tokens[-1] == whole[-1] and np.array_equal(np.asarray(tokens), whole)
     with pytest.raises(IndexError):
         tokens[whole.size]
+    copy = pickle.loads(pickle.dumps(tokens))  # travels to other processes as paths, not as copied data
+    assert len(pickle.dumps(tokens)) < 1000 and np.array_equal(copy[3:30], whole[3:30])
 
 
 def test_resolve_data_on_a_prepared_folder_feeds_train_batch(mixed_corpus, tmp_path, bpe_dir):

@@ -71,8 +71,9 @@ def _source(path: Path, key: str) -> Source:
 
 
 def find_document_sources(paths: list[str]) -> list[Source]:
-    """Files and folders to sources. In a folder: every .jsonl and .parquet file, and every other text file."""
-    sources = []
+    """Files and folders to sources. In a folder: every .jsonl and .parquet file, and every other text file. A file
+    named twice (directly, or in two folders given) is read once."""
+    sources, seen = [], set()
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_file():
@@ -84,7 +85,12 @@ def find_document_sources(paths: list[str]) -> list[Source]:
             sources += [_source(p, p.relative_to(path).as_posix()) for p in found]
         else:
             raise DataError(f"data path {path} does not exist: check the paths given to --data")
-    return sources
+    unique = []
+    for source in sources:
+        if (resolved := source.path.resolve()) not in seen:
+            seen.add(resolved)
+            unique.append(source)
+    return unique
 
 
 # --- cutting sources into pieces ------------------------------------------------------------------------------------

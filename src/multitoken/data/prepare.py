@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 import shutil
 import sys
 import tempfile
@@ -163,7 +164,10 @@ def _remove_leftovers(out: Path, keep: set[str], n_units: int) -> None:
 _worker: dict = {}
 
 
-def _init_worker(tokenizer_dir: str, counter) -> None:
+def _init_worker(tokenizer_dir: str, counter, threads: int) -> None:
+    # The BPE tokenizer's Rust thread pool would start one thread per core in every worker; share the cores instead.
+    # (Read when the pool starts, at the first encode: the parent never encodes before forking.)
+    os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
     _worker.update(tokenizer=load_tokenizer(Path(tokenizer_dir)), counter=counter)
 
 
@@ -198,8 +202,9 @@ def _run_units(pending: list[Unit], out: Path, tokenizer: Tokenizer, settings: U
             return records, worker_peak
         ctx = _context()
         counter = ctx.Value("q", 0)
-        with ctx.Pool(min(workers, len(pending)), initializer=_init_worker,
-                      initargs=(str(out / TOKENIZER_DIR), counter)) as pool:
+        workers = min(workers, len(pending))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(str(out / TOKENIZER_DIR), counter, threads)) as pool:
             waiting = [pool.apply_async(_work, (unit, out, settings)) for unit in pending]
             while waiting:
                 waiting[0].wait(0.25)
@@ -257,7 +262,10 @@ def prepare(paths: list[str], tokenizer: Tokenizer, out: str | Path, options: Pr
     start = time.perf_counter()
     out = Path(out).expanduser()
     dtype = resolve_dtype(options.dtype, tokenizer.vocab_size)
-    sources = find_document_sources(paths)
+    # Never read our own output (--out inside a --data folder): its manifest and tokenizer.json are text files.
+    sources = [s for s in find_document_sources(paths) if not s.path.resolve().is_relative_to(out.resolve())]
+    if not sources:
+        raise DataError(f"no input files outside --out {out}: point --data at your data")
     check_sources(sources, options.parquet_column)
     _check_out_dir(out, tokenizer)
     settings = UnitSettings(dtype=dtype, eot_id=int(tokenizer.eot_id), val_fraction=options.val_fraction,

@@ -33,6 +33,9 @@ class ShardedTokens:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    def __getstate__(self) -> dict:  # pickled (e.g. into a worker process) without its open memory maps
+        return {**self.__dict__, "_open": OrderedDict()}
+
     def _shard(self, i: int) -> np.memmap:
         if i in self._open:
             self._open.move_to_end(i)
