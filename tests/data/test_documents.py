@@ -44,9 +44,12 @@ def test_text_pieces_and_segments_cover_the_file_in_order(mixed_corpus, small_se
     assert sum(s.nbytes for s in segs) == source.size and len(segs) > 1
 
 
-def test_segment_cuts_leave_bpe_tokens_unchanged(bpe_dir, tmp_path, small_segments):
+@pytest.mark.parametrize("spaces", [True, False])
+def test_segment_cuts_leave_bpe_tokens_unchanged(bpe_dir, tmp_path, small_segments, spaces):
     tok = build_tokenizer(str(bpe_dir))
-    text = "\n".join(lines(7, 400)).replace("fox", "fox\n\n   \n") + "\n"
+    text = "\n".join(lines(7, 400)).replace("fox", "fox\n\n   \n").replace("brown", "brown  \t ") + "\n"
+    if not spaces:
+        text = text.replace(" ", "").replace("quick", "quick\t\t\r\n")
     path = tmp_path / "f.txt"
     path.write_text(text)
     source = find_document_sources([str(path)])[0]
@@ -55,9 +58,9 @@ def test_segment_cuts_leave_bpe_tokens_unchanged(bpe_dir, tmp_path, small_segmen
     assert sum((ids.tolist() for ids in tok.encode_batch([s.text for s in segs])), []) == tok.encode(text)
 
 
-def test_a_file_without_exact_cuts_is_still_bounded_and_exact(tmp_path, small_segments):
+def test_a_file_without_exact_cut_points_is_still_bounded_and_exact(tmp_path, small_segments):
     path = tmp_path / "crlf.txt"
-    path.write_bytes(("ünï line\r\n" * 500).encode())
+    path.write_bytes(("ünï ünï\r\n" * 500).encode())  # whitespace only after non-ASCII: no exact cut point
     segs = _segments(find_document_sources([str(path)])[0], 1 << 30)
     assert max(len(s.text) for s in segs) <= 1024 + 256
     assert b"".join(s.text for s in segs) == path.read_bytes()

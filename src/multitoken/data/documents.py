@@ -1,16 +1,22 @@
-"""Documents from text files, JSON Lines and Parquet, read in bounded pieces so memory never scales with a file.
+r"""Documents from text files, JSON Lines and Parquet, read in bounded pieces so memory never scales with a file.
 
 A text file is one document; a `.jsonl` file holds one document per line (a string field of a JSON object); a
 `.parquet` file one document per row (a string column). Every source is cut into pieces (byte ranges, or row-group
 ranges for Parquet) that can be tokenized independently, and each piece is read as a stream of segments of tens of
 kilobytes.
 
-Cutting a text file must not change its tokens. Byte-level BPE first splits text with the GPT-2 regex, whose pieces
-never span a line break that sits between two non-blank characters (`x\\ny`: the newline is a piece of its own, and
-the regex starts afresh after it). Cuts go right after such a line break, so tokenizing the pieces one by one gives
-exactly the tokens of the whole file. A file with no such line break for a long stretch (one enormous line, or CRLF
-line endings) is cut at a plain line break, or failing that at a character boundary: the decoded text is still exact,
-only the token boundaries at that cut may differ from tokenizing the file whole.
+Cutting a text file must not change its tokens. Byte-level BPE first splits text with the GPT-2 regex
+(`'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`), and BPE merges never cross its
+pieces. Only whitespace pieces contain whitespace other than one leading space, so a non-blank character followed by
+whitespace always ends a piece, one that needed no look-ahead; and the regex never looks behind, so from there it goes
+on exactly as it would have in the whole file. Text is cut only at such points,
+
+    word|␣next    word|\nnext    (a printable non-space ASCII character, then a space, tab, CR or LF)
+
+so tokenizing the pieces one by one gives exactly the tokens of the whole file (a test checks it against tokenizing
+whole). ASCII only, so that no Unicode space can hide on either side. A stretch of 1 MiB without such a point (one
+enormous word) is cut at a line break, or failing that at a character boundary: the decoded text is still exact,
+only the token boundaries at that cut may differ.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from multitoken.errors import ConfigError, DataError
 
 SEGMENT_BYTES = 1 << 16  # a segment is tokenized as one string: large enough to amortize calls, small for memory
 _MAX_SEGMENT_BYTES = 1 << 20  # past this without an exact cut point, fall back to a plain line break
-_EXACT_CUT = re.compile(rb"[\x21-\x7e]\n(?=[\x21-\x7e])")
+_EXACT_CUT = re.compile(rb"(?<=[\x21-\x7e])(?=[ \t\n\r])")  # zero-width: the exact cut points above
 _PARQUET_BATCH_ROWS = 1024
 
 
@@ -109,15 +115,15 @@ def _char_boundary(buf: bytes, cut: int) -> int:
 
 
 def _cut_after(f, pos: int, exact: bool) -> int:
-    """The first cut at or after byte pos: after a line break (between non-blank characters when exact)."""
-    f.seek(max(pos - 1, 0))
-    window = f.read(_MAX_SEGMENT_BYTES + 2)
-    base = max(pos - 1, 0)
+    """The first cut at or after byte pos: an exact cut point when asked (text), else after a line break (JSONL)."""
+    base = max(pos - 1, 0)  # one byte of look-behind
+    f.seek(base)
+    window = f.read(_MAX_SEGMENT_BYTES + 4)
     if len(window) <= pos - base:
         return pos  # at or past the end
-    match = _EXACT_CUT.search(window, pos - base - 1) if exact else None
+    match = _EXACT_CUT.search(window, pos - base) if exact else None
     if match:
-        return base + match.end()
+        return base + match.start()
     newline = window.find(b"\n", pos - base)
     if newline != -1:
         return base + newline + 1
@@ -197,12 +203,18 @@ def split_source(source: Source, target: int) -> list[Piece]:
 # --- reading pieces as segments -------------------------------------------------------------------------------------
 
 def _last_exact_cut(buf: bytes) -> int | None:
-    """The last cut right after a line break between two non-blank ASCII characters, or None."""
-    i = len(buf) - 1
-    while (i := buf.rfind(b"\n", 0, i)) > 0:
-        if 0x21 <= buf[i - 1] <= 0x7E and 0x21 <= buf[i + 1] <= 0x7E:
-            return i + 1
-    return None
+    """The last exact cut point in buf, or None. Searches growing tails, so the cost stays linear."""
+    span = 4096
+    while True:
+        start = max(len(buf) - span, 0)
+        last = None
+        for last in _EXACT_CUT.finditer(buf, start):
+            pass
+        if last is not None:
+            return last.start()
+        if start == 0:
+            return None
+        span *= 4
 
 
 def _text_segments(piece: Piece) -> Iterator[Segment]:

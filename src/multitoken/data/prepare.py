@@ -6,7 +6,7 @@
     OUT/val/shard_000000_000.bin        ...
     OUT/.units/unit_000000.json         per-unit records, for resuming
 
-The input is cut into units of about `unit_bytes` (whole small files packed together, large files cut into pieces;
+The input is cut into units of about `unit_bytes` (16 MiB: small files packed together, large files cut into pieces;
 see documents.py for where cuts may fall). Units are planned from the input alone, so their shards, and the order
 they are read in, are the same for any number of workers. Each document goes to validation when a hash of its name
 (the file's relative path; for JSONL `path@byte-offset`, for Parquet `path#row`) falls below val_fraction, the rule of
@@ -37,7 +37,7 @@ from multitoken.errors import CheckpointError, ConfigError, DataError
 VERSION = 1
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
-UNIT_BYTES = 64 << 20
+UNIT_BYTES = 16 << 20  # input per unit of work: the grain of parallelism and of resuming
 
 
 @dataclass(frozen=True)

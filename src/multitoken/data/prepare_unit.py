@@ -22,7 +22,7 @@ from multitoken.data.tokenizer import Tokenizer
 
 SPLITS = ("train", "val")
 UNITS_DIR = ".units"
-_BATCH_BYTES = 1 << 20  # text tokenized per call: enough segments for the tokenizer's threads, bounded memory
+_BATCH_BYTES = 1 << 18  # text per tokenizer call: a few segments for its threads; its working memory is ~100x this
 
 
 @dataclass(frozen=True)

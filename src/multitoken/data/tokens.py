@@ -54,7 +54,7 @@ def _cache_key(sources: list[SourceFile], tokenizer: Tokenizer, cfg: DataConfig)
 
 
 def _file_tokens(source: SourceFile, tokenizer: Tokenizer) -> Iterator[np.ndarray]:
-    """One file's tokens, tokenized about a megabyte at a time in segments cut so that the tokens are exactly those
+    """One file's tokens, tokenized 256 kB at a time in segments cut so that the tokens are exactly those
     of the whole file (see documents.py)."""
     st = source.path.stat()
     whole = Piece(Source(source.path, source.key, "text", st.st_size, st.st_mtime_ns), 0, st.st_size, st.st_size)
@@ -62,7 +62,7 @@ def _file_tokens(source: SourceFile, tokenizer: Tokenizer) -> Iterator[np.ndarra
     for segment in read_segments(whole):
         batch.append(segment.text)
         size += len(segment.text)
-        if size >= 1 << 20:
+        if size >= 1 << 18:  # the tokenizer's working memory is ~100x the text it is given
             yield from tokenizer.encode_batch(batch)
             batch, size = [], 0
     if batch:
