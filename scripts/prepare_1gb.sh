@@ -10,6 +10,7 @@ SIZE_MB=${SIZE_MB:-1000}
 WORKERS=${WORKERS:-2}
 TOKENIZERS=${TOKENIZERS:-bytes bpe}
 HERE=$(cd "$(dirname "$0")" && pwd)
+command -v multitoken > /dev/null || { echo "multitoken is not on PATH: activate its environment first" >&2; exit 1; }
 mkdir -p "$WORK"
 
 if [ ! -f "$WORK/corpus.done" ]; then

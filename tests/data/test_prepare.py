@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,10 @@ def test_output_inside_the_data_folder_and_repeated_paths(mixed_corpus):
     keys = [s["key"] for s in first.manifest["sources"]]
     assert not any(k.startswith("prepared/") for k in keys) and keys.count("rows.jsonl") == 1
     assert prepare([str(mixed_corpus)], ByteTokenizer(), out, PrepareOptions(**SMALL)).up_to_date
+
+
+def test_manifest_names_sources_by_absolute_path(mixed_corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(mixed_corpus.parent)
+    manifest = prepare([mixed_corpus.name], ByteTokenizer(), tmp_path / "out", PrepareOptions(**SMALL)).manifest
+    assert all(Path(s["path"]).is_absolute() and Path(s["path"]).is_file() for s in manifest["sources"])
+    assert sum(s["documents"] for s in manifest["sources"]) == len(direct_documents([str(mixed_corpus)]))

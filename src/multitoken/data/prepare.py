@@ -183,7 +183,8 @@ def _work(unit: Unit, out: Path, settings: UnitSettings) -> tuple[dict, int | No
 
 def _context():
     # fork on Linux: workers start at once and share the parent's imported modules (torch is ~200 MB) instead of
-    # importing everything again; the parent has not started tokenizer threads, so forking is safe.
+    # importing everything again. The CLI's parent never tokenizes before forking; a library caller that did gets
+    # children whose tokenizer threads `tokenizers` itself turns off (its guard against forking after using them).
     return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
 
 
@@ -242,9 +243,9 @@ def _manifest(out: Path, plan_key: str, sources: list[Source], units: list[Unit]
         "dtype": settings.dtype, "eot_id": settings.eot_id, "val_fraction": settings.val_fraction,
         "jsonl_field": settings.jsonl_field, "parquet_column": settings.parquet_column,
         "shard_tokens": settings.shard_tokens, "unit_bytes": options.unit_bytes,
-        "sources": [{"path": str(s.path), "key": s.key, "kind": s.kind, "size": s.size, "mtime_ns": s.mtime_ns,
-                     "documents": per_source.get(str(s.path), [0, 0])[0],
-                     "tokens": per_source.get(str(s.path), [0, 0])[1]} for s in sources],
+        "sources": [{"path": str(s.path.absolute()), "key": s.key, "kind": s.kind, "size": s.size,
+                     "mtime_ns": s.mtime_ns, "documents": per_source.get(str(s.path.absolute()), [0, 0])[0],
+                     "tokens": per_source.get(str(s.path.absolute()), [0, 0])[1]} for s in sources],
         "splits": splits,
     }
 

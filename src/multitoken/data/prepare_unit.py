@@ -177,7 +177,7 @@ def run_unit(unit: Unit, out: Path, tokenizer: Tokenizer, settings: UnitSettings
     try:
         batch = _Batch()
         for piece in unit.pieces:
-            seen = 0
+            seen, name = 0, str(piece.source.path.absolute())  # the manifest names sources by absolute path
             for segment in read_segments(piece, settings.jsonl_field, settings.parquet_column):
                 if segment.doc_key != last_key:  # a text file's segments share one key: hash it once
                     last_key, last_split = segment.doc_key, ("val" if is_validation(segment.doc_key,
@@ -185,7 +185,7 @@ def run_unit(unit: Unit, out: Path, tokenizer: Tokenizer, settings: UnitSettings
                 batch.texts.append(segment.text)
                 batch.splits.append(last_split)
                 batch.ends.append(segment.end_of_doc)
-                batch.sources.append(str(piece.source.path))
+                batch.sources.append(name)
                 batch.nbytes += segment.nbytes
                 batch.size += len(segment.text)
                 seen += segment.nbytes
