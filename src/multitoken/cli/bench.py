@@ -69,7 +69,7 @@ def _run_decode(args: Namespace) -> int:
     import numpy as np
 
     from multitoken.bench.decode import bench_decode, format_decode_table
-    from multitoken.data.tokens import load_tokens
+    from multitoken.data.tokens import resolve_data
     from multitoken.decoding.speculative import check_draft_len
     from multitoken.training.checkpoint import load_model, resolve_checkpoint
     from multitoken.training.runtime import resolve_device
@@ -83,7 +83,7 @@ def _run_decode(args: Namespace) -> int:
     if args.prompts is not None:
         prompts, source = _prompts_from_file(args.prompts, tokenizer), args.prompts
     else:
-        val = load_tokens(cfg.data, tokenizer).val
+        val = resolve_data(cfg.data, tokenizer)[1].val
         check_prompt_fits(min(args.prompt_len, len(val)), args.max_new_tokens, context, "--prompt-len")
         starts = np.linspace(0, len(val) - args.prompt_len, args.num_prompts).astype(np.int64)
         prompts = [val[s:s + args.prompt_len].astype(np.int64).tolist() for s in starts]

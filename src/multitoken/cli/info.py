@@ -20,23 +20,26 @@ def run(args: Namespace) -> int:
     import torch
 
     from multitoken.config import to_dict
+    from multitoken.data.tokenizer import load_tokenizer
     from multitoken.model import MTPModel
     from multitoken.training.checkpoint import read_train_config, resolve_checkpoint
 
     ckpt = resolve_checkpoint(args.ckpt)
     cfg = read_train_config(ckpt)
     meta = json.loads((ckpt / "meta.json").read_text())
+    tokenizer = load_tokenizer(ckpt)  # the checkpoint's own: data.tokenizer may say 'bytes' for prepared BPE data
     with torch.device("meta"):  # shapes only: counting parameters needs no memory and no weights
         counts = MTPModel(cfg.model).num_params()
     m = cfg.model
     if args.json:
         print_json({"checkpoint": str(ckpt), "step": meta["step"], "tokens_seen": meta.get("tokens_seen"),
-                    "model": to_dict(m), "params": counts})
+                    "model": to_dict(m), "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
+                    "params": counts})
         return 0
     print(f"checkpoint   {ckpt}")
     print(f"step         {meta['step']}  ({meta.get('tokens_seen') or 0:,} tokens seen)")
     print(f"model        n_layer={m.n_layer} (trunk {m.n_trunk_layers} + {m.n_future} heads), d_model={m.d_model}, "
-          f"n_head={m.n_head}, vocab_size={m.vocab_size}, max_seq_len={m.max_seq_len}, tokenizer={cfg.data.tokenizer}")
+          f"n_head={m.n_head}, vocab_size={m.vocab_size}, max_seq_len={m.max_seq_len}, tokenizer={tokenizer.kind}")
     print("parameters")
     labels = {"tok_embeddings": "input embedding", "trunk": f"trunk ({m.n_trunk_layers} layers)",
               "heads": f"heads ({m.n_future} x 1 layer)", "norm": "final norm", "output": "unembedding (output)",
