@@ -6,15 +6,15 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 
-from multitoken.cli.common import add_ckpt_argument, add_device_argument, new_parser, require_positive, write_json
+from multitoken.cli.common import (add_ckpt_argument, add_command_group, add_device_argument, new_parser,
+                                   require_positive, write_json)
 from multitoken.cli.generate import add_speculative_arguments, check_prompt_fits
 from multitoken.errors import ConfigError
 
 
 def add_parser(subcommands) -> None:
-    bench = new_parser("Benchmarks: side-by-side comparisons in one run, as a table and JSON.")
-    subcommands.add_subcommand("bench", bench, help="Benchmarks (decode, train).")
-    inner = bench.add_subcommands(required=True, dest="bench")  # jsonargparse: outer level registered first
+    inner = add_command_group(subcommands, "bench", "Benchmarks: side-by-side comparisons in one run, as a table and "
+                              "JSON.", "Benchmarks (decode, train).")
 
     decode = new_parser("Plain vs self-speculative decoding on the same prompts in one run, alternating: tokens/s "
                         "of each, the speedup, tau (tokens per forward), acceptance per draft position, and whether "

@@ -20,6 +20,14 @@ def new_parser(description: str, prog: str | None = None) -> ArgumentParser:
                           env_prefix="MULTITOKEN", default_env=False)
 
 
+def add_command_group(subcommands, name: str, description: str, help: str):
+    """A subcommand that holds subcommands (`bench decode`, `tokenizer train`); returns the inner group to add them
+    to. jsonargparse needs the outer level registered before the inner one is filled."""
+    parser = new_parser(description)
+    subcommands.add_subcommand(name, parser, help=help)
+    return parser.add_subcommands(required=True, dest=name)
+
+
 def add_ckpt_argument(parser: ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True,
                         help="Checkpoint directory (runs/NAME/checkpoints/step_N) or run directory (its newest checkpoint).")

@@ -9,14 +9,13 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 
-from multitoken.cli.common import new_parser
+from multitoken.cli.common import add_command_group, new_parser
 from multitoken.cli.prepare import human_bytes
 
 
 def add_parser(subcommands) -> None:
-    tokenizer = new_parser("Tokenizers: train a byte-level BPE on your corpus.")
-    subcommands.add_subcommand("tokenizer", tokenizer, help="Train a BPE tokenizer.")
-    inner = tokenizer.add_subcommands(required=True, dest="tokenizer")  # jsonargparse: outer level registered first
+    inner = add_command_group(subcommands, "tokenizer", "Tokenizers: train a byte-level BPE on your corpus.",
+                              "Train a BPE tokenizer.")
 
     train = new_parser("Train a byte-level BPE (GPT-2 style: any text encodes, decoding is exact) with "
                        "<|endoftext|> as id 0, streaming over text files and folders, .jsonl and .parquet files. "
