@@ -11,6 +11,7 @@ from jsonargparse import Namespace
 
 from multitoken.cli.common import add_command_group, new_parser
 from multitoken.cli.prepare import human_bytes
+from multitoken.errors import ConfigError
 
 
 def add_parser(subcommands) -> None:
@@ -36,6 +37,8 @@ def add_parser(subcommands) -> None:
 
 def _save(tokenizer, out: Path) -> None:
     """Both files into OUT, each renamed into place whole."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: give a folder for tokenizer.json and tokenizer_config.json")
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.tmp-", dir=out))
     try:

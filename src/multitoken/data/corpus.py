@@ -66,7 +66,7 @@ def find_sources(paths: list[str] | None) -> list[SourceFile]:
 
 def is_validation(key: str, val_fraction: float) -> bool:
     """Deterministic split: a file is held out when a hash of its relative path falls below val_fraction."""
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()  # names need not be UTF-8
     return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
 
 
@@ -75,7 +75,7 @@ def split_sources(sources: list[SourceFile], val_fraction: float) -> tuple[list[
     train = [s for s in sources if not is_validation(s.key, val_fraction)]
     val = [s for s in sources if is_validation(s.key, val_fraction)]
     if len(sources) >= 2 and not val:  # tiny corpus: hold out the file whose hash is lowest
-        val = [min(sources, key=lambda s: hashlib.sha256(s.key.encode()).digest())]
+        val = [min(sources, key=lambda s: hashlib.sha256(s.key.encode("utf-8", "surrogateescape")).digest())]
         train = [s for s in sources if s not in val]
     if len(sources) >= 2 and not train:
         train, val = val[:1], val[1:]

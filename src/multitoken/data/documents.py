@@ -121,13 +121,22 @@ def _cut_after(f, pos: int, exact: bool) -> int:
     window = f.read(_MAX_SEGMENT_BYTES + 4)
     if len(window) <= pos - base:
         return pos  # at or past the end
-    match = _EXACT_CUT.search(window, pos - base) if exact else None
-    if match:
-        return base + match.start()
-    newline = window.find(b"\n", pos - base)
-    if newline != -1:
-        return base + newline + 1
-    return base + _char_boundary(window, pos - base)
+    if exact:
+        match = _EXACT_CUT.search(window, pos - base)
+        return base + match.start() if match else base + _char_boundary(window, pos - base)
+    # JSONL: only ever after a line break, however long the line (a cut inside a record would break it in two).
+    start = pos - base
+    while True:
+        newline = window.find(b"\n", start)
+        if newline != -1:
+            return base + newline + 1
+        if len(window) < _MAX_SEGMENT_BYTES + 4:  # reached the end of the file inside the last line
+            return base + len(window)
+        base += len(window)
+        start = 0
+        window = f.read(_MAX_SEGMENT_BYTES + 4)
+        if not window:
+            return base
 
 
 def _require_pyarrow():
@@ -253,6 +262,9 @@ def line_number(path: Path, offset: int) -> int:
     return count + 1
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _jsonl_text(line: bytes, field: str, where) -> str | None:
     try:
         record = json.loads(line)
@@ -265,6 +277,11 @@ def _jsonl_text(line: bytes, field: str, where) -> str | None:
     if text is not None and not isinstance(text, str):
         raise DataError(f"{where()}: field {field!r} holds {type(text).__name__}, not a string: pass --jsonl-field "
                         "with a text field")
+    if text:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escape (a truncated emoji in scraped data) has no UTF-8 form:
+            text = _LONE_SURROGATE.sub("\ufffd", text)  # U+FFFD, as UTF-8 decoders do for bad bytes
     return text
 
 

@@ -128,7 +128,8 @@ def plan_units(sources: list[Source], unit_bytes: int, settings: UnitSettings, f
         h = hashlib.sha256(common.encode())
         for p in pieces:
             s = p.source
-            h.update(f"\n{s.path.resolve()}\0{s.key}\0{s.kind}\0{s.size}\0{s.mtime_ns}\0{p.start}\0{p.end}".encode())
+            h.update(f"\n{s.path.resolve()}\0{s.key}\0{s.kind}\0{s.size}\0{s.mtime_ns}\0{p.start}\0{p.end}".encode(
+                "utf-8", "surrogateescape"))  # file names need not be valid UTF-8
         units.append(Unit(index, tuple(pieces), h.hexdigest()))
     return units
 
@@ -192,6 +193,8 @@ def _run_units(pending: list[Unit], out: Path, tokenizer: Tokenizer, settings: U
                progress: bool | None) -> tuple[list[dict], int | None]:
     from tqdm.auto import tqdm
 
+    if not pending:  # every unit already done (a run stopped just before its manifest): only the manifest is left
+        return [], None
     total = sum(u.weight for u in pending)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="prepare", leave=False, smoothing=0.1,
                disable=None if progress is None else not progress)  # None: only on a terminal

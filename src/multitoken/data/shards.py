@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from multitoken.data.prepare import MANIFEST, TOKENIZER_DIR, read_manifest
+from multitoken.data.prepare import MANIFEST, TOKENIZER_DIR, UNITS_DIR, read_manifest
 from multitoken.data.tokenizer import Tokenizer, load_tokenizer
 from multitoken.data.tokens import TokenData
 from multitoken.errors import CheckpointError, ConfigError, DataError
@@ -93,7 +93,10 @@ def _split(directory: Path, manifest: dict, split: str) -> ShardedTokens:
 
 
 def is_prepared(directory: str | Path) -> bool:
-    return (Path(directory) / MANIFEST).is_file()
+    """A folder `multitoken prepare` wrote into, finished or not (an unfinished one must not be read as text)."""
+    directory = Path(directory)
+    return (directory / MANIFEST).is_file() or (directory / UNITS_DIR).is_dir() or \
+        ((directory / TOKENIZER_DIR).is_dir() and any((directory / split).is_dir() for split in ("train", "val")))
 
 
 def open_prepared(directory: str | Path) -> tuple[Tokenizer, TokenData]:

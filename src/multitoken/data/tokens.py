@@ -49,7 +49,7 @@ def _cache_key(sources: list[SourceFile], tokenizer: Tokenizer, cfg: DataConfig)
                                    "fingerprint": tokenizer.fingerprint, "val_fraction": cfg.val_fraction}).encode())
     for s in sources:
         st = s.path.stat()
-        h.update(f"{s.key}\0{s.path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{s.key}\0{s.path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:20]
 
 
