@@ -1,6 +1,6 @@
 """Finetuning across n_future: start from a checkpoint with more, fewer or the same heads, optionally frozen trunk.
 
-The paper (section 3.x, CodeContests) found a 4-token model finetuned with next-token loss (n' = 1) did best; the
+The paper found a 4-token model finetuned with next-token loss (n' = 1) did best on CodeContests; the
 other way round, heads added to an existing model (each initialised from its head 1, the closest thing to a trained
 head it has) turn a next-token model into one that can draft for self-speculative decoding. The trunk, the shared
 norm and the unembedding carry over unchanged; only the list of extra heads grows or shrinks.
