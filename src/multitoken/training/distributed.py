@@ -84,7 +84,7 @@ class MTPObjective(nn.Module):
         return mtp_eval_batch(self.model, tokens)
 
 
-def apply_parallel(objective: MTPObjective, mode: str, info: DistInfo, device: torch.device) -> nn.Module:
+def apply_parallel(objective: MTPObjective, mode: str, device: torch.device) -> nn.Module:
     """Wrap the objective for data parallelism: 'none', 'ddp' or 'fsdp'. The MTPModel inside keeps its identity
     (FSDP2 shards it in place), so checkpoints always save `objective.model`."""
     if mode == "none":

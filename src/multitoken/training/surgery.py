@@ -16,7 +16,7 @@ from multitoken.errors import CheckpointError
 from multitoken.model import MTPModel
 from multitoken.training.checkpoint import read_train_config, read_weights, resolve_checkpoint
 
-_EXTRA_HEAD = re.compile(r"^extra_heads\.(\d+)\.(.*)$")
+_EXTRA_HEAD = re.compile(r"^extra_heads\.(\d+)\.")
 
 
 def model_config_for_init(init_from: str, n_future: int) -> ModelConfig:
@@ -31,8 +31,7 @@ def init_from_checkpoint(model: MTPModel, init_from: str, tokenizer) -> str:
 
     ckpt = resolve_checkpoint(init_from)
     saved = read_train_config(ckpt).model
-    theirs, ours = getattr(load_tokenizer(ckpt), "fingerprint", None), getattr(tokenizer, "fingerprint", None)
-    if theirs != ours:
+    if load_tokenizer(ckpt).fingerprint != tokenizer.fingerprint:
         raise CheckpointError(f"the tokenizer of {ckpt} differs from this run's data tokenizer: finetune on data "
                               "prepared with the checkpoint's own tokenizer (it is saved in the checkpoint directory)")
     c = model.config
@@ -42,13 +41,9 @@ def init_from_checkpoint(model: MTPModel, init_from: str, tokenizer) -> str:
                               "to the checkpoint and set only model.n_future")
     state = read_weights(ckpt, model.output.weight.device)
     head1 = f"layers.{saved.n_trunk_layers}."
-    mapped = {}
-    for key, value in state.items():
-        m = _EXTRA_HEAD.match(key)
-        if m is None:
-            mapped[key] = value
-        elif int(m.group(1)) < c.n_future - 1:  # extra heads beyond the new n_future are dropped
-            mapped[key] = value
+    # Everything but the extra heads beyond the new n_future (those are dropped).
+    mapped = {key: value for key, value in state.items()
+              if (m := _EXTRA_HEAD.match(key)) is None or int(m.group(1)) < c.n_future - 1}
     for j in range(saved.n_future - 1, c.n_future - 1):  # heads the checkpoint lacks start as copies of its head 1
         for key, value in state.items():
             if key.startswith(head1):

@@ -73,7 +73,7 @@ class Trainer:
                                       eot_id)
         mode = cfg.parallel if cfg.parallel != "auto" else ("ddp" if self.dist.world_size > 1 else "none")
         self.parallel = mode
-        self.wrapped = apply_parallel(self.objective, mode, self.dist, self.device)
+        self.wrapped = apply_parallel(self.objective, mode, self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device.type)  # after sharding: FSDP2 swaps params
         self.state = TrainState()
         self.resumed_from: Path | None = None
@@ -111,21 +111,18 @@ class Trainer:
         state-dict API does the sharding)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        if optim_state["state"] and isinstance(next(iter(optim_state["state"])), int):
-            # Written before checkpoints keyed the optimizer state by parameter name: still fine in one process.
-            if self.dist.enabled:
-                raise CheckpointError(f"{ckpt} keeps its optimizer state in the older by-index layout: resume it in "
-                                      "one process first (its next checkpoint has the layout any world size reads)")
-            try:
+        # Checkpoints written before the optimizer state was keyed by parameter name: still fine in one process.
+        by_index = bool(optim_state["state"]) and isinstance(next(iter(optim_state["state"])), int)
+        if by_index and self.dist.enabled:
+            raise CheckpointError(f"{ckpt} keeps its optimizer state in the older by-index layout: resume it in "
+                                  "one process first (its next checkpoint has the layout any world size reads)")
+        try:
+            if by_index:
                 self.model.load_state_dict(weights)
                 self.optimizer.load_state_dict(optim_state)
-                return
-            except (RuntimeError, KeyError, ValueError) as e:
-                raise CheckpointError(f"{ckpt} does not match this model ({type(e).__name__}): the checkpoint is "
-                                      "damaged or from another run") from None
-        try:
-            set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=optim_state,
-                           options=StateDictOptions(full_state_dict=True, strict=True))
+            else:
+                set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=optim_state,
+                               options=StateDictOptions(full_state_dict=True, strict=True))
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointError(f"{ckpt} does not match this model ({type(e).__name__}): the checkpoint is "
                                   "damaged or from another run") from None
