@@ -109,7 +109,8 @@ def run_case(spec: BenchCase) -> dict:
     else:
         peak, method = _ru_maxrss_bytes() - before, "peak RSS from before the warm-up (own process; optimizer state included)"
     return {**asdict(spec), "peak_memory_bytes": peak, "tokens_per_s": spec.batch_size * spec.seq_len * spec.steps
-            / seconds, "memory_method": method, "num_threads": torch.get_num_threads()}
+            / seconds, "flops_per_token": flops_per_token(spec), "memory_method": method,
+            "num_threads": torch.get_num_threads()}
 
 
 def measure(spec: BenchCase, timeout: float = 1800) -> dict:
@@ -124,16 +125,47 @@ def measure(spec: BenchCase, timeout: float = 1800) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def plan(vocab_sizes: list[int], n_futures: list[int], **shape) -> list[BenchCase]:
-    """Every case to run: the two next-token baselines per vocabulary, then the three MTP cases per n > 1."""
+def plan(vocab_sizes: list[int], n_futures: list[int], cases: tuple[str, ...] = CASES, **shape) -> list[BenchCase]:
+    """Every case to run: the next-token baselines per vocabulary, then the MTP cases per n > 1 (in CASES order)."""
     specs = []
     for vocab in vocab_sizes:
-        specs += [BenchCase(case, 1, vocab, **shape) for case in ("ntp", "ntp_chunked")]
+        specs += [BenchCase(case, 1, vocab, **shape) for case in CASES[:2] if case in cases]
         for n in n_futures:
             if n > 1:
-                specs += [BenchCase(case, n, vocab, **shape) for case in ("mtp_naive", "mtp_sequential",
-                                                                          "mtp_chunked")]
+                specs += [BenchCase(case, n, vocab, **shape) for case in CASES[2:] if case in cases]
     return specs
+
+
+def merge_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """One record per case from several rounds of the same plan: the median tokens/s and the largest peak memory.
+
+    Cases alternate within each round, so slow drift of a shared machine touches every case alike; each round's
+    tokens/s stay in `tokens_per_s_rounds`.
+    """
+    import statistics
+
+    merged = []
+    for same_case in zip(*rounds):
+        speeds = [r["tokens_per_s"] for r in same_case]
+        merged.append({**same_case[0], "tokens_per_s": statistics.median(speeds), "tokens_per_s_rounds": speeds,
+                       "peak_memory_bytes": max(r["peak_memory_bytes"] for r in same_case)})
+    return merged
+
+
+def flops_per_token(spec: BenchCase) -> float:
+    """Training arithmetic per token: 6 FLOPs per weight multiply-add (2 forward, 4 backward), the same for attention.
+
+    Per layer: the q/k/v/o projections, SwiGLU's three matrices, and attention's QK^T and AV (a causal query sees
+    (T + 1) / 2 keys on average, two matmuls: about T * d multiply-adds). Per head: one d x V unembedding. The ratio of
+    two cases' FLOPs is the tokens/s ratio to expect if time were proportional to arithmetic.
+    """
+    from multitoken.config import ModelConfig
+
+    c = ModelConfig(vocab_size=spec.vocab_size, d_model=spec.d_model, n_layer=spec.n_layer, n_head=spec.n_head,
+                    n_future=spec.n_future, max_seq_len=spec.seq_len)
+    q_width, kv_width = c.n_head * c.head_dim, c.kv_heads * c.head_dim
+    per_layer = c.d_model * (2 * q_width + 2 * kv_width) + 3 * c.d_model * c.ffn_dim + (spec.seq_len + 1) * q_width
+    return 6.0 * (c.n_layer * per_layer + c.n_future * c.d_model * c.vocab_size)
 
 
 def format_train_table(records: list[dict]) -> str:
@@ -144,20 +176,27 @@ def format_train_table(records: list[dict]) -> str:
         logits_mib = rows[0]["batch_size"] * rows[0]["seq_len"] * vocab * 4 / 2**20
         lines.append(f"vocab {vocab:,} (one fp32 logits tensor: {logits_mib:.0f} MiB)")
         lines.append(f"  {'case':<15} {'n':>2} {'peak MiB':>9} {'vs ntp':>7} {'vs ntp_chunked':>15} "
-                     f"{'tokens/s':>9} {'vs ntp':>7}")
+                     f"{'tokens/s':>9} {'vs ntp':>7} {'by FLOPs':>9}")
         for r in rows:
             mem, speed = r["peak_memory_bytes"] / 2**20, r["tokens_per_s"]
             ntp, ntpc = base.get("ntp"), base.get("ntp_chunked")
+            speed_base = ntp or ntpc  # tokens/s against the plain baseline, else the chunked one when it alone ran
             vs_mem = f"{r['peak_memory_bytes'] / ntp['peak_memory_bytes']:.2f}x" if ntp else "-"
             vs_memc = f"{r['peak_memory_bytes'] / ntpc['peak_memory_bytes']:.2f}x" if ntpc else "-"
-            vs_speed = f"{speed / ntp['tokens_per_s']:.2f}x" if ntp else "-"
+            vs_speed = f"{speed / speed_base['tokens_per_s']:.2f}x" if speed_base else "-"
+            by_flops = f"{speed_base['flops_per_token'] / r['flops_per_token']:.2f}x" if speed_base else "-"
             lines.append(f"  {r['case']:<15} {r['n_future']:>2} {mem:>9.1f} {vs_mem:>7} {vs_memc:>15} "
-                         f"{speed:>9.0f} {vs_speed:>7}")
+                         f"{speed:>9.0f} {vs_speed:>7} {by_flops:>9}")
         lines.append("")
     first = records[0]
+    rounds = len(first.get("tokens_per_s_rounds", [None]))
+    timing = f"{first['steps']} timed steps after 1 warm-up" + (
+        f", median of {rounds} rounds (cases alternate)" if rounds > 1 else "")
     lines.append(f"d_model {first['d_model']}, n_layer {first['n_layer']}, batch {first['batch_size']} x "
-                 f"{first['seq_len']} tokens, {first['steps']} timed steps after 1 warm-up, {first['device']}, "
+                 f"{first['seq_len']} tokens, {timing}, {first['device']}, "
                  f"{first['num_threads']} threads; memory: {first['memory_method']}")
+    lines.append("tokens/s 'vs ntp': against ntp, or ntp_chunked when ntp did not run; 'by FLOPs': the same ratio if "
+                 "time were proportional to training arithmetic")
     return "\n".join(lines)
 
 

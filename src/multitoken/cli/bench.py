@@ -6,6 +6,7 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 
+from multitoken.bench.train import CASES
 from multitoken.cli.common import (add_ckpt_argument, add_command_group, add_device_argument, new_parser,
                                    require_positive, write_json)
 from multitoken.cli.generate import add_speculative_arguments, check_prompt_fits
@@ -48,6 +49,12 @@ def add_parser(subcommands) -> None:
     train.add_argument("--batch-size", "--batch_size", type=int, default=4, help="Sequences per step.")
     train.add_argument("--seq-len", "--seq_len", type=int, default=128, help="Tokens per sequence.")
     train.add_argument("--steps", type=int, default=3, help="Timed steps per case (after one warm-up step).")
+    train.add_argument("--rounds", type=int, default=1,
+                       help="Run every case this many times, alternating, and report the median tokens/s (timings "
+                            "on a shared machine drift).")
+    train.add_argument("--cases", type=str, default=",".join(CASES),
+                       help="Cases to run, comma-separated (at large sizes, ntp_chunked,mtp_chunked alone "
+                            "compares speed without the slow memory-hungry ones).")
     train.add_argument("--json", type=str | None, default=None, help="Write the records to this JSON file.")
     train.add_argument("--plot", type=str | None, default=None, help="Draw a PNG plot here (needs matplotlib).")
     add_device_argument(train)
@@ -111,13 +118,17 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 def _run_train(args: Namespace) -> int:
-    from multitoken.bench.train import format_train_table, measure, plan, plot
+    from multitoken.bench.train import format_train_table, measure, merge_rounds, plan, plot
     from multitoken.config import ModelConfig
     from multitoken.training.runtime import resolve_device
 
     vocab_sizes = _int_list(args.vocab_size, "--vocab-size")
+    cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
+    unknown = [c for c in cases if c not in CASES]
+    if unknown or not cases:
+        raise ConfigError(f"--cases takes a comma-separated subset of {','.join(CASES)} (got {args.cases!r})")
     n_futures = _int_list(args.n_future, "--n-future")
-    require_positive(args, "batch_size", "seq_len", "steps")
+    require_positive(args, "batch_size", "seq_len", "steps", "rounds")
     for n in n_futures:  # validate every shape up front, with the config's own messages
         ModelConfig(vocab_size=vocab_sizes[0], d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head,
                     n_future=n, max_seq_len=args.seq_len)
@@ -127,13 +138,15 @@ def _run_train(args: Namespace) -> int:
         except ImportError:
             raise ConfigError("--plot needs matplotlib: pip install 'multitoken[bench]'") from None
     device = resolve_device(args.device)
-    specs = plan(vocab_sizes, n_futures, d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head,
+    specs = plan(vocab_sizes, n_futures, cases, d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head,
                  batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps, device=str(device))
     from tqdm.auto import tqdm
 
-    records = []
-    for spec in tqdm(specs, desc="bench train", unit="case", leave=False):
-        records.append(measure(spec))
+    runs = [(round_, spec) for round_ in range(args.rounds) for spec in specs]
+    rounds: list[list[dict]] = [[] for _ in range(args.rounds)]
+    for round_, spec in tqdm(runs, desc="bench train", unit="case", leave=False):
+        rounds[round_].append(measure(spec))
+    records = merge_rounds(rounds)
     print(format_train_table(records))
     if args.json:
         write_json(args.json, records)
