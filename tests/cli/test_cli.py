@@ -118,6 +118,8 @@ def test_bench_decode_table_and_json(trained_run, capsys, tmp_path):
         assert key in result, key
     assert result["identical"] is True and result["batch_size"] == 2 and len(result["acceptance_per_position"]) == 1
     assert result["tau"] >= 1.0
+    # 3 layers = 1 trunk + 2 heads, draft length 1: a plain step reads 2 layers, a speculative one 3.
+    assert result["memory_bound_limit"] == 2 / 3 and "memory-bound limit for this shape 0.67" in out
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("def f(\n\nclass A:\n")

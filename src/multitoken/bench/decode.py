@@ -55,6 +55,7 @@ def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max
             identical &= bool(torch.equal(plain_out, spec_out))
     tokens = repeats * len(prompts) * max_new_tokens
     plain_rate, spec_rate = tokens / plain_seconds, tokens / spec_seconds
+    k, trunk = len(stats.acceptance_per_position), model.config.n_trunk_layers
     return {
         "tokens_per_s_plain": plain_rate,
         "tokens_per_s_speculative": spec_rate,
@@ -65,7 +66,10 @@ def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max
         "identical": identical if temperature == 0 else None,
         "batch_size": batch_size,
         "device": str(torch.device(device)),
-        "draft_len": len(stats.acceptance_per_position),
+        "draft_len": k,
+        # speedup / tau is a plain step's time over a speculative step's. Where only reading weights costs (large
+        # models on a GPU), a plain step reads trunk + head 1 and a speculative one trunk + k + 1 heads: this limit.
+        "memory_bound_limit": (trunk + 1) / (trunk + k + 1),
         "max_new_tokens": max_new_tokens,
         "num_prompts": len(prompts),
         "repeats": repeats,
@@ -83,7 +87,8 @@ def format_decode_table(result: dict) -> str:
              f"{result['tau']:>15.2f}",
              "",
              f"speedup            {result['speedup']:.2f}x   (tau {result['tau']:.2f}; speedup / tau = "
-             f"{result['speedup'] / result['tau']:.2f})",
+             f"{result['speedup'] / result['tau']:.2f}; memory-bound limit for this shape "
+             f"{result['memory_bound_limit']:.2f})",
              "acceptance by draft position  " + "  ".join(
                  f"{i + 1}: {a:.1%}" for i, a in enumerate(result["acceptance_per_position"])),
              f"identical outputs  {'n/a (sampling)' if result['identical'] is None else ('yes' if result['identical'] else 'NO')}"
