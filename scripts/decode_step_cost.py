@@ -38,7 +38,7 @@ def step_costs(trunk_layers: int, n_future: int, draft_len: int, short: int, lon
     model = MTPModel(config).eval()
     prompt = torch.randint(0, 256, (1, 64))
 
-    def plain(n: int):
+    def plain(n: int):  # n - 1 forwards after the prefill; counting n in both lengths cancels in the difference
         return lambda: (generate(model, prompt, n), n)[1]
 
     def speculative(n: int):

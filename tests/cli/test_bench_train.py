@@ -49,5 +49,7 @@ def test_bench_train_selected_cases_rounds_and_flops(capsys, tmp_path):
 def test_bench_train_bad_cases(capsys):
     code, _, err = run_cli(capsys, "bench", "train", "--cases", "ntp,mtp_fast")
     assert_one_line_error(code, err, "--cases takes a comma-separated subset of ntp,ntp_chunked")
+    code, _, err = run_cli(capsys, "bench", "train", "--n-future", "1", "--cases", "mtp_chunked")
+    assert_one_line_error(code, err, "nothing to run")
     code, _, err = run_cli(capsys, "bench", "train", "--rounds", "0")
     assert_one_line_error(code, err, "--rounds must be at least 1")

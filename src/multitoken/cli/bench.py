@@ -50,8 +50,9 @@ def add_parser(subcommands) -> None:
     train.add_argument("--seq-len", "--seq_len", type=int, default=128, help="Tokens per sequence.")
     train.add_argument("--steps", type=int, default=3, help="Timed steps per case (after one warm-up step).")
     train.add_argument("--rounds", type=int, default=1,
-                       help="Run every case this many times, alternating, and report the median tokens/s (timings "
-                            "on a shared machine drift).")
+                       help="Run every case this many times, alternating, and report each case's median tokens/s "
+                            "(the ratios are of the medians; every round's tokens/s is in the JSON). Timings on a "
+                            "shared machine drift.")
     train.add_argument("--cases", type=str, default=",".join(CASES),
                        help="Cases to run, comma-separated (at large sizes, ntp_chunked,mtp_chunked alone "
                             "compares speed without the slow memory-hungry ones).")
@@ -140,6 +141,9 @@ def _run_train(args: Namespace) -> int:
     device = resolve_device(args.device)
     specs = plan(vocab_sizes, n_futures, cases, d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head,
                  batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps, device=str(device))
+    if not specs:
+        raise ConfigError(f"nothing to run: --cases {args.cases} are multi-token cases and --n-future {args.n_future} "
+                          "has no value above 1; add a value such as --n-future 4, or a next-token case (ntp)")
     from tqdm.auto import tqdm
 
     runs = [(round_, spec) for round_ in range(args.rounds) for spec in specs]
