@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from multitoken.data.documents import Source, check_sources, find_document_sources, split_source
-from multitoken.data.prepare_unit import (SPLITS, UNITS_DIR, Unit, UnitSettings, atomic_write_text, peak_rss_bytes,
-                                          run_unit, shards_intact, unit_record_path)
+from multitoken.data.prepare_unit import (SPLITS, UNITS_DIR, Unit, UnitSettings, peak_rss_bytes, run_unit,
+                                          shards_intact, unit_record_path)
 from multitoken.data.tokenizer import Tokenizer, load_tokenizer
 from multitoken.errors import CheckpointError, ConfigError, DataError
+from multitoken.files import atomic_write_text
 
 VERSION = 1
 MANIFEST = "manifest.json"

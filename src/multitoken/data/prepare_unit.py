@@ -19,6 +19,7 @@ import numpy as np
 from multitoken.data.corpus import is_validation
 from multitoken.data.documents import Piece, read_segments
 from multitoken.data.tokenizer import Tokenizer
+from multitoken.files import atomic_write_text
 
 SPLITS = ("train", "val")
 UNITS_DIR = ".units"
@@ -50,15 +51,6 @@ class Unit:
 
 def unit_record_path(out: Path, index: int) -> Path:
     return out / UNITS_DIR / f"unit_{index:06d}.json"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def shards_intact(out: Path, shards: list[dict], itemsize: int) -> bool:

@@ -84,12 +84,12 @@ class ShardedTokens:
 def _split(directory: Path, manifest: dict, split: str) -> ShardedTokens:
     shards = manifest["splits"][split]["shards"]
     dtype = np.dtype(manifest["dtype"])
-    for shard in shards:
-        path = directory / shard["file"]
-        if not path.is_file() or path.stat().st_size != shard["tokens"] * dtype.itemsize:
+    paths, lengths = [directory / s["file"] for s in shards], [s["tokens"] for s in shards]
+    for path, tokens in zip(paths, lengths):
+        if not path.is_file() or path.stat().st_size != tokens * dtype.itemsize:
             raise DataError(f"shard {path} is missing or truncated: rerun the same `multitoken prepare` command to "
                             "repair it")
-    return ShardedTokens([directory / s["file"] for s in shards], [s["tokens"] for s in shards], dtype)
+    return ShardedTokens(paths, lengths, dtype)
 
 
 def is_prepared(directory: str | Path) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from multitoken.config import TrainConfig, to_dict
 from multitoken.data.batches import eval_batches, train_batch
 from multitoken.data.tokens import resolve_data
 from multitoken.errors import CheckpointError, ConfigError
+from multitoken.files import atomic_write_text
 from multitoken.model import MTPModel
 from multitoken.training.checkpoint import (list_checkpoints, load_trainer_state, read_train_config, read_weights,
                                             save_checkpoint)
@@ -136,13 +136,11 @@ class Trainer:
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric records logged after the checkpoint we resume from: those steps are about to be redone.
-        Written aside and renamed over the old log, so a kill at this moment cannot lose it."""
+        Written atomically, so a kill at this moment cannot lose the log."""
         path = self.out_dir / "metrics.jsonl"
         if self.dist.is_main and path.exists():
             kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     # --- the loop ----------------------------------------------------------------------------------------------
 
