@@ -34,6 +34,8 @@ class ModelConfig:
     """Attention heads per layer."""
     n_kv_head: int | None = None
     """Key/value heads for grouped-query attention; null means n_head (plain multi-head attention)."""
+    head_dim: int | None = None
+    """Width of each attention head; null means d_model / n_head (some imported models set it apart)."""
     n_future: int = 4
     """Output heads: head i predicts token t+i. 1 is an ordinary next-token language model."""
     max_seq_len: int = 256
@@ -42,6 +44,12 @@ class ModelConfig:
     """SwiGLU hidden width; null means Llama's rule: 8/3 * d_model rounded up to a multiple of 256."""
     rope_theta: float = 10000.0
     """Base of the rotary position embedding frequencies."""
+    rope_scaling: dict[str, float | str] | None = None
+    """Rotary frequency scaling of imported long-context models: {rope_type: llama3, factor, low_freq_factor,
+    high_freq_factor, original_max_position_embeddings} (Llama 3.1+), or {rope_type: linear, factor}; null for none."""
+    tie_embeddings: bool = False
+    """Share one matrix between the input embedding and the unembedding (SmolLM, Llama 3.2 1B/3B); the paper's
+    models keep them apart."""
     norm_eps: float = 1e-5
     """RMSNorm epsilon."""
     init_std: float = 0.02
@@ -54,20 +62,26 @@ class ModelConfig:
                  f"({self.n_future}): n_layer counts the trunk and one layer per head")
         for name in ("vocab_size", "d_model", "n_head", "max_seq_len"):
             _require(getattr(self, name) >= 1, f"model.{name} must be positive (got {getattr(self, name)})")
-        _require(self.d_model % self.n_head == 0,
-                 f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
-        _require(self.head_dim % 2 == 0, f"model.d_model / model.n_head = {self.head_dim} must be even for rotary "
-                 "embeddings: change d_model or n_head")
+        if self.head_dim is None:
+            _require(self.d_model % self.n_head == 0, f"model.d_model ({self.d_model}) must be divisible by "
+                     f"model.n_head ({self.n_head}), or set model.head_dim")
+        else:
+            _require(self.head_dim >= 1, f"model.head_dim must be positive (got {self.head_dim})")
+        _require(self.head_size % 2 == 0, f"the attention head width {self.head_size} must be even for rotary "
+                 "embeddings: change d_model, n_head or head_dim")
         _require(self.n_head % self.kv_heads == 0,
                  f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.kv_heads})")
+        if self.rope_scaling is not None:
+            _check_rope_scaling(self.rope_scaling)
 
     @property
     def n_trunk_layers(self) -> int:
         return self.n_layer - self.n_future
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
+    def head_size(self) -> int:
+        """The attention head width in use: head_dim, or d_model / n_head."""
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_head
 
     @property
     def kv_heads(self) -> int:
@@ -79,6 +93,27 @@ class ModelConfig:
             return self.ffn_hidden
         hidden = int(2 * (4 * self.d_model) / 3)  # Llama: SwiGLU's 3 matrices cost what a 4x MLP's 2 cost
         return 256 * ((hidden + 255) // 256)
+
+
+ROPE_SCALING_KEYS = {"llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+                     "linear": ("factor",)}
+
+
+def _check_rope_scaling(scaling: dict) -> None:
+    kind = scaling.get("rope_type")
+    _require(kind in ROPE_SCALING_KEYS, f"model.rope_scaling.rope_type {kind!r} is not supported: use "
+             f"{' or '.join(ROPE_SCALING_KEYS)}, or null for no scaling")
+    expected = set(ROPE_SCALING_KEYS[kind])
+    given = set(scaling) - {"rope_type"}
+    _require(given == expected, f"model.rope_scaling of type {kind} takes exactly {', '.join(sorted(expected))} "
+             f"(got {', '.join(sorted(given)) or 'none'})")
+    for key in expected:
+        value = scaling[key]
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+                 f"model.rope_scaling.{key} must be a positive number (got {value!r})")
+    if kind == "llama3":
+        _require(scaling["high_freq_factor"] > scaling["low_freq_factor"],
+                 "model.rope_scaling.high_freq_factor must exceed low_freq_factor")
 
 
 @dataclass
@@ -155,6 +190,9 @@ class TrainConfig:
     """Sequences per micro-batch."""
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step (global batch = batch_size * grad_accum_steps)."""
+    seq_len: int | None = None
+    """Tokens per training and validation window; null means model.max_seq_len, the whole context. Set it lower to
+    finetune an imported long-context model on short windows (its context stays model.max_seq_len)."""
     loss_strategy: Literal["sequential", "naive"] = "sequential"
     """'sequential': the paper's memory-efficient head loop (one head's logits alive); 'naive': all heads at once."""
     cross_entropy: Literal["chunked", "plain"] = "chunked"
@@ -200,10 +238,17 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches",
                      "log_interval", "save_interval", "keep_last"):
             _require(getattr(self, name) >= 1, f"{name} must be at least 1 (got {getattr(self, name)})")
+        _require(self.seq_len is None or self.seq_len >= 1, f"seq_len must be at least 1 (got {self.seq_len}); "
+                 "null means model.max_seq_len")
         weights = self.resolved_head_weights()
         _require(len(weights) == self.model.n_future, f"head_weights has {len(weights)} entries but model.n_future "
                  f"is {self.model.n_future}: give one weight per head, or a rule like decay:0.8")
         _require(all(w >= 0 for w in weights), "head_weights must be non-negative")
+
+    @property
+    def window_tokens(self) -> int:
+        """Input tokens per training window: seq_len, or the model's whole context."""
+        return self.seq_len or self.model.max_seq_len
 
     def resolved_head_weights(self) -> list[float]:
         """The per-head loss weights as numbers, head 1 first."""

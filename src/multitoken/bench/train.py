@@ -163,7 +163,7 @@ def flops_per_token(spec: BenchCase) -> float:
 
     c = ModelConfig(vocab_size=spec.vocab_size, d_model=spec.d_model, n_layer=spec.n_layer, n_head=spec.n_head,
                     n_future=spec.n_future, max_seq_len=spec.seq_len)
-    q_width, kv_width = c.n_head * c.head_dim, c.kv_heads * c.head_dim
+    q_width, kv_width = c.n_head * c.head_size, c.kv_heads * c.head_size
     per_layer = c.d_model * (2 * q_width + 2 * kv_width) + 3 * c.d_model * c.ffn_dim + (spec.seq_len + 1) * q_width
     return 6.0 * (c.n_layer * per_layer + c.n_future * c.d_model * c.vocab_size)
 

@@ -67,7 +67,7 @@ def _prompts_from_file(path: str, tokenizer) -> list[list[int]]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise ConfigError(f"cannot read prompt file {path}: {e.strerror}") from None
-    prompts = [tokenizer.encode(line) for line in lines if line.strip()]
+    prompts = [tokenizer.encode_prompt(line) for line in lines if line.strip()]
     if not prompts:
         raise ConfigError(f"prompt file {path} has no prompts: put one prompt per line")
     return prompts

@@ -39,7 +39,7 @@ def run(args: Namespace) -> int:
     num_batches = args.batches or cfg.eval_batches
     if batch_size < 1 or num_batches < 1:
         raise ConfigError("--batch-size and --batches must be at least 1")
-    window = model.config.max_seq_len + model.n_future
+    window = min(cfg.window_tokens, model.config.max_seq_len) + model.n_future
     if args.data is None:
         batches = eval_batches(resolve_data(cfg.data, tokenizer)[1].val, batch_size, window, num_batches)
         source = "validation split of the training data"

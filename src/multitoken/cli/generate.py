@@ -72,7 +72,7 @@ def run(args: Namespace) -> int:
     device = resolve_device(args.device)
     model, _, tokenizer = load_model(args.ckpt, device)
     k = check_draft_len(model, args.draft_len) if args.speculative else None
-    ids = tokenizer.encode(args.prompt)
+    ids = tokenizer.encode_prompt(args.prompt)  # with the model's beginning-of-text token, where it has one
     check_prompt_fits(len(ids), args.max_new_tokens, model.config.max_seq_len)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     prompt = torch.tensor([ids], device=device)
@@ -83,7 +83,8 @@ def run(args: Namespace) -> int:
     else:
         new = generate(model, prompt, args.max_new_tokens, **sampling)
     elapsed = time.perf_counter() - start
-    print(tokenizer.decode(ids + new[0].tolist()))
+    text_ids = ids[1:] if tokenizer.bos_id is not None else ids
+    print(tokenizer.decode(text_ids + new[0].tolist()))
     rate = args.max_new_tokens / max(elapsed, 1e-9)
     if args.speculative:
         acceptance = " ".join(f"{a:.0%}" for a in stats.acceptance_per_position)

@@ -37,13 +37,16 @@ def run(args: Namespace) -> int:
                     "params": counts})
         return 0
     print(f"checkpoint   {ckpt}")
-    print(f"step         {meta['step']}  ({meta.get('tokens_seen') or 0:,} tokens seen)")
+    if meta.get("converted_from"):
+        print(f"converted    from {meta.get('source_format')} folder {meta['converted_from']} ({meta.get('dtype')})")
+    else:
+        print(f"step         {meta['step']}  ({meta.get('tokens_seen') or 0:,} tokens seen)")
     print(f"model        n_layer={m.n_layer} (trunk {m.n_trunk_layers} + {m.n_future} heads), d_model={m.d_model}, "
           f"n_head={m.n_head}, vocab_size={m.vocab_size}, max_seq_len={m.max_seq_len}, tokenizer={tokenizer.kind}")
     print("parameters")
     labels = {"tok_embeddings": "input embedding", "trunk": f"trunk ({m.n_trunk_layers} layers)",
-              "heads": f"heads ({m.n_future} x 1 layer)", "norm": "final norm", "output": "unembedding (output)",
-              "total": "total"}
+              "heads": f"heads ({m.n_future} x 1 layer)", "norm": "final norm",
+              "output": "unembedding (tied to input)" if m.tie_embeddings else "unembedding (output)", "total": "total"}
     for key, label in labels.items():
         share = counts[key] / counts["total"]
         print(f"  {label:<24} {counts[key]:>14,}  {share:>6.1%}")

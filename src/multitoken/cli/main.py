@@ -9,11 +9,11 @@ from __future__ import annotations
 import sys
 import warnings
 
-from multitoken.cli import bench, evaluate, generate, info, prepare, tokenizer, train
+from multitoken.cli import bench, convert, evaluate, export, generate, info, prepare, tokenizer, train
 from multitoken.cli.common import new_parser
 
 COMMANDS = {"train": train, "generate": generate, "eval": evaluate, "info": info, "bench": bench, "prepare": prepare,
-            "tokenizer": tokenizer}
+            "tokenizer": tokenizer, "convert": convert, "export": export}
 
 
 def build_parser():

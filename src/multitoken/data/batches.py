@@ -15,7 +15,7 @@ from multitoken.errors import DataError
 def _check_length(tokens: np.ndarray, window: int, split: str) -> None:
     if len(tokens) < window:
         raise DataError(f"the {split} split has {len(tokens)} tokens, fewer than one window of {window} "
-                        "(max_seq_len + n_future): add more text or lower model.max_seq_len")
+                        "(seq_len + n_future): add more text or lower seq_len (or model.max_seq_len)")
 
 
 def _gather(tokens: np.ndarray, starts: np.ndarray, window: int) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """Tokenizers. Byte-level is the zero-setup default: every byte is a token, vocabulary 256, nothing to train.
 A byte-level BPE (Hugging Face `tokenizers`, the `bpe` extra) is the choice for real corpora: `multitoken tokenizer
-train` makes one, and any `tokenizer.json` with an end-of-text token works too.
+train` makes one, and any `tokenizer.json` with an end-of-text token works too (an imported model's own, with its
+beginning-of-text token). A SentencePiece `tokenizer.model` (Llama 2 and Meta's multi-token models; the
+`sentencepiece` extra) comes with models converted from Meta's format.
 
 A tokenizer saves itself into every checkpoint and prepared-data folder (`tokenizer_config.json`, plus `tokenizer.json`
 for BPE), so `generate`, `eval` and training on prepared data never need it named again. Its `fingerprint` tells two
@@ -20,6 +22,7 @@ from multitoken.errors import CheckpointError, ConfigError
 
 TOKENIZER_FILE = "tokenizer_config.json"
 HF_TOKENIZER_FILE = "tokenizer.json"
+SENTENCEPIECE_FILE = "tokenizer.model"
 EOT_TOKEN = "<|endoftext|>"
 
 
@@ -32,10 +35,14 @@ class ByteTokenizer:
     # Documents are separated by NUL: it never occurs in the text files we read (that is how binary files are told
     # apart), so it is free to mark a document boundary.
     eot_id = 0
+    bos_id = None
     fingerprint = "bytes"
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
+
+    def encode_prompt(self, text: str) -> list[int]:
+        return self.encode(text)
 
     def encode_bytes(self, data: bytes) -> np.ndarray:
         """Raw file bytes straight to token ids, without a round trip through str."""
@@ -56,12 +63,18 @@ class BPETokenizer:
 
     kind = "bpe"
 
-    def __init__(self, tokenizer, eot_token: str = EOT_TOKEN, source: str = "the tokenizer"):
+    def __init__(self, tokenizer, eot_token: str = EOT_TOKEN, source: str = "the tokenizer",
+                 bos_token: str | None = None):
         eot_id = tokenizer.token_to_id(eot_token)
         if eot_id is None:
             raise ConfigError(f"{source} has no {eot_token!r} token to separate documents: train one with `multitoken "
                               "tokenizer train`, or name its end-of-text token in a tokenizer_config.json beside it, "
                               'e.g. {"eot_token": "</s>"}')
+        # The token a model was trained to see first (Llama's <s>): prompts get it, training data and files do not.
+        self.bos_token = bos_token
+        self.bos_id = tokenizer.token_to_id(bos_token) if bos_token else None
+        if bos_token and self.bos_id is None:
+            raise ConfigError(f"{source} has no beginning-of-text token {bos_token!r}")
         self._tok = tokenizer
         # Document text that happens to contain "<|endoftext|>" is encoded as plain text: document boundaries come
         # from the data layout alone, never from what a document says. (Not serialized, so the fingerprint is unmoved.)
@@ -72,23 +85,29 @@ class BPETokenizer:
         self.dtype = np.uint16 if self.vocab_size <= 2**16 else np.uint32
 
     @classmethod
-    def from_file(cls, path: Path, eot_token: str | None = None) -> BPETokenizer:
+    def from_file(cls, path: Path, eot_token: str | None = None, bos_token: str | None = None) -> BPETokenizer:
         Tokenizer = require_tokenizers().Tokenizer
         try:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception with serde's message
             raise ConfigError(f"{path} is not a valid tokenizer.json ({str(e).splitlines()[0][:200]}): point "
                               "--tokenizer at a tokenizer.json saved by Hugging Face tokenizers") from None
-        return cls(tokenizer, eot_token or _eot_token_beside(path), source=str(path))
+        return cls(tokenizer, eot_token or _eot_token_beside(path), source=str(path), bos_token=bos_token)
 
     @cached_property
     def fingerprint(self) -> str:
-        """sha256 of the canonical tokenizer.json (keys sorted, no whitespace) and the end-of-text token."""
+        """sha256 of the canonical tokenizer.json (keys sorted, no whitespace) and the end-of-text (and
+        beginning-of-text, where there is one) token."""
         canonical = json.dumps(json.loads(self._tok.to_str()), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(f"{canonical}\0{self.eot_token}".encode("utf-8")).hexdigest()
+        bos = f"\0{self.bos_token}" if self.bos_token else ""
+        return hashlib.sha256(f"{canonical}\0{self.eot_token}{bos}".encode("utf-8")).hexdigest()
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """A prompt as the model saw text in training: its beginning-of-text token first, where it has one."""
+        return ([self.bos_id] if self.bos_id is not None else []) + self.encode(text)
 
     def encode_batch(self, texts: list[str | bytes]) -> list[np.ndarray]:
         """Token ids of each text, in parallel across texts (Rust threads). Bytes that are not UTF-8 become U+FFFD."""
@@ -102,10 +121,77 @@ class BPETokenizer:
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         self._tok.save(str(directory / HF_TOKENIZER_FILE))
-        (directory / TOKENIZER_FILE).write_text(json.dumps({"kind": self.kind, "eot_token": self.eot_token}) + "\n")
+        config = {"kind": self.kind, "eot_token": self.eot_token}
+        if self.bos_token:
+            config["bos_token"] = self.bos_token
+        (directory / TOKENIZER_FILE).write_text(json.dumps(config) + "\n")
 
 
-Tokenizer = ByteTokenizer | BPETokenizer
+class SentencePieceTokenizer:
+    """A SentencePiece model (`tokenizer.model`: Llama 2, Meta's multi-token models), through the `sentencepiece`
+    library. End-of-text is its eos piece, and prompts start with its bos piece, as the models were trained."""
+
+    kind = "sentencepiece"
+
+    def __init__(self, model_bytes: bytes, source: str = "the tokenizer") -> None:
+        spm = require_sentencepiece()
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+        except Exception as e:  # sentencepiece raises RuntimeError or OSError with a C++ message
+            raise ConfigError(f"{source} is not a SentencePiece model ({str(e).splitlines()[0][:120]}); Llama 3's "
+                              "tokenizer.model is tiktoken's format: use its Hugging Face tokenizer.json instead") from None
+        self._model_bytes = model_bytes
+        self.eot_id = self._sp.eos_id()
+        if self.eot_id < 0:
+            raise ConfigError(f"{source} has no end-of-sentence piece to separate documents")
+        self.bos_id = self._sp.bos_id() if self._sp.bos_id() >= 0 else None
+        self.vocab_size = self._sp.get_piece_size()
+        self.dtype = np.uint16 if self.vocab_size <= 2**16 else np.uint32
+        self.fingerprint = hashlib.sha256(model_bytes).hexdigest()
+
+    @classmethod
+    def from_file(cls, path: Path) -> SentencePieceTokenizer:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+        return cls(data, source=str(path))
+
+    def __getstate__(self) -> dict:  # prepare's worker processes receive tokenizers by pickling
+        return {"model_bytes": self._model_bytes}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["model_bytes"])
+
+    def encode(self, text: str) -> list[int]:
+        return self._sp.encode(text)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        return ([self.bos_id] if self.bos_id is not None else []) + self.encode(text)
+
+    def encode_batch(self, texts: list[str | bytes]) -> list[np.ndarray]:
+        texts = [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else t for t in texts]
+        return [np.asarray(ids, dtype=self.dtype) for ids in self._sp.encode(texts)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self._sp.decode([int(i) for i in ids])
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        (directory / SENTENCEPIECE_FILE).write_bytes(self._model_bytes)
+        (directory / TOKENIZER_FILE).write_text(json.dumps({"kind": self.kind}) + "\n")
+
+
+Tokenizer = ByteTokenizer | BPETokenizer | SentencePieceTokenizer
+
+
+def require_sentencepiece():
+    try:
+        import sentencepiece
+    except ImportError:
+        raise ConfigError("SentencePiece tokenizers (tokenizer.model) need the sentencepiece package: pip install "
+                          "'multitoken[sentencepiece]'") from None
+    return sentencepiece
 
 
 def require_tokenizers():
@@ -131,22 +217,34 @@ def _eot_token_beside(path: Path) -> str:
 
 
 def build_tokenizer(spec: str) -> Tokenizer:
-    """'bytes', or a path: a folder holding tokenizer.json (or any folder a tokenizer saved itself into, such as a
-    checkpoint), or a tokenizer.json file."""
+    """'bytes', or a path: a folder a tokenizer saved itself into (a checkpoint, a prepared-data folder, an exported
+    or converted model), a folder holding tokenizer.json or tokenizer.model, or one of those files."""
     if spec == "bytes":
         return ByteTokenizer()
     path = Path(spec).expanduser()
     if path.is_dir():
+        if _saved_by_multitoken(path / TOKENIZER_FILE):
+            return load_tokenizer(path)
         if (path / HF_TOKENIZER_FILE).is_file():
             return BPETokenizer.from_file(path / HF_TOKENIZER_FILE)
-        if (path / TOKENIZER_FILE).is_file():
-            return load_tokenizer(path)
+        if (path / SENTENCEPIECE_FILE).is_file():
+            return SentencePieceTokenizer.from_file(path / SENTENCEPIECE_FILE)
         raise ConfigError(f"tokenizer folder {path} holds no tokenizer.json: train one with `multitoken tokenizer "
                           "train --out DIR`")
     if path.is_file():
+        if path.suffix == ".model":
+            return SentencePieceTokenizer.from_file(path)
         return BPETokenizer.from_file(path)
-    raise ConfigError(f"unknown tokenizer {spec!r}: use 'bytes' or the path of a tokenizer folder or tokenizer.json "
-                      "(`multitoken tokenizer train` makes one)")
+    raise ConfigError(f"unknown tokenizer {spec!r}: use 'bytes' or the path of a tokenizer folder, tokenizer.json "
+                      "or tokenizer.model (`multitoken tokenizer train` makes one)")
+
+
+def _saved_by_multitoken(path: Path) -> bool:
+    """Whether a tokenizer_config.json is ours ({"kind": ...}) rather than a Hugging Face model's."""
+    try:
+        return "kind" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def load_tokenizer(directory: Path) -> Tokenizer:
@@ -166,8 +264,13 @@ def load_tokenizer(directory: Path) -> Tokenizer:
         if not hf_path.is_file():
             raise CheckpointError(f"{hf_path} is missing: the checkpoint is incomplete, pick another one")
         try:
-            return BPETokenizer.from_file(hf_path, config.get("eot_token") or EOT_TOKEN)
+            return BPETokenizer.from_file(hf_path, config.get("eot_token") or EOT_TOKEN, config.get("bos_token"))
         except ConfigError as e:
             raise CheckpointError(f"{e} (in {directory}: the checkpoint is damaged, pick another one)") from None
+    if kind == "sentencepiece":
+        sp_path = Path(directory) / SENTENCEPIECE_FILE
+        if not sp_path.is_file():
+            raise CheckpointError(f"{sp_path} is missing: the checkpoint is incomplete, pick another one")
+        return SentencePieceTokenizer.from_file(sp_path)
     raise CheckpointError(f"{path} names an unknown tokenizer kind {kind!r}: it was saved by a newer multitoken; "
                           "upgrade multitoken")

@@ -18,7 +18,7 @@ from multitoken.model.layers import apply_rope, rms_normalize
 class FusedHeads:
     def __init__(self, model: MTPModel, num_heads: int) -> None:
         c = model.config
-        self.m, self.n_head, self.n_kv_head, self.head_dim, self.eps = num_heads, c.n_head, c.kv_heads, c.head_dim, c.norm_eps
+        self.m, self.n_head, self.n_kv_head, self.head_dim, self.eps = num_heads, c.n_head, c.kv_heads, c.head_size, c.norm_eps
         blocks = [model.head_block(i) for i in range(num_heads)]
 
         def stack(get) -> torch.Tensor:

@@ -6,6 +6,8 @@ Parameter names follow Meta's Llama / multi-token-prediction release (`attention
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,11 +33,32 @@ class RMSNorm(nn.Module):
         return rms_normalize(x, self.eps) * self.weight
 
 
-def rope_cache(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_frequencies(config: ModelConfig) -> torch.Tensor:
+    """The rotary angular frequencies (head_dim // 2,), fp32, with the config's scaling applied."""
+    hd = config.head_size
+    freqs = 1.0 / (config.rope_theta ** (torch.arange(0, hd // 2, dtype=torch.float32) * 2 / hd))
+    scaling = config.rope_scaling
+    if scaling is None:
+        return freqs
+    factor = float(scaling["factor"])
+    if scaling["rope_type"] == "linear":  # positions divided by factor, i.e. every frequency
+        return freqs / factor
+    # Llama 3.1's rule: wavelengths longer than the original context / low_freq_factor are stretched by factor, those
+    # shorter than context / high_freq_factor kept, and the band between interpolated smoothly.
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    context = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / freqs
+    smooth = (context / wavelen - low) / (high - low)
+    interpolated = (1 - smooth) * freqs / factor + smooth * freqs
+    scaled = torch.where(wavelen > context / low, freqs / factor, freqs)
+    medium = (wavelen <= context / low) & (wavelen >= context / high)
+    return torch.where(medium, interpolated, scaled)
+
+
+def rope_cache(config: ModelConfig, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables, each (max_seq_len, head_dim // 2)."""
-    half = config.head_dim // 2
-    freqs = 1.0 / (config.rope_theta ** (torch.arange(0, half, dtype=torch.float32) * 2 / config.head_dim))
-    angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32), freqs)
+    freqs = rope_frequencies(config).to(device)
+    angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32, device=device), freqs)
     return angles.cos(), angles.sin()
 
 
@@ -54,11 +77,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
-        self.wq = nn.Linear(config.d_model, config.n_head * config.head_dim, bias=False)
-        self.wk = nn.Linear(config.d_model, config.kv_heads * config.head_dim, bias=False)
-        self.wv = nn.Linear(config.d_model, config.kv_heads * config.head_dim, bias=False)
-        self.wo = nn.Linear(config.n_head * config.head_dim, config.d_model, bias=False)
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_size
+        self.wq = nn.Linear(config.d_model, config.n_head * config.head_size, bias=False)
+        self.wk = nn.Linear(config.d_model, config.kv_heads * config.head_size, bias=False)
+        self.wv = nn.Linear(config.d_model, config.kv_heads * config.head_size, bias=False)
+        self.wo = nn.Linear(config.n_head * config.head_size, config.d_model, bias=False)
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

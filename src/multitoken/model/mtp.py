@@ -34,13 +34,41 @@ class MTPModel(nn.Module):
         self.extra_heads = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_future - 1))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.output = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:  # one Parameter under two names: state_dict lists both, optimizers see it once
+            self.output.weight = self.tok_embeddings.weight
         cos, sin = rope_cache(config)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
 
+    @classmethod
+    def from_state_dict(cls, config: ModelConfig, state: dict[str, torch.Tensor],
+                        device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> MTPModel:
+        """A model holding exactly these weights, built without initialising any first (it starts on the meta
+        device and takes the tensors as its parameters): loading a 7B model costs its weights, not twice that and a
+        random initialisation. dtype None keeps the tensors' own. Tied embeddings need only tok_embeddings.weight."""
+        with torch.device("meta"):
+            model = cls(config)
+        state = dict(state)
+        if config.tie_embeddings:
+            state.setdefault("output.weight", state.get("tok_embeddings.weight"))
+        state = {k: v.to(device=device, dtype=dtype or v.dtype) if v is not None else v for k, v in state.items()}
+        model.load_state_dict(state, strict=True, assign=True)
+        if config.tie_embeddings:  # assign gave each name its own Parameter: tie them again
+            model.output.weight = model.tok_embeddings.weight
+        model.init_rope(device)
+        return model
+
+    def init_rope(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the rotary tables on device: a model built on the meta device (to receive loaded weights
+        without initialising them first) has none."""
+        cos, sin = rope_cache(self.config, device)
+        self.rope_cos, self.rope_sin = cos, sin
+
     def reset_parameters(self) -> None:
         std = self.config.init_std
+        if self.output.weight.is_meta:  # shapes only (parameter counts, or weights about to be assigned)
+            return
         for name, p in self.named_parameters():
             if p.dim() < 2:  # norm gains
                 nn.init.ones_(p)
@@ -112,7 +140,7 @@ class MTPModel(nn.Module):
         c = self.config
         blocks = {"all": [*self.layers, *self.extra_heads], "next": list(self.layers), "none": list(self.layers[:-1])}
         for block in blocks[heads]:
-            block.attention.kv_cache = KVCache(batch_size, c.kv_heads, max_seq_len, c.head_dim, dtype, device)
+            block.attention.kv_cache = KVCache(batch_size, c.kv_heads, max_seq_len, c.head_size, dtype, device)
 
     def clear_caches(self) -> None:
         for block in [*self.layers, *self.extra_heads]:
@@ -126,7 +154,7 @@ class MTPModel(nn.Module):
             "trunk": count(self.layers[:-1]),
             "heads": count([self.layers[-1], *self.extra_heads]),
             "norm": count([self.norm]),
-            "output": count([self.output]),
+            "output": 0 if self.config.tie_embeddings else count([self.output]),  # tied: counted once, as input
         }
         parts["total"] = sum(parts.values())
         return parts

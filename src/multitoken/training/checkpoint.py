@@ -68,6 +68,8 @@ def save_checkpoint(out_dir: str | Path, step: int, model: MTPModel | dict[str, 
     try:
         weights = model if isinstance(model, dict) else model.state_dict()
         state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+        if cfg.model.tie_embeddings:  # one tensor under two names: safetensors stores it once (read_weights restores)
+            state.pop("output.weight", None)
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "step": str(step)})
         (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         tokenizer.save(tmp)
@@ -126,34 +128,33 @@ def read_train_config(ckpt: Path) -> TrainConfig:
 
 
 def read_weights(ckpt: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """The full state dict in a checkpoint's model.safetensors."""
+    """The full state dict in a checkpoint's model.safetensors (a tied unembedding under its own name too)."""
     path = ckpt / "model.safetensors"
     try:
-        return load_file(path, device=str(device))
+        state = load_file(path, device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is corrupt or truncated ({str(e).splitlines()[0][:80]}): pick another "
                               "checkpoint") from None
+    if "output.weight" not in state and "tok_embeddings.weight" in state and \
+            read_train_config(ckpt).model.tie_embeddings:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    return state
 
 
-def load_weights(model: MTPModel, ckpt: Path) -> None:
-    path = ckpt / "model.safetensors"
-    state = read_weights(ckpt, model.output.weight.device)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError:
-        raise CheckpointError(f"{path} does not match the model in {ckpt / 'config.yaml'} (different shapes or "
-                              "keys): the checkpoint is damaged or mixed with another run's files") from None
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MTPModel, TrainConfig, ByteTokenizer]:
-    """Model (eval mode), its training config and tokenizer from a checkpoint or run directory."""
+def load_model(path: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None) -> tuple[MTPModel, TrainConfig, ByteTokenizer]:
+    """Model (eval mode), its training config and tokenizer from a checkpoint or run directory. The weights keep
+    the dtype they were saved in unless dtype says otherwise."""
     ckpt = resolve_checkpoint(path)
     cfg = read_train_config(ckpt)
     tokenizer = load_tokenizer(ckpt)
-    model = MTPModel(cfg.model).to(device)
-    load_weights(model, ckpt)
-    model.eval()
-    return model, cfg, tokenizer
+    try:
+        model = MTPModel.from_state_dict(cfg.model, read_weights(ckpt), device, dtype)
+    except RuntimeError:
+        raise CheckpointError(f"{ckpt / 'model.safetensors'} does not match the model in {ckpt / 'config.yaml'} "
+                              "(different shapes or keys): the checkpoint is damaged or mixed with another run's "
+                              "files") from None
+    return model.eval(), cfg, tokenizer
 
 
 def load_trainer_state(ckpt: Path) -> dict[str, Any]:

@@ -50,7 +50,10 @@ class Trainer:
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
         self.dist, self.device = init_distributed(resolve_device(cfg.device))
-        self.window = cfg.model.max_seq_len + cfg.model.n_future
+        if cfg.window_tokens > cfg.model.max_seq_len:
+            raise ConfigError(f"seq_len ({cfg.seq_len}) exceeds the model's context of {cfg.model.max_seq_len}: "
+                              f"use --seq_len {cfg.model.max_seq_len} or less")
+        self.window = cfg.window_tokens + cfg.model.n_future
         self.tokenizer, self.data = resolve_data(cfg.data)
         if self.tokenizer.vocab_size > cfg.model.vocab_size:
             raise ConfigError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "
@@ -158,7 +161,7 @@ class Trainer:
         for micro in range(cfg.grad_accum_steps):
             tokens = train_batch(self.data.train, cfg.batch_size, self.window, cfg.seed, step, micro,
                                  rank=d.rank, world_size=d.world_size, order=cfg.data.order,
-                                 micro_steps=cfg.grad_accum_steps, stride=cfg.model.max_seq_len)
+                                 micro_steps=cfg.grad_accum_steps, stride=cfg.window_tokens)
             tokens = tokens.to(self.device, non_blocking=True)
             with gradient_sync(self.wrapped, micro == cfg.grad_accum_steps - 1), autocast_for(self.device,
                                                                                              cfg.precision):
@@ -215,7 +218,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         self.model.train()
-        tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * cfg.model.max_seq_len * self.dist.world_size
+        tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * cfg.window_tokens * self.dist.world_size
         bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not (cfg.progress and main), unit="step",
                    dynamic_ncols=True, desc="train")
         if main and self.resumed_from is not None:

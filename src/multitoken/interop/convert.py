@@ -1,0 +1,51 @@
+"""`convert`: a Hugging Face or Meta model folder -> an ordinary multitoken checkpoint folder.
+
+The result is a checkpoint like any training run's (model.safetensors, config.yaml, the tokenizer, meta.json; no
+optimizer state), so `generate`, `eval`, `info`, `bench decode` and `train --init-from` take it as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from multitoken.config import TrainConfig, to_dict
+from multitoken.interop.folders import check_new_folder, new_folder
+from multitoken.interop.source import ImportedModel, read_model_folder
+from multitoken.interop.tensors import write_safetensors
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Windows used by `eval` and as the finetuning default: a long-context model's whole context is rarely what a
+# validation pass or a CPU finetune wants (`--seq_len` sets any other).
+DEFAULT_WINDOW = 2048
+
+
+@dataclass
+class ConvertResult:
+    model: ImportedModel
+    out: Path
+    dtype: torch.dtype
+    bytes_written: int
+
+
+def convert(src: str | Path, out: str | Path, dtype: str | None = None, tokenizer: str | None = None,
+            max_seq_len: int | None = None, progress: bool = False) -> ConvertResult:
+    out = Path(out).expanduser()
+    check_new_folder(out)
+    model = read_model_folder(src, tokenizer, max_seq_len)  # everything checked before anything is written
+    target = DTYPES[dtype] if dtype else model.source_dtype
+    cfg = TrainConfig(model=model.config, out_dir=str(out), seq_len=min(model.config.max_seq_len, DEFAULT_WINDOW))
+    with new_folder(out) as tmp:
+        written = write_safetensors(tmp / "model.safetensors", model.tensors, target,
+                                    metadata={"format": "pt", "converted_from": model.format},
+                                    progress="convert" if progress else None)
+        (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        model.tokenizer.save(tmp)
+        meta = {"step": 0, "tokens_seen": 0, "converted_from": str(model.path.resolve()),
+                "source_format": model.format, "dtype": str(target).removeprefix("torch.")}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return ConvertResult(model, out, target, written)

@@ -1,0 +1,97 @@
+"""`export`: a multitoken checkpoint -> a Hugging Face `LlamaForCausalLM` folder or a Meta folder.
+
+hf: the trunk and head 1 are an ordinary Llama (`model.safetensors`, `config.json`, `generation_config.json`, the
+tokenizer), loadable by `transformers.AutoModelForCausalLM.from_pretrained` with head 1's logits. Heads 2..n go
+beside it in `mtp_heads.safetensors` (same per-layer names, `mtp_heads.{j}.*`) described by `mtp_heads.json`; a
+transformers user never sees them, and `multitoken convert` of the folder gives back the whole model bit for bit.
+
+meta: `params.json` (with n_future_tokens) and `consolidated.00.pth`, the layout of Meta's multi-token release.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from multitoken.config import ModelConfig
+from multitoken.data.tokenizer import SentencePieceTokenizer, load_tokenizer
+from multitoken.interop import hf, meta
+from multitoken.interop.folders import check_new_folder, new_folder
+from multitoken.interop.source import check_tensors
+from multitoken.interop.tensors import LazyTensor, safetensors_tensors, write_safetensors
+from multitoken.interop.tokenizers import save_hf_tokenizer
+
+
+def hf_config(config: ModelConfig, dtype: torch.dtype, token_ids: dict) -> dict:
+    """config.json of the trunk + head 1 as a LlamaForCausalLM. Rope settings at the top level (rope_theta,
+    rope_scaling), which transformers 4 reads and transformers 5 still accepts."""
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model, "intermediate_size": config.ffn_dim,
+        "num_hidden_layers": config.n_trunk_layers + 1, "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.kv_heads, "head_dim": config.head_size,
+        "max_position_embeddings": config.max_seq_len, "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_theta, "rope_scaling": config.rope_scaling,
+        "tie_word_embeddings": config.tie_embeddings, "hidden_act": "silu", "attention_bias": False,
+        "mlp_bias": False, "attention_dropout": 0.0, "initializer_range": config.init_std, "pretraining_tp": 1,
+        "use_cache": True, "torch_dtype": str(dtype).removeprefix("torch."), **token_ids,
+    }
+
+
+def _hf_tensors(tensors: dict[str, LazyTensor], config: ModelConfig) -> dict[str, dict[str, LazyTensor]]:
+    """Our tensors under transformers' names, q and k rows permuted to rotate-half, split by file."""
+    files: dict[str, dict[str, LazyTensor]] = {hf.WEIGHTS_FILE: {}, hf.HEADS_FILE: {}}
+    for ours, lazy in tensors.items():
+        file, name = hf.hf_name(ours)
+        heads = hf.qk_rows(ours, config)
+        if heads is not None:
+            lazy = lazy.map(lambda w, h=heads: hf.interleaved_to_halves(w, h, config.head_size))
+        files[file][name] = lazy
+    return files
+
+
+def export(ckpt_path: str | Path, fmt: Literal["hf", "meta"], out: str | Path, progress: bool = False) -> Path:
+    from multitoken.training.checkpoint import read_train_config, resolve_checkpoint
+
+    out = Path(out).expanduser()
+    check_new_folder(out)
+    ckpt = resolve_checkpoint(ckpt_path)
+    config = read_train_config(ckpt).model
+    tokenizer = load_tokenizer(ckpt)
+    tensors = safetensors_tensors(ckpt / "model.safetensors")
+    check_tensors(tensors, config, str(ckpt), lambda n: n)
+    dtype = tensors["tok_embeddings.weight"].dtype
+    if fmt == "meta":
+        params = meta.params_for(config)  # refuses, before writing, what Meta's format cannot say
+    with new_folder(out) as tmp:
+        if fmt == "hf":
+            files = _hf_tensors(tensors, config)
+            write_safetensors(tmp / hf.WEIGHTS_FILE, files[hf.WEIGHTS_FILE], metadata={"format": "pt"},
+                              progress="export" if progress else None)
+            if config.n_future > 1:
+                write_safetensors(tmp / hf.HEADS_FILE, files[hf.HEADS_FILE], metadata={"format": "pt"})
+                heads = {"format": hf.HEADS_FORMAT, "version": 1, "n_future": config.n_future,
+                         "file": hf.HEADS_FILE, "layers": "mtp_heads.{j} is head j + 2: one decoder layer reading the "
+                         "input of the model's last layer (the trunk's output), then the model's shared norm and "
+                         "lm_head; q/k rows in transformers' rotate-half layout"}
+                (tmp / hf.HEADS_CONFIG).write_text(json.dumps(heads, indent=1) + "\n")
+            token_ids = save_hf_tokenizer(tokenizer, tmp, config.max_seq_len)
+            (tmp / hf.CONFIG_FILE).write_text(json.dumps(hf_config(config, dtype, token_ids), indent=1) + "\n")
+            generation = {"bos_token_id": token_ids["bos_token_id"], "eos_token_id": token_ids["eos_token_id"]}
+            (tmp / "generation_config.json").write_text(json.dumps(generation, indent=1) + "\n")
+        else:
+            # torch.save writes from memory: this format holds the whole model at once (convert streams).
+            state = {name: lazy.load() for name, lazy in tensors.items()}
+            if config.tie_embeddings:  # Meta's layout has no tying: the one matrix under both names
+                state["output.weight"] = state["tok_embeddings.weight"]
+            torch.save(state, tmp / "consolidated.00.pth")
+            (tmp / meta.PARAMS_FILE).write_text(json.dumps(params, indent=1) + "\n")
+            if isinstance(tokenizer, SentencePieceTokenizer):
+                tokenizer.save(tmp)
+                (tmp / "tokenizer_config.json").unlink()  # Meta's folders hold tokenizer.model alone
+            else:
+                save_hf_tokenizer(tokenizer, tmp, config.max_seq_len)
+    return out
