@@ -1,5 +1,6 @@
 """The model's shape contract, Meta's layout, parameter matching and causality."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -94,3 +95,56 @@ def test_initial_loss_is_near_uniform():
     idx = torch.randint(0, 64, (4, 16))
     loss = F.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
     assert abs(loss.item() - torch.log(torch.tensor(64.0)).item()) < 0.3
+
+
+def test_tied_embeddings_share_one_parameter():
+    model = MTPModel(tiny_model_config(tie_embeddings=True))
+    assert model.output.weight is model.tok_embeddings.weight
+    assert model.num_params()["output"] == 0
+    assert model.num_params()["total"] == sum(p.numel() for p in model.parameters())
+    rebuilt = MTPModel.from_state_dict(model.config, {k: v for k, v in model.state_dict().items()
+                                                      if k != "output.weight"})
+    assert rebuilt.output.weight is rebuilt.tok_embeddings.weight
+
+
+def test_explicit_head_dim_sets_attention_width():
+    model = MTPModel(tiny_model_config(d_model=32, n_head=4, n_kv_head=2, head_dim=12))
+    attn = model.layers[0].attention
+    assert attn.wq.weight.shape == (48, 32) and attn.wk.weight.shape == (24, 32) and attn.wo.weight.shape == (32, 48)
+    assert model(torch.randint(0, 64, (2, 5))).shape == (2, 5, 64)
+
+
+def test_from_state_dict_equals_the_model_and_keeps_dtype():
+    torch.manual_seed(0)
+    model = MTPModel(tiny_model_config(n_future=3)).eval()
+    rebuilt = MTPModel.from_state_dict(model.config, model.state_dict()).eval()
+    idx = torch.randint(0, 64, (2, 9))
+    assert torch.equal(model(idx, return_all_heads=True), rebuilt(idx, return_all_heads=True))
+    half = MTPModel.from_state_dict(model.config, model.state_dict(), dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16} and half.rope_cos.dtype == torch.float32
+
+
+def test_llama3_rope_scaling_stretches_only_long_wavelengths():
+    import math
+
+    from multitoken.model.layers import rope_frequencies
+
+    base = tiny_model_config(d_model=64, n_head=2, rope_theta=500000.0)
+    plain = rope_frequencies(base)
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+    scaled = rope_frequencies(tiny_model_config(d_model=64, n_head=2, rope_theta=500000.0, rope_scaling=scaling))
+    wavelen = 2 * math.pi / plain
+    short, long = wavelen < 64 / 4, wavelen > 64 / 1
+    assert torch.equal(scaled[short], plain[short]) and torch.allclose(scaled[long], plain[long] / 8)
+    middle = ~short & ~long
+    assert middle.any() and ((scaled[middle] < plain[middle]) & (scaled[middle] > plain[middle] / 8)).all()
+
+
+def test_bad_rope_scaling_is_refused():
+    from multitoken.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rope_type 'yarn' is not supported"):
+        tiny_model_config(rope_scaling={"rope_type": "yarn", "factor": 4.0})
+    with pytest.raises(ConfigError, match="takes exactly factor"):
+        tiny_model_config(rope_scaling={"rope_type": "linear"})

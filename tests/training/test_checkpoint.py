@@ -28,6 +28,17 @@ def test_round_trip_weights_config_and_outputs(tmp_path):
     torch.testing.assert_close(loaded(idx, return_all_heads=True), model.eval()(idx, return_all_heads=True))
 
 
+def test_tied_embeddings_are_stored_once_and_stay_tied(tmp_path):
+    from safetensors.torch import load_file
+
+    model = MTPModel(tiny_model_config(vocab_size=256, tie_embeddings=True))
+    ckpt = _save(tmp_path, 1, model)
+    assert "output.weight" not in load_file(ckpt / "model.safetensors")
+    loaded, _, _ = load_model(ckpt)
+    assert loaded.output.weight is loaded.tok_embeddings.weight
+    assert torch.equal(loaded.output.weight, model.output.weight)
+
+
 def test_keep_last_and_leftover_temporaries_are_ignored(tmp_path):
     model = MTPModel(tiny_model_config(vocab_size=256))
     for step in (1, 2, 3, 4):

@@ -45,6 +45,18 @@ def test_sequential_equals_naive_gradients(n_future, seed, ce):
     _assert_grads_equal(grads_seq, grads_naive)
 
 
+@pytest.mark.parametrize("ce", ["plain", "chunked"])
+def test_tied_embeddings_sequential_equals_naive(ce):
+    """One matrix as input embedding and unembedding: its gradient gathers the heads' (from the loop) and the
+    trunk's (from the final backward), as the naive backward gathers them."""
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 64, (3, 19))
+    _, _, grads_naive, grads_seq = _naive_and_sequential(tiny_model_config(n_future=3, tie_embeddings=True), tokens,
+                                                         {"ce": "plain"}, {"ce": ce})
+    assert "output.weight" not in grads_seq  # one parameter, listed once
+    _assert_grads_equal(grads_seq, grads_naive)
+
+
 def test_head_weights_and_loss_scale_equal_naive():
     torch.manual_seed(0)
     tokens = torch.randint(0, 64, (2, 15))

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from multitoken.errors import CheckpointError
 from multitoken.training.checkpoint import list_checkpoints
 from multitoken.training.trainer import Trainer, train
-from tests.conftest import tiny_train_config
+from tests.conftest import tiny_model_config, tiny_train_config
 
 
 def _weights(ckpt):
@@ -32,14 +32,23 @@ def test_training_reduces_loss_and_writes_metrics(corpus, tmp_path):
     assert (tmp_path / "run" / "config.yaml").exists()
 
 
-def test_resume_equals_uninterrupted_run(corpus, tmp_path):
-    straight = tiny_train_config(corpus, tmp_path / "straight", max_steps=8, save_interval=4, eval_interval=4)
+VARIANTS = {"plain": {},  # and an imported model's features: tied embeddings, wide heads, windows below the context
+            "tied-headdim-seqlen": dict(model=tiny_model_config(vocab_size=256, n_future=2, tie_embeddings=True,
+                                                                head_dim=16, rope_scaling={"rope_type": "linear",
+                                                                                           "factor": 2.0}),
+                                        seq_len=16)}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_resume_equals_uninterrupted_run(corpus, tmp_path, variant):
+    extra = VARIANTS[variant]
+    straight = tiny_train_config(corpus, tmp_path / "straight", max_steps=8, save_interval=4, eval_interval=4, **extra)
     train(straight)
     # Simulate a run killed after its step-4 checkpoint: copy the run, drop everything after step 4, resume.
     shutil.copytree(tmp_path / "straight", tmp_path / "killed")
     shutil.rmtree(tmp_path / "killed" / "checkpoints" / "step_000008")
     resumed = tiny_train_config(corpus, tmp_path / "killed", max_steps=8, save_interval=4, eval_interval=4,
-                                resume=True)
+                                resume=True, **extra)
     result = train(resumed)
     assert result["step"] == 8
     a = _weights(list_checkpoints(tmp_path / "straight")[-1])
@@ -73,3 +82,10 @@ def test_gradient_accumulation_and_naive_strategy_train_end_to_end(corpus, tmp_p
                             loss_strategy="naive")
     result = train(cfg)
     assert result["step"] == 3 and all(torch.isfinite(torch.tensor(result["val"]["loss"])))
+
+
+def test_seq_len_beyond_the_context_is_refused(corpus, tmp_path):
+    from multitoken.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="exceeds the model's context of 32"):
+        Trainer(tiny_train_config(corpus, tmp_path / "run", seq_len=64))

@@ -1,0 +1,136 @@
+"""Bad input to convert and export: one line naming the problem and the fix, no traceback, nothing at --out."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+from multitoken.cli.main import main
+from tests.interop.test_meta import write_meta_folder
+
+needs_transformers = pytest.mark.skipif(sys.version_info < (3, 11), reason="transformers needs Python >= 3.11")
+
+
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    capsys.readouterr()  # drop what building the fixture printed (transformers' progress bars)
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def assert_one_line_error(code: int, err: str, *words: str) -> None:
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def assert_nothing_written(out) -> None:
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp-")]
+
+
+def test_folder_of_neither_format(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "weights.bin").write_bytes(b"\0" * 16)
+    code, err = run_cli(capsys, "convert", str(tmp_path / "src"), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "neither a Hugging Face model folder", "params.json")
+    assert_nothing_written(tmp_path / "out")
+
+
+@needs_transformers
+def test_unsupported_architecture(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2)
+    transformers.Qwen2ForCausalLM(config).save_pretrained(tmp_path / "qwen")
+    code, err = run_cli(capsys, "convert", str(tmp_path / "qwen"), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "Qwen2ForCausalLM is not supported", "biases", "LlamaForCausalLM")
+    assert_nothing_written(tmp_path / "out")
+
+
+@needs_transformers
+def test_missing_shard(tmp_path, capsys):
+    from tests.interop.conftest import make_hf_model
+
+    make_hf_model(tmp_path / "hf", shard_size="60KB")
+    shard = sorted((tmp_path / "hf").glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    code, err = run_cli(capsys, "convert", str(tmp_path / "hf"), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, shard.name, "missing")
+    assert_nothing_written(tmp_path / "out")
+
+
+@needs_transformers
+def test_shapes_that_contradict_the_config(tmp_path, capsys):
+    from tests.interop.conftest import make_hf_model
+
+    make_hf_model(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config["intermediate_size"] = 128  # the saved MLP is 96 wide
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    code, err = run_cli(capsys, "convert", str(tmp_path / "hf"), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "mlp.", "contradict")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_out_that_exists(tmp_path, capsys):
+    write_meta_folder(tmp_path / "meta")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    code, err = run_cli(capsys, "convert", str(tmp_path / "meta"), "--out", str(tmp_path / "out"), "--tokenizer",
+                        "bytes")
+    assert_one_line_error(code, err, "already exists")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+    code, err = run_cli(capsys, "export", "--ckpt", str(tmp_path / "meta"), "--format", "hf", "--out",
+                        str(tmp_path / "out"))
+    assert_one_line_error(code, err, "already exists")
+
+
+class _RunsCode:
+    """Unpickling this would run a shell command (what a hostile checkpoint does)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickle_that_would_run_code_is_refused_unrun(tmp_path, capsys):
+    folder = tmp_path / "meta"
+    write_meta_folder(folder)
+    marker = tmp_path / "pwned"
+    state = torch.load(folder / "consolidated.00.pth", weights_only=True)
+    state["norm.weight"] = _RunsCode(marker)
+    torch.save(state, folder / "consolidated.00.pth")
+    code, err = run_cli(capsys, "convert", str(folder), "--out", str(tmp_path / "out"), "--tokenizer", "bytes")
+    assert_one_line_error(code, err, "consolidated.00.pth", "not run")
+    assert not marker.exists()
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_missing_meta_shard_and_no_tokenizer(tmp_path, capsys):
+    write_meta_folder(tmp_path / "meta", shards=2)
+    code, err = run_cli(capsys, "convert", str(tmp_path / "meta"), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "no tokenizer.json or tokenizer.model", "--tokenizer")
+    (tmp_path / "meta" / "consolidated.00.pth").unlink()
+    code, err = run_cli(capsys, "convert", str(tmp_path / "meta"), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "consolidated.00.pth", "missing")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_pytorch_bin_only_folder_is_refused(tmp_path, capsys):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "vocab_size": 8,
+                                                    "hidden_size": 8, "intermediate_size": 8,
+                                                    "num_hidden_layers": 1, "num_attention_heads": 2}))
+    (folder / "pytorch_model.bin").write_bytes(b"\0")
+    code, err = run_cli(capsys, "convert", str(folder), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "pytorch_model", "safetensors")
