@@ -1,12 +1,15 @@
-"""Plain vs self-speculative decoding on the same prompts, in one run, alternating, with outputs compared.
+"""Decoders side by side on the same prompts, in one run, alternating, with outputs compared.
 
-Both decoders run on every batch in turns (plain first on even rounds, speculative first on odd ones) so that
-warm-up, caches and machine load fall on both alike; a first untimed round warms both up.
+The cases: plain (multitoken's KV-cached greedy/sampled decoding with the next-token head), speculative (the model's
+own heads draft, head 1 verifies; when the model has extra heads) and, on request, transformers' `generate` on the
+very same weights (exported as a LlamaForCausalLM). Every case runs on every batch in turns, the order rotating from
+round to round, so that warm-up, caches and machine load fall on all alike; a first untimed round warms all up.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -23,75 +26,128 @@ def _timed(fn):
     return result, time.perf_counter() - start
 
 
+def transformers_decoder(hf_model, max_new_tokens: int, pad_id: int) -> Callable:
+    """Greedy `generate` of a transformers model on a (padded prompts, lengths) batch -> new tokens (B, N).
+    Rows are re-padded on the left with an attention mask, as transformers expects for batched prompts."""
+    def decode(batch):
+        prompts, lengths = batch
+        B, T0 = prompts.shape
+        ids = torch.full_like(prompts, pad_id)
+        mask = torch.zeros_like(prompts)
+        for row in range(B):
+            n = int(lengths[row])
+            ids[row, T0 - n:], mask[row, T0 - n:] = prompts[row, :n], 1
+        with torch.no_grad():
+            out = hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                    min_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
+                                    pad_token_id=pad_id, temperature=None, top_p=None, top_k=None)
+        return out[:, T0:]
+    return decode
+
+
 def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
                  draft_len: int | None = None, temperature: float = 0.0, repeats: int = 3, seed: int = 0,
-                 device: torch.device | str = "cpu") -> dict:
+                 device: torch.device | str = "cpu", reference: Callable | None = None) -> dict:
+    """reference: a decoder to compare plain decoding against (e.g. `transformers_decoder`), greedy only."""
     batches = [pad_prompts(prompts[i:i + batch_size], device) for i in range(0, len(prompts), batch_size)]
     sampling = dict(temperature=temperature)
+    speculative_on = model.n_future > 1
 
     def plain(batch):
         return generate(model, batch[0], max_new_tokens, lengths=batch[1],
-                        generator=torch.Generator(device=device).manual_seed(seed), **sampling)
+                        generator=torch.Generator(device=device).manual_seed(seed), **sampling), None
 
     def speculative(batch):
         return speculative_generate(model, batch[0], max_new_tokens, draft_len=draft_len, lengths=batch[1],
                                     generator=torch.Generator(device=device).manual_seed(seed), **sampling)
 
-    plain(batches[0]), speculative(batches[0])  # warm-up, untimed
-    plain_seconds = spec_seconds = 0.0
+    cases = {"plain": plain}
+    if speculative_on:
+        cases["speculative"] = speculative
+    if reference is not None:
+        cases["transformers"] = lambda batch: (reference(batch), None)
+    for fn in cases.values():  # warm-up, untimed
+        fn(batches[0])
+    seconds = dict.fromkeys(cases, 0.0)
     stats = DecodeStats()
-    identical = True
+    identical = dict.fromkeys(cases, True)
+    names = list(cases)
     for round_ in range(repeats):
+        order = names[round_ % len(names):] + names[:round_ % len(names)]
         for batch in batches:
-            order = ("plain", "spec") if round_ % 2 == 0 else ("spec", "plain")
-            for which in order:
-                if which == "plain":
-                    plain_out, seconds = _timed(lambda: plain(batch))
-                    plain_seconds += seconds
-                else:
-                    (spec_out, call_stats), seconds = _timed(lambda: speculative(batch))
-                    spec_seconds += seconds
+            outputs = {}
+            for name in order:
+                (out, call_stats), elapsed = _timed(lambda: cases[name](batch))
+                seconds[name] += elapsed
+                outputs[name] = out
+                if call_stats is not None:
                     stats.add(call_stats)
-            identical &= bool(torch.equal(plain_out, spec_out))
+            for name in names[1:]:
+                identical[name] &= bool(torch.equal(outputs["plain"], outputs[name].to(outputs["plain"].device)))
     tokens = repeats * len(prompts) * max_new_tokens
-    plain_rate, spec_rate = tokens / plain_seconds, tokens / spec_seconds
-    k, trunk = len(stats.acceptance_per_position), model.config.n_trunk_layers
-    return {
-        "tokens_per_s_plain": plain_rate,
-        "tokens_per_s_speculative": spec_rate,
-        "speedup": spec_rate / plain_rate,
-        "tau": stats.tau,
-        "acceptance_per_position": stats.acceptance_per_position,
-        # Under sampling the two decoders draw differently (same law, different random streams): not comparable.
-        "identical": identical if temperature == 0 else None,
+    rates = {name: tokens / s for name, s in seconds.items()}
+    trunk = model.config.n_trunk_layers
+    greedy = temperature == 0
+    result = {
+        "tokens_per_s_plain": rates["plain"],
         "batch_size": batch_size,
         "device": str(torch.device(device)),
-        "draft_len": k,
-        # speedup / tau is a plain step's time over a speculative step's. Where only reading weights costs (large
-        # models on a GPU), a plain step reads trunk + head 1 and a speculative one trunk + k + 1 heads: this limit.
-        "memory_bound_limit": (trunk + 1) / (trunk + k + 1),
         "max_new_tokens": max_new_tokens,
         "num_prompts": len(prompts),
         "repeats": repeats,
         "temperature": temperature,
         "forwards_plain": repeats * len(batches) * max_new_tokens,  # one per token (the prefill's gives the first)
-        "forwards_speculative": stats.forwards + repeats * len(batches),  # verification forwards + prefills
         "cpu_threads": torch.get_num_threads(),
     }
+    if speculative_on:
+        k = len(stats.acceptance_per_position)
+        result.update({
+            "tokens_per_s_speculative": rates["speculative"],
+            "speedup": rates["speculative"] / rates["plain"],
+            "tau": stats.tau,
+            "acceptance_per_position": stats.acceptance_per_position,
+            # Under sampling the two decoders draw differently (same law, different random streams): not comparable.
+            "identical": identical["speculative"] if greedy else None,
+            "draft_len": k,
+            # speedup / tau is a plain step's time over a speculative step's. Where only reading weights costs
+            # (large models on a GPU), a plain step reads trunk + head 1 and a speculative one trunk + k + 1 heads.
+            "memory_bound_limit": (trunk + 1) / (trunk + k + 1),
+            "forwards_speculative": stats.forwards + repeats * len(batches),  # verification forwards + prefills
+        })
+    if reference is not None:
+        result.update({
+            "tokens_per_s_transformers": rates["transformers"],
+            "plain_vs_transformers": rates["plain"] / rates["transformers"],
+            "identical_to_transformers": identical["transformers"],
+        })
+    return result
 
 
 def format_decode_table(result: dict) -> str:
-    lines = [f"{'decoding':<12} {'tokens/s':>10} {'forwards':>9} {'tokens/forward':>15}",
-             f"{'plain':<12} {result['tokens_per_s_plain']:>10.1f} {result['forwards_plain']:>9} {1.0:>15.2f}",
-             f"{'speculative':<12} {result['tokens_per_s_speculative']:>10.1f} {result['forwards_speculative']:>9} "
-             f"{result['tau']:>15.2f}",
-             "",
-             f"speedup            {result['speedup']:.2f}x   (tau {result['tau']:.2f}; speedup / tau = "
-             f"{result['speedup'] / result['tau']:.2f}; memory-bound limit for this shape "
-             f"{result['memory_bound_limit']:.2f})",
-             "acceptance by draft position  " + "  ".join(
-                 f"{i + 1}: {a:.1%}" for i, a in enumerate(result["acceptance_per_position"])),
-             f"identical outputs  {'n/a (sampling)' if result['identical'] is None else ('yes' if result['identical'] else 'NO')}"
-             f"   ({result['num_prompts']} prompts x {result['repeats']} rounds, batch size {result['batch_size']}, "
-             f"{result['max_new_tokens']} new tokens each, {result['device']})"]
+    lines = [f"{'decoding':<14} {'tokens/s':>10} {'forwards':>9} {'tokens/forward':>15}",
+             f"{'plain':<14} {result['tokens_per_s_plain']:>10.1f} {result['forwards_plain']:>9} {1.0:>15.2f}"]
+    if "tokens_per_s_speculative" in result:
+        lines.append(f"{'speculative':<14} {result['tokens_per_s_speculative']:>10.1f} "
+                     f"{result['forwards_speculative']:>9} {result['tau']:>15.2f}")
+    if "tokens_per_s_transformers" in result:
+        lines.append(f"{'transformers':<14} {result['tokens_per_s_transformers']:>10.1f} "
+                     f"{result['forwards_plain']:>9} {1.0:>15.2f}")
+    lines.append("")
+    if "tokens_per_s_speculative" in result:
+        lines += [f"speedup            {result['speedup']:.2f}x   (tau {result['tau']:.2f}; speedup / tau = "
+                  f"{result['speedup'] / result['tau']:.2f}; memory-bound limit for this shape "
+                  f"{result['memory_bound_limit']:.2f})",
+                  "acceptance by draft position  " + "  ".join(
+                      f"{i + 1}: {a:.1%}" for i, a in enumerate(result["acceptance_per_position"]))]
+        identical = result["identical"]
+    footer = (f"({result['num_prompts']} prompts x {result['repeats']} rounds, batch size {result['batch_size']}, "
+              f"{result['max_new_tokens']} new tokens each, {result['device']})")
+    if "tokens_per_s_speculative" in result:
+        lines.append(f"identical outputs  {'n/a (sampling)' if identical is None else ('yes' if identical else 'NO')}"
+                     f"   {footer}")
+    if "tokens_per_s_transformers" in result:
+        lines.append(f"plain vs transformers  {result['plain_vs_transformers']:.2f}x   (same weights, greedy; "
+                     f"identical tokens: {'yes' if result['identical_to_transformers'] else 'NO'})")
+    if "tokens_per_s_speculative" not in result:
+        lines.append(footer)
     return "\n".join(lines)

@@ -33,6 +33,10 @@ def add_parser(subcommands) -> None:
     decode.add_argument("--temperature", type=float, default=0.0,
                         help="0 (greedy, the default) checks identical outputs; > 0 measures speculative sampling.")
     decode.add_argument("--repeats", type=int, default=3, help="Timed rounds over all prompts.")
+    decode.add_argument("--against-transformers", "--against_transformers", action="store_true",
+                        help="Also time transformers' generate (greedy) on the same weights, exported as a "
+                             "LlamaForCausalLM: plain decoding's tokens/s against it, and whether the tokens agree. "
+                             "Needs transformers; works for next-token checkpoints too.")
     decode.add_argument("--json", type=str | None, default=None, help="Write the results to this JSON file.")
     add_device_argument(decode)
     inner.add_subcommand("decode", decode, help="Plain vs self-speculative decoding.")
@@ -86,7 +90,16 @@ def _run_decode(args: Namespace) -> int:
     device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.ckpt)
     model, cfg, tokenizer = load_model(ckpt, device)
-    k = check_draft_len(model, args.draft_len)
+    if model.n_future == 1 and not args.against_transformers:
+        raise ConfigError(f"{ckpt} has no extra heads, so there is no speculative decoding to compare: add "
+                          "--against-transformers to time plain decoding against transformers, or give it heads "
+                          "(train --init-from it with --model.n_future 4 --freeze trunk)")
+    k = check_draft_len(model, args.draft_len) if model.n_future > 1 else None
+    reference = None
+    if args.against_transformers:
+        if args.temperature != 0:
+            raise ConfigError("--against-transformers compares greedy decoding: leave --temperature at 0")
+        reference = _transformers_reference(ckpt, model, args.max_new_tokens, tokenizer.eot_id, device)
     context = model.config.max_seq_len
     if args.prompts is not None:
         prompts, source = _prompts_from_file(args.prompts, tokenizer), args.prompts
@@ -100,12 +113,30 @@ def _run_decode(args: Namespace) -> int:
         check_prompt_fits(len(ids), args.max_new_tokens, context, f"prompt {i + 1}")
     print(f"benchmarking {ckpt} on {source}", flush=True)
     result = bench_decode(model, prompts, args.batch_size, args.max_new_tokens, k, args.temperature, args.repeats,
-                          device=device)
+                          device=device, reference=reference)
     result.update(checkpoint=str(ckpt), prompts=source)
     print(format_decode_table(result))
     if args.json:
         write_json(args.json, result)
     return 0
+
+
+def _transformers_reference(ckpt, model, max_new_tokens: int, pad_id: int, device):
+    """transformers' LlamaForCausalLM on this checkpoint's weights (exported to a temporary folder), as a decoder."""
+    import tempfile
+
+    from multitoken.bench.decode import transformers_decoder
+    from multitoken.interop.export import export
+
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("--against-transformers needs transformers: pip install transformers") from None
+    transformers.utils.logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export(ckpt, "hf", f"{tmp}/hf")
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=model.output.weight.dtype)
+    return transformers_decoder(hf_model.to(device).eval(), max_new_tokens, pad_id)
 
 
 def _int_list(text: str, flag: str) -> list[int]:
