@@ -1,9 +1,10 @@
 """Peak memory of `multitoken convert` on a ~2 GB random Llama folder: the figure in docs/interop.md.
 
 Writes a random LlamaForCausalLM folder (fp32, written tensor by tensor so that making it needs little memory
-either), converts it with the real CLI in a child process, and samples the child's memory every 10 ms: peak RSS, and
-its anonymous part (RssAnon: memory the process allocated; the rest of RSS is file pages it mapped, which the kernel
-can drop at any time). Then checks the converted weights against the source, tensor by tensor.
+either), converts it with the real CLI in a child process (to fp32 and to bf16), exports the result to Meta's format
+and converts that too, sampling the child's memory every 10 ms: peak RSS, and its anonymous part (RssAnon: memory
+the process allocated; the rest of RSS is file pages it mapped, which the kernel can drop at any time). Then checks
+the converted weights against the source, tensor by tensor.
 
     python scripts/convert_memory.py --out /tmp/convert-memory [--layers 8] [--dim 2048]
 """
@@ -87,6 +88,14 @@ def main() -> None:
                      "--dtype", dtype, "--progress", "false", "--tokenizer", "bytes"])
         print(f"convert --dtype {dtype}: {r['seconds']:.1f} s, peak RSS {r['peak_rss'] / 2**20:,.0f} MiB "
               f"(anonymous {r['peak_anon'] / 2**20:,.0f} MiB, file-backed {r['peak_file'] / 2**20:,.0f} MiB)")
+    from multitoken.interop.export import export
+
+    export(args.out / "mt-float32", "meta", args.out / "meta")  # Meta's consolidated.00.pth of the same model
+    r = measure([sys.executable, "-m", "multitoken", "convert", str(args.out / "meta"), "--out",
+                 str(args.out / "mt-from-meta"), "--progress", "false"])
+    print(f"convert of the Meta folder (consolidated.00.pth, memory-mapped): {r['seconds']:.1f} s, peak RSS "
+          f"{r['peak_rss'] / 2**20:,.0f} MiB (anonymous {r['peak_anon'] / 2**20:,.0f} MiB, file-backed "
+          f"{r['peak_file'] / 2**20:,.0f} MiB)")
     from multitoken.interop.source import read_model_folder
     from multitoken.interop.tensors import safetensors_tensors
 

@@ -47,32 +47,55 @@ class LazyTensor:
 
 
 def safetensors_tensors(path: Path) -> dict[str, LazyTensor]:
-    """Every tensor in one .safetensors file, unread."""
-    from safetensors import SafetensorError, safe_open
-
+    """Every tensor in one .safetensors file, unread. The header is parsed here and each tensor is read with a plain
+    positioned read when loaded, rather than through a memory map: a map's pages count in the process's resident
+    memory until it is closed, which would make a converter's footprint look like the whole file."""
     try:
-        handle = safe_open(str(path), framework="pt", device="cpu")
-        out = {}
-        for name in handle.keys():
-            piece = handle.get_slice(name)
-            dtype = DTYPES.get(piece.get_dtype())
-            if dtype is None:
-                raise CheckpointError(f"{path}: tensor {name} has dtype {piece.get_dtype()}, which multitoken does not "
-                                      "read: convert the file to float32, bfloat16 or float16 first")
-            out[name] = LazyTensor(tuple(piece.get_shape()), dtype, _safetensors_loader(handle, name, path))
-        return out
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:100]}): "
-                              "download it again") from None
-
-
-def _safetensors_loader(handle, name: str, path: Path) -> Callable[[], torch.Tensor]:
-    def load() -> torch.Tensor:
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if not 0 < header_len <= 100_000_000:
+                raise ValueError(f"header length {header_len}")
+            header = json.loads(f.read(header_len))
+        size = os.path.getsize(path)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:100] if str(e) else ''}): download it again") from None
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
         try:
-            return handle.get_tensor(name)
-        except Exception as e:  # safetensors raises its own error type for a truncated file
-            raise CheckpointError(f"{path}: tensor {name} cannot be read ({str(e).splitlines()[0][:100]}): the file "
-                                  "is truncated or damaged, download it again") from None
+            dtype = DTYPES[info["dtype"]]
+            shape = tuple(int(n) for n in info["shape"])
+            begin, end = (8 + header_len + int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor {name} has dtype {info.get('dtype') if isinstance(info, dict) else '?'}"
+                                  " or a header entry multitoken does not read: convert the file to float32, bfloat16 "
+                                  "or float16 first") from None
+        if end > size or end - begin != dtype.itemsize * _numel(shape):
+            raise CheckpointError(f"{path}: tensor {name} lies beyond the end of the file or has the wrong size: the "
+                                  "file is truncated or damaged, download it again")
+        out[name] = LazyTensor(shape, dtype, _reader(path, begin, end, dtype, shape))
+    return out
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _reader(path: Path, begin: int, end: int, dtype: torch.dtype, shape: tuple[int, ...]) -> Callable[[], torch.Tensor]:
+    def load() -> torch.Tensor:
+        buffer = bytearray(end - begin)
+        with open(path, "rb") as f:
+            f.seek(begin)
+            if f.readinto(buffer) != len(buffer):
+                raise CheckpointError(f"{path} ended early: the file is truncated, download it again")
+        if not buffer:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
     return load
 
 
