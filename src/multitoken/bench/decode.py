@@ -124,30 +124,29 @@ def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max
 
 
 def format_decode_table(result: dict) -> str:
-    lines = [f"{'decoding':<14} {'tokens/s':>10} {'forwards':>9} {'tokens/forward':>15}",
-             f"{'plain':<14} {result['tokens_per_s_plain']:>10.1f} {result['forwards_plain']:>9} {1.0:>15.2f}"]
-    if "tokens_per_s_speculative" in result:
-        lines.append(f"{'speculative':<14} {result['tokens_per_s_speculative']:>10.1f} "
-                     f"{result['forwards_speculative']:>9} {result['tau']:>15.2f}")
-    if "tokens_per_s_transformers" in result:
-        lines.append(f"{'transformers':<14} {result['tokens_per_s_transformers']:>10.1f} "
-                     f"{result['forwards_plain']:>9} {1.0:>15.2f}")
+    speculative, reference = "tokens_per_s_speculative" in result, "tokens_per_s_transformers" in result
+    rows = [("plain", result["tokens_per_s_plain"], result["forwards_plain"], 1.0)]
+    if speculative:
+        rows.append(("speculative", result["tokens_per_s_speculative"], result["forwards_speculative"], result["tau"]))
+    if reference:
+        rows.append(("transformers", result["tokens_per_s_transformers"], result["forwards_plain"], 1.0))
+    lines = [f"{'decoding':<14} {'tokens/s':>10} {'forwards':>9} {'tokens/forward':>15}"]
+    lines += [f"{name:<14} {rate:>10.1f} {forwards:>9} {tau:>15.2f}" for name, rate, forwards, tau in rows]
     lines.append("")
-    if "tokens_per_s_speculative" in result:
+    footer = (f"({result['num_prompts']} prompts x {result['repeats']} rounds, batch size {result['batch_size']}, "
+              f"{result['max_new_tokens']} new tokens each, {result['device']})")
+    if speculative:
+        identical = result["identical"]
         lines += [f"speedup            {result['speedup']:.2f}x   (tau {result['tau']:.2f}; speedup / tau = "
                   f"{result['speedup'] / result['tau']:.2f}; memory-bound limit for this shape "
                   f"{result['memory_bound_limit']:.2f})",
                   "acceptance by draft position  " + "  ".join(
-                      f"{i + 1}: {a:.1%}" for i, a in enumerate(result["acceptance_per_position"]))]
-        identical = result["identical"]
-    footer = (f"({result['num_prompts']} prompts x {result['repeats']} rounds, batch size {result['batch_size']}, "
-              f"{result['max_new_tokens']} new tokens each, {result['device']})")
-    if "tokens_per_s_speculative" in result:
-        lines.append(f"identical outputs  {'n/a (sampling)' if identical is None else ('yes' if identical else 'NO')}"
-                     f"   {footer}")
-    if "tokens_per_s_transformers" in result:
+                      f"{i + 1}: {a:.1%}" for i, a in enumerate(result["acceptance_per_position"])),
+                  f"identical outputs  {'n/a (sampling)' if identical is None else ('yes' if identical else 'NO')}"
+                  f"   {footer}"]
+    if reference:
         lines.append(f"plain vs transformers  {result['plain_vs_transformers']:.2f}x   (same weights, greedy; "
                      f"identical tokens: {'yes' if result['identical_to_transformers'] else 'NO'})")
-    if "tokens_per_s_speculative" not in result:
+    if not speculative:
         lines.append(footer)
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Linear + cross-entropy over chunks of rows: no (N, V) logits or logit-gradient tensor is ever alive whole.
 
-With vocabularies of 32k-256k tokens, one head's logits and their gradient dominate training memory (issue 4; the
+With vocabularies of 32k-256k tokens, one head's logits and their gradient dominate training memory (the
 idea of Liger-Kernel's fused linear cross-entropy, written here in plain PyTorch). For each chunk of rows we compute
 the logits, the loss, and at once the gradients: d loss / d logits = softmax - onehot, turned right away into the
 chunk's share of d loss / d h (= g @ W) and of d loss / d W (+= g^T @ h, accumulated in fp32). The backward pass

@@ -130,7 +130,8 @@ class _HeadLoop(torch.autograd.Function):
         model, targets, weights, loss_scale, ce = spec
         weight = model.output.weight
         # With the chunked loss every head adds its unembedding gradient into one fp32 accumulator during its forward,
-        # instead of each head holding a (V, d) gradient of its own (issue 4's memory bar).
+        # instead of each head holding a (V, d) gradient of its own: a 4-token step then needs no more memory than a
+        # next-token one (docs/training-memory.md).
         w_acc = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
             if ce == "chunked" and weight.requires_grad else None
         d = z.detach().requires_grad_(z.requires_grad)
