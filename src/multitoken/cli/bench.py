@@ -91,7 +91,8 @@ def _run_decode(args: Namespace) -> int:
     ckpt = resolve_checkpoint(args.ckpt)
     model, cfg, tokenizer = load_model(ckpt, device)
     if model.n_future == 1 and not args.against_transformers:
-        raise ConfigError(f"{ckpt} has no extra heads, so there is no speculative decoding to compare: add "
+        raise ConfigError(f"{ckpt} is a next-token-only model (no extra heads), so there is no speculative decoding "
+                          "to compare: add "
                           "--against-transformers to time plain decoding against transformers, or give it heads "
                           "(train --init-from it with --model.n_future 4 --freeze trunk)")
     k = check_draft_len(model, args.draft_len) if model.n_future > 1 else None
