@@ -47,27 +47,36 @@ def transformers_decoder(hf_model, max_new_tokens: int, pad_id: int) -> Callable
 
 def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
                  draft_len: int | None = None, temperature: float = 0.0, repeats: int = 3, seed: int = 0,
-                 device: torch.device | str = "cpu", reference: Callable | None = None) -> dict:
-    """reference: a decoder to compare plain decoding against (e.g. `transformers_decoder`), greedy only."""
+                 device: torch.device | str = "cpu", reference: Callable | None = None, compile: bool = False,
+                 tree=None) -> dict:
+    """reference: a decoder to compare plain decoding against (e.g. `transformers_decoder`), greedy only.
+    compile applies to both plain and speculative decoding, so that the speedup is over the best plain decoding."""
+    from multitoken.decoding.static import total_compile_seconds
     batches = [pad_prompts(prompts[i:i + batch_size], device) for i in range(0, len(prompts), batch_size)]
     sampling = dict(temperature=temperature)
     speculative_on = model.n_future > 1
 
     def plain(batch):
-        return generate(model, batch[0], max_new_tokens, lengths=batch[1],
+        return generate(model, batch[0], max_new_tokens, lengths=batch[1], compile=compile,
                         generator=torch.Generator(device=device).manual_seed(seed), **sampling), None
 
     def speculative(batch):
         return speculative_generate(model, batch[0], max_new_tokens, draft_len=draft_len, lengths=batch[1],
-                                    generator=torch.Generator(device=device).manual_seed(seed), **sampling)
+                                    generator=torch.Generator(device=device).manual_seed(seed), tree=tree,
+                                    compile=compile, **sampling)
 
     cases = {"plain": plain}
     if speculative_on:
         cases["speculative"] = speculative
     if reference is not None:
         cases["transformers"] = lambda batch: (reference(batch), None)
-    for fn in cases.values():  # warm-up, untimed
-        fn(batches[0])
+    compile_seconds = {}
+    shapes = {tuple(b[0].shape): b for b in batches}.values()  # every shape compiles once, before timing
+    for name, fn in cases.items():  # warm-up, untimed
+        before = total_compile_seconds(model)
+        for batch in shapes:
+            fn(batch)
+        compile_seconds[name] = total_compile_seconds(model) - before
     seconds = dict.fromkeys(cases, 0.0)
     stats = DecodeStats()
     identical = dict.fromkeys(cases, True)
@@ -98,6 +107,9 @@ def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max
         "temperature": temperature,
         "forwards_plain": repeats * len(batches) * max_new_tokens,  # one per token (the prefill's gives the first)
         "cpu_threads": torch.get_num_threads(),
+        "compile": compile,
+        "compile_seconds": compile_seconds,
+        "tree_nodes": 1,
     }
     if speculative_on:
         k = len(stats.acceptance_per_position)
@@ -113,6 +125,8 @@ def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max
             # (large models on a GPU), a plain step reads trunk + head 1 and a speculative one trunk + k + 1 heads.
             "memory_bound_limit": (trunk + 1) / (trunk + k + 1),
             "forwards_speculative": stats.forwards + repeats * len(batches),  # verification forwards + prefills
+            "tree_nodes": stats.tree_nodes,
+            "tree": "chain" if tree is None else (str(tree) or "plain"),
         })
     if reference is not None:
         result.update({
@@ -133,13 +147,18 @@ def format_decode_table(result: dict) -> str:
     lines = [f"{'decoding':<14} {'tokens/s':>10} {'forwards':>9} {'tokens/forward':>15}"]
     lines += [f"{name:<14} {rate:>10.1f} {forwards:>9} {tau:>15.2f}" for name, rate, forwards, tau in rows]
     lines.append("")
+    compiled = ""
+    if result.get("compile"):
+        compiled = ", compiled (" + ", ".join(f"{n} {s:.1f} s" for n, s in result["compile_seconds"].items()) + \
+            " compiling, not counted)"
     footer = (f"({result['num_prompts']} prompts x {result['repeats']} rounds, batch size {result['batch_size']}, "
-              f"{result['max_new_tokens']} new tokens each, {result['device']})")
+              f"{result['max_new_tokens']} new tokens each, {result['device']}{compiled})")
     if speculative:
         identical = result["identical"]
         lines += [f"speedup            {result['speedup']:.2f}x   (tau {result['tau']:.2f}; speedup / tau = "
                   f"{result['speedup'] / result['tau']:.2f}; memory-bound limit for this shape "
                   f"{result['memory_bound_limit']:.2f})",
+                  f"draft tree         {result['tree']} ({result['tree_nodes']} tokens verified per step)",
                   "acceptance by draft position  " + "  ".join(
                       f"{i + 1}: {a:.1%}" for i, a in enumerate(result["acceptance_per_position"])),
                   f"identical outputs  {'n/a (sampling)' if identical is None else ('yes' if identical else 'NO')}"

@@ -9,7 +9,7 @@ from jsonargparse import Namespace
 from multitoken.bench.train import CASES
 from multitoken.cli.common import (add_ckpt_argument, add_command_group, add_device_argument, new_parser,
                                    require_positive, write_json)
-from multitoken.cli.generate import add_speculative_arguments, check_prompt_fits
+from multitoken.cli.generate import add_speculative_arguments, check_prompt_fits, parse_tree
 from multitoken.errors import ConfigError
 
 
@@ -27,9 +27,11 @@ def add_parser(subcommands) -> None:
                         help="Prompts taken from the validation split (without --prompts).")
     decode.add_argument("--prompt-len", "--prompt_len", type=int, default=64,
                         help="Tokens per validation-split prompt (without --prompts).")
-    decode.add_argument("--batch-size", "--batch_size", type=int, default=1, help="Prompts decoded together.")
+    decode.add_argument("--batch-size", "--batch_size", type=str, default="1",
+                        help="Prompts decoded together; a comma-separated list (1,2,4,8,16) runs a sweep, one record "
+                             "per batch size.")
     decode.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=128, help="Tokens per prompt.")
-    add_speculative_arguments(decode)
+    add_speculative_arguments(decode, auto=True)
     decode.add_argument("--temperature", type=float, default=0.0,
                         help="0 (greedy, the default) checks identical outputs; > 0 measures speculative sampling.")
     decode.add_argument("--repeats", type=int, default=3, help="Timed rounds over all prompts.")
@@ -86,7 +88,8 @@ def _run_decode(args: Namespace) -> int:
     from multitoken.training.checkpoint import load_model, resolve_checkpoint
     from multitoken.training.runtime import resolve_device
 
-    require_positive(args, "num_prompts", "prompt_len", "batch_size", "max_new_tokens", "repeats")
+    require_positive(args, "num_prompts", "prompt_len", "max_new_tokens", "repeats")
+    batch_sizes = _int_list(args.batch_size, "--batch-size")
     device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.ckpt)
     model, cfg, tokenizer = load_model(ckpt, device)
@@ -112,14 +115,49 @@ def _run_decode(args: Namespace) -> int:
         source = f"validation split, {args.num_prompts} windows of {args.prompt_len} tokens"
     for i, ids in enumerate(prompts):
         check_prompt_fits(len(ids), args.max_new_tokens, context, f"prompt {i + 1}")
+    tree = None
+    if model.n_future > 1 and args.tree != "auto":
+        tree = parse_tree(args.tree, model, args.draft_len)
     print(f"benchmarking {ckpt} on {source}", flush=True)
-    result = bench_decode(model, prompts, args.batch_size, args.max_new_tokens, k, args.temperature, args.repeats,
-                          device=device, reference=reference)
-    result.update(checkpoint=str(ckpt), prompts=source)
-    print(format_decode_table(result))
+    results = []
+    for batch_size in batch_sizes:
+        if model.n_future > 1 and args.tree == "auto":
+            tree = _auto_tree(model, cfg, tokenizer, batch_size, args, device)
+        result = bench_decode(model, prompts, batch_size, args.max_new_tokens, k, args.temperature, args.repeats,
+                              device=device, reference=reference, compile=args.compile, tree=tree)
+        result.update(checkpoint=str(ckpt), prompts=source)
+        print(format_decode_table(result), flush=True)
+        results.append(result)
+    if len(results) > 1 and "speedup" in results[0]:
+        print("\nbatch size  speedup  tau   tree nodes")
+        for r in results:
+            print(f"{r['batch_size']:>10}  {r['speedup']:>6.2f}x  {r['tau']:.2f}  {r['tree_nodes']:>10}")
     if args.json:
-        write_json(args.json, result)
+        write_json(args.json, results[0] if len(results) == 1 else results)
     return 0
+
+
+def _auto_tree(model, cfg, tokenizer, batch_size: int, args, device):
+    """--tree auto: the best tree for this batch size from validation windows apart from the benchmark's prompts."""
+    import numpy as np
+    import torch
+
+    from multitoken.data.tokens import resolve_data
+    from multitoken.decoding.auto import choose_tree, head_ranks
+
+    val = resolve_data(cfg.data, tokenizer)[1].val
+    n = 16
+    # Offset by half a spacing from the benchmark's windows, so the choice is not fitted to the measured prompts.
+    spacing = (len(val) - args.prompt_len) / max(2 * n, 1)
+    starts = (spacing + np.arange(n) * 2 * spacing).astype(np.int64)
+    windows = torch.tensor(np.stack([val[s:s + args.prompt_len] for s in starts]).astype(np.int64), device=device)
+    depth = model.n_future - 1
+    ranks = head_ranks(model, windows, args.max_new_tokens, depth)
+    choice = choose_tree(model, ranks, batch_size, args.prompt_len + args.max_new_tokens, args.compile)
+    print(f"--tree auto at batch size {batch_size}: {choice.tree.describe() if choice.tree.paths else 'plain decoding'}"
+          f" (expected tau {choice.tau:.2f}, step {choice.step_us:.0f} us vs plain {choice.plain_step_us:.0f} us, "
+          f"expected speedup {choice.expected_speedup:.2f}x)", flush=True)
+    return choice.tree
 
 
 def _transformers_reference(ckpt, model, max_new_tokens: int, pad_id: int, device):

@@ -21,9 +21,32 @@ def add_sampling_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="Seed for sampling (same seed, same output).")
 
 
-def add_speculative_arguments(parser) -> None:
+def add_speculative_arguments(parser, auto: bool = False) -> None:
     parser.add_argument("--draft-len", "--draft_len", type=int | None, default=None,
                         help="Tokens drafted per step by heads 2..k+1 (1..n_future-1); default n_future - 1.")
+    parser.add_argument("--tree", type=str, default="chain",
+                        help="Draft tree verified per step (greedy): 'chain' (each head's top guess, k drafts), "
+                             + ("'auto' (the tree, or plain decoding, with the most tokens/s measured on validation "
+                                "data at this batch size), " if auto else "")
+                             + "or paths of candidate ranks such as \"(0,), (1,), (0, 0)\". Sampling uses the chain.")
+    parser.add_argument("--compile", action="store_true",
+                        help="Compile each decoding step with torch.compile (static shapes; inductor on CPU, CUDA "
+                             "graphs on CUDA). The first call compiles (reported apart), later ones are faster.")
+
+
+def parse_tree(text: str, model, draft_len: int | None):
+    """--tree: None for the chain of draft_len, else a DraftTree (checked against the model's heads)."""
+    from multitoken.decoding.tree import DraftTree
+
+    if text == "chain":
+        return None
+    tree = DraftTree.parse(text)
+    if tree.depth > model.n_future - 1:
+        raise ConfigError(f"--tree is {tree.depth} drafts deep but the model has {model.n_future - 1} extra heads: "
+                          f"use paths of at most {model.n_future - 1} ranks")
+    if draft_len is not None:
+        raise ConfigError("give --draft-len or a --tree of paths, not both (a tree sets its own depth)")
+    return tree
 
 
 def check_sampling(args: Namespace) -> None:
@@ -72,6 +95,7 @@ def run(args: Namespace) -> int:
     device = resolve_device(args.device)
     model, _, tokenizer = load_model(args.ckpt, device)
     k = check_draft_len(model, args.draft_len) if args.speculative else None
+    tree = parse_tree(args.tree, model, args.draft_len) if args.speculative else None
     ids = tokenizer.encode_prompt(args.prompt)  # with the model's beginning-of-text token, where it has one
     check_prompt_fits(len(ids), args.max_new_tokens, model.config.max_seq_len)
     generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -79,9 +103,11 @@ def run(args: Namespace) -> int:
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator)
     start = time.perf_counter()
     if args.speculative:
-        new, stats = speculative_generate(model, prompt, args.max_new_tokens, draft_len=k, **sampling)
+        new, stats = speculative_generate(model, prompt, args.max_new_tokens, draft_len=k, tree=tree,
+                                          compile=args.compile, **sampling)
+        start += stats.compile_seconds  # compilation is reported apart
     else:
-        new = generate(model, prompt, args.max_new_tokens, **sampling)
+        new = generate(model, prompt, args.max_new_tokens, compile=args.compile, **sampling)
     elapsed = time.perf_counter() - start
     text_ids = ids[1:] if tokenizer.bos_id is not None else ids
     print(tokenizer.decode(text_ids + new[0].tolist()))

@@ -1,4 +1,4 @@
-"""Heads 1..m run as one batched layer for decoding.
+"""Heads run as one batched layer for decoding.
 
 Every head is a transformer layer reading the same trunk output z. Called one by one, m heads cost m layers' worth
 of small kernels per decoding step, which at small batch is launch/dispatch overhead, not arithmetic. Here their
@@ -11,35 +11,40 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from multitoken.model import KVCache, MTPModel
+from torch import nn
+
+from multitoken.model import BlockPositions, KVCache, MTPModel
 from multitoken.model.layers import apply_rope, rms_normalize
 
 
-class FusedHeads:
-    def __init__(self, model: MTPModel, num_heads: int) -> None:
+class FusedHeads(nn.Module):
+    """Heads first..first+num_heads-1 (0-based; 0 is the next-token head) as one layer. The weights are stacked copies
+    (buffers, not parameters: decoding does not train), taken when this is built."""
+
+    def __init__(self, model: MTPModel, num_heads: int, first: int = 0) -> None:
+        super().__init__()
         c = model.config
         self.m, self.n_head, self.n_kv_head, self.head_dim, self.eps = num_heads, c.n_head, c.kv_heads, c.head_size, c.norm_eps
-        blocks = [model.head_block(i) for i in range(num_heads)]
+        blocks = [model.head_block(i) for i in range(first, first + num_heads)]
 
-        def stack(get) -> torch.Tensor:
-            return torch.stack([get(b).detach() for b in blocks]).contiguous()
+        def stack(name: str, get) -> None:
+            self.register_buffer(name, torch.stack([get(b).detach() for b in blocks]).contiguous(), persistent=False)
 
         # Weights as (m, in, out) so that x (m, rows, in) @ w gives (m, rows, out); q, k, v and w1, w3 concatenated.
-        self.w_qkv = stack(lambda b: torch.cat([b.attention.wq.weight, b.attention.wk.weight,
-                                                b.attention.wv.weight]).t())
-        self.w_o = stack(lambda b: b.attention.wo.weight.t())
-        self.w_13 = stack(lambda b: torch.cat([b.feed_forward.w1.weight, b.feed_forward.w3.weight]).t())
-        self.w_2 = stack(lambda b: b.feed_forward.w2.weight.t())
-        self.attention_norm = stack(lambda b: b.attention_norm.weight)[:, None, :]  # (m, 1, d)
-        self.ffn_norm = stack(lambda b: b.ffn_norm.weight)[:, None, :]
+        stack("w_qkv", lambda b: torch.cat([b.attention.wq.weight, b.attention.wk.weight, b.attention.wv.weight]).t())
+        stack("w_o", lambda b: b.attention.wo.weight.t())
+        stack("w_13", lambda b: torch.cat([b.feed_forward.w1.weight, b.feed_forward.w3.weight]).t())
+        stack("w_2", lambda b: b.feed_forward.w2.weight.t())
+        stack("attention_norm", lambda b: b.attention_norm.weight[None, :])  # (m, 1, d)
+        stack("ffn_norm", lambda b: b.ffn_norm.weight[None, :])
         self.cache: KVCache | None = None
 
     def setup_cache(self, batch_size: int, max_seq_len: int) -> None:
         w = self.w_qkv
         self.cache = KVCache(self.m * batch_size, self.n_kv_head, max_seq_len, self.head_dim, w.dtype, w.device)
 
-    def __call__(self, z: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                 start_pos: int | torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 start_pos: int | torch.Tensor | BlockPositions) -> torch.Tensor:
         """z (B, T, d) -> every head's hidden state (B, T, m, d), before the shared final norm."""
         m, H, Hkv, hd = self.m, self.n_head, self.n_kv_head, self.head_dim
         B, T, d = z.shape
@@ -49,7 +54,8 @@ class FusedHeads:
         q = apply_rope(q.reshape(m, B, T, H, hd), cos, sin).reshape(m * B, T, H, hd).transpose(1, 2)
         k = apply_rope(k.reshape(m, B, T, Hkv, hd), cos, sin).reshape(m * B, T, Hkv, hd).transpose(1, 2)
         v = v.reshape(m * B, T, Hkv, hd).transpose(1, 2)
-        per_row_start = start_pos.repeat(m) if isinstance(start_pos, torch.Tensor) else start_pos
+        # The cache stacks the heads over the batch (row h * B + b): every row's layout repeats once per head.
+        per_row_start = start_pos if isinstance(start_pos, int) else start_pos.repeat(m)
         keys, values, mask = self.cache.update(per_row_start, k, v)
         if Hkv != H:
             keys, values = keys.repeat_interleave(H // Hkv, dim=1), values.repeat_interleave(H // Hkv, dim=1)

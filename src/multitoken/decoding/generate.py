@@ -54,10 +54,11 @@ def decode_one_token(model: MTPModel, token: torch.Tensor, pos: int | torch.Tens
 @torch.no_grad()
 def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-             lengths: torch.Tensor | None = None) -> torch.Tensor:
+             lengths: torch.Tensor | None = None, compile: bool = False) -> torch.Tensor:
     """New tokens (B, max_new_tokens) after each prompt. temperature 0 is greedy decoding.
 
-    prompt: (B, T0) token ids, right-padded when `lengths` (B,) gives rows of different lengths.
+    prompt: (B, T0) token ids, right-padded when `lengths` (B,) gives rows of different lengths. compile: run each
+    step as a static-shape step compiled by `torch.compile` (`static.py`; the first call of a shape compiles it).
     """
     B, T0 = prompt.shape
     check_fits(model, T0, max_new_tokens)
@@ -66,6 +67,8 @@ def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, tempera
         return out
     if lengths is None:
         lengths = torch.full((B,), T0, device=prompt.device)
+    if compile:
+        return _generate_static(model, prompt, lengths, out, temperature, top_k, top_p, generator)
     aligned = bool((lengths == T0).all())  # one host check up front: aligned rows use the cheaper shared position
     model.setup_caches(B, T0 + max_new_tokens, heads="next")
     try:
@@ -77,4 +80,25 @@ def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, tempera
                 logits = decode_one_token(model, token, T0 + i if aligned else lengths + i)
     finally:
         model.clear_caches()
+    return out
+
+
+def _generate_static(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, out: torch.Tensor,
+                     temperature: float, top_k: int | None, top_p: float | None,
+                     generator: torch.Generator | None) -> torch.Tensor:
+    from multitoken.decoding.static import cache_slots, decoder_for
+
+    B, T0 = prompt.shape
+    N = out.shape[1]
+    decoder = decoder_for(model, B, cache_slots(model, T0 + N), None, compile=True)
+    decoder.attach()
+    try:
+        logits = prefill(model, prompt, lengths)
+        for i in range(N):
+            token = sample(logits, temperature, top_k, top_p, generator)
+            out[:, i] = token
+            if i + 1 < N:
+                logits = decoder.run_step(token, lengths + i)
+    finally:
+        decoder.detach()
     return out

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 import torch
 
 from multitoken.decoding.fused_heads import FusedHeads
-from multitoken.decoding.generate import check_fits, last_positions
+from multitoken.decoding.generate import check_fits, generate, last_positions
 from multitoken.decoding.sampling import draw, probs_from_logits
+from multitoken.decoding.static import cache_slots, decoder_for
+from multitoken.decoding.tree import DraftTree, draft_tokens
 from multitoken.errors import ConfigError
 from multitoken.model import MTPModel
 
@@ -39,7 +41,9 @@ class DecodeStats:
     row_steps: int = 0  # (row, forward) pairs of rows still generating: tau's denominator
     accepted_tokens: int = 0  # tokens kept over those row-steps (drafts accepted + the certain token)
     new_tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # decoding time, compilation excluded
+    compile_seconds: float = 0.0  # time spent compiling steps during the call (0 once compiled)
+    tree_nodes: int = 0  # tokens verified per row and step (a chain of k drafts: k + 1)
     accepted_per_position: list[int] = field(default_factory=list)  # draft position 1..k: drafts accepted
     attempted_per_position: list[int] = field(default_factory=list)  # draft position 1..k: drafts offered
 
@@ -57,18 +61,20 @@ class DecodeStats:
 
     def add(self, other: "DecodeStats") -> None:
         """Accumulate another call's statistics into this one (for benchmarks over many batches)."""
-        for name in ("forwards", "row_steps", "accepted_tokens", "new_tokens", "seconds"):
+        for name in ("forwards", "row_steps", "accepted_tokens", "new_tokens", "seconds", "compile_seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         if not self.accepted_per_position:
             self.accepted_per_position = [0] * len(other.accepted_per_position)
             self.attempted_per_position = [0] * len(other.attempted_per_position)
+        self.tree_nodes = max(self.tree_nodes, other.tree_nodes)
         self.accepted_per_position = [a + b for a, b in zip(self.accepted_per_position, other.accepted_per_position)]
         self.attempted_per_position = [a + b for a, b in zip(self.attempted_per_position, other.attempted_per_position)]
 
     def as_dict(self) -> dict:
         return {"forwards": self.forwards, "new_tokens": self.new_tokens, "seconds": self.seconds,
                 "tau": self.tau, "acceptance_per_position": self.acceptance_per_position,
-                "tokens_per_s": self.tokens_per_s}
+                "tokens_per_s": self.tokens_per_s, "compile_seconds": self.compile_seconds,
+                "tree_nodes": self.tree_nodes}
 
 
 def check_draft_len(model: MTPModel, draft_len: int | None) -> int:
@@ -91,6 +97,37 @@ def _draft(head_logits: torch.Tensor, greedy: bool, sampling: tuple, generator) 
     return draw(q, generator), q
 
 
+def verify_chain(block: torch.Tensor, logits: torch.Tensor, q: torch.Tensor | None = None,
+                 sampling: tuple | None = None, generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One verification of a chain of drafts: (drafts accepted (B,), correction token (B,)).
+
+    block (B, W): [d_0, d_1 .. d_{W-1}], d_0 certain. logits (B, W, V): head 1 after each block token. Greedy when
+    q is None: d_{j+1} is kept iff it is head 1's argmax after d_0..d_j, and the correction is the argmax after the
+    last kept token. Sampling: q (B, >= W - 1, V) are the drafts' distributions, sampling = (temperature, top_k,
+    top_p); d_{j+1} is kept with probability min(1, p/q), and the correction is drawn from the residual (or from p
+    itself after a fully accepted block: the bonus token). Pure: no model, no state.
+    """
+    B, W = block.shape
+    rows = torch.arange(B, device=block.device)
+    drafts = block[:, 1:]  # (B, W - 1)
+    if q is None:
+        target = logits.argmax(-1)  # (B, W)
+        n_acc = (drafts == target[:, :-1]).long().cumprod(dim=1).sum(dim=1)  # the longest verified prefix
+        return n_acc, target[rows, n_acc]
+    p = probs_from_logits(logits, *sampling)  # (B, W, V)
+    p_draft = p[:, :-1].gather(-1, drafts[..., None]).squeeze(-1)
+    q_draft = q[:, :W - 1].gather(-1, drafts[..., None]).squeeze(-1)
+    u = torch.rand(p_draft.shape, generator=generator, device=block.device)
+    n_acc = (u * q_draft < p_draft).long().cumprod(dim=1).sum(dim=1)  # accept with probability min(1, p / q)
+    p_at = p[rows, n_acc]  # (B, V)
+    q_pad = torch.cat([q[:, :W - 1], torch.zeros_like(q[:, :1])], dim=1)  # no draft after the last
+    residual = (p_at - q_pad[rows, n_acc]).clamp_min(0)
+    # Where every draft was accepted q_pad is 0 and this is p itself: the bonus token.
+    residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_at)
+    return n_acc, draw(residual / residual.sum(-1, keepdim=True), generator)
+
+
 def _all_heads_forward(model: MTPModel, num_heads: int, batch_size: int, cache_len: int, fused: bool):
     """Set up caches and return forward(block, start_pos) -> logits (B, T, >= num_heads, V) of heads 1..num_heads.
 
@@ -111,27 +148,105 @@ def _all_heads_forward(model: MTPModel, num_heads: int, batch_size: int, cache_l
     return forward
 
 
+def _statistics(stats: DecodeStats, log: torch.Tensor, widths: list[int], k: int) -> None:
+    """Fill stats from the per-step log (steps, B) of drafts accepted (-1: row already finished) and each step's
+    block width (drafts offered + 1)."""
+    live = log >= 0
+    draft_positions = torch.arange(1, k + 1, device=log.device)
+    offered = torch.tensor(widths, device=log.device)[:, None] - 1 >= draft_positions  # (steps, k): position offered
+    stats.forwards = len(widths)
+    stats.row_steps = int(live.sum())
+    stats.accepted_tokens = int((log + 1).clamp_min(0).sum())
+    stats.accepted_per_position = (log[:, :, None] >= draft_positions).sum((0, 1)).tolist()
+    stats.attempted_per_position = (offered * live.sum(1, keepdim=True)).sum(0).tolist()
+
+
 @torch.no_grad()
 def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, draft_len: int | None = None,
                          temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                          generator: torch.Generator | None = None, lengths: torch.Tensor | None = None,
-                         fused: bool = True) -> tuple[torch.Tensor, DecodeStats]:
+                         fused: bool = True, tree: DraftTree | None = None,
+                         compile: bool = False) -> tuple[torch.Tensor, DecodeStats]:
     """New tokens (B, max_new_tokens) and statistics; the same contract as `generate`, faster when heads agree.
 
-    fused=False runs the heads one by one through the model (the reference path; same output).
+    Greedy decoding verifies a draft tree per step (`tree`; default: the chain of draft_len drafts) in static-shape
+    steps, compiled with `compile`. Sampling verifies a chain (speculative sampling; a tree falls back to its depth
+    as a chain). fused=False runs the heads one by one through the model, as a chain (the reference path; any
+    duck-typed model; same output).
     """
     start_time = time.perf_counter()
-    k = check_draft_len(model, draft_len)
+    k = check_draft_len(model, draft_len if tree is None or not tree.paths else tree.depth)
+    if tree is not None and tree.paths and temperature > 0:
+        tree = DraftTree.chain(tree.depth)  # sampling verifies chains (exact speculative sampling)
     B, T0 = prompt.shape
     check_fits(model, T0, max_new_tokens)
     device = prompt.device
     lengths = torch.full((B,), T0, device=device) if lengths is None else lengths.to(device)
-    N = max_new_tokens
     stats = DecodeStats(accepted_per_position=[0] * k, attempted_per_position=[0] * k)
-    if N == 0:
+    if max_new_tokens == 0:
         return torch.empty(B, 0, dtype=torch.long, device=device), stats
-    greedy = temperature == 0
-    sampling = (temperature, top_k, top_p)
+    if tree is not None and not tree.paths:  # the empty tree: plain decoding (what `auto` picks when nothing pays)
+        out = generate(model, prompt, max_new_tokens, lengths=lengths, compile=compile, temperature=temperature,
+                       top_k=top_k, top_p=top_p, generator=generator)
+        stats.forwards, stats.row_steps = max_new_tokens, B * max_new_tokens
+        stats.accepted_tokens, stats.tree_nodes = B * max_new_tokens, 1
+        stats.seconds, stats.new_tokens = time.perf_counter() - start_time, B * max_new_tokens
+        return out, stats
+    use_static = compile or (tree is not None and not tree.is_chain())  # eager chains: the cheaper dynamic path
+    if temperature == 0 and fused and isinstance(model, MTPModel) and use_static:
+        out, log, widths = _greedy_tree(model, prompt, lengths, max_new_tokens, tree or DraftTree.chain(k), compile,
+                                        stats)
+    else:
+        out, log, widths = _chain(model, prompt, lengths, max_new_tokens, k, (temperature, top_k, top_p), generator,
+                                  fused)
+        stats.tree_nodes = k + 1
+    _statistics(stats, log, widths, k)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    stats.seconds = time.perf_counter() - start_time - stats.compile_seconds
+    stats.new_tokens = B * max_new_tokens
+    return out[:, :max_new_tokens], stats
+
+
+def _greedy_tree(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int, tree: DraftTree,
+                 compile: bool, stats: DecodeStats):
+    """Greedy decoding with a draft tree per step, through the static decoder."""
+    B, T0 = prompt.shape
+    device = prompt.device
+    D = tree.depth
+    decoder = decoder_for(model, B, cache_slots(model, T0 + N), tree, compile)
+    compiled_before = decoder.compile_seconds
+    out = torch.zeros(B, N + D + 1, dtype=torch.long, device=device)  # room for a last path's overshoot
+    n_done = torch.zeros(B, dtype=torch.long, device=device)  # tokens finalized per row
+    offsets = torch.arange(D + 1, device=device)
+    log: list[torch.Tensor] = []  # per step: drafts accepted per row, -1 for a finished row (statistics at the end)
+    decoder.attach()
+    try:
+        last = last_positions(decoder.prefill(prompt), lengths)  # (B, heads, V)
+        tokens = draft_tokens(last[:, 0].argmax(-1), last[:, 1:], decoder.layout, tree.max_rank)
+        while True:
+            active = n_done < N
+            if not bool(active.any()):  # the loop's exit depends on data: one host sync per step, the only one
+                break
+            start = torch.where(active, lengths + n_done, 0)  # finished rows idle at position 0
+            accepted, n_accepted, tokens = decoder.run_step(tokens, start)
+            # Keep the path: write all D + 1 slots at the row's next place; anything past its end is overwritten next.
+            out.scatter_(1, torch.where(active, n_done, N)[:, None] + offsets, accepted)
+            n_done += torch.where(active, n_accepted + 1, 0)
+            log.append(torch.where(active, n_accepted, -1))
+    finally:
+        decoder.detach()
+    stats.compile_seconds = decoder.compile_seconds - compiled_before
+    stats.tree_nodes = tree.num_nodes
+    return out, torch.stack(log), [D + 1] * len(log)
+
+
+def _chain(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int, k: int, sampling: tuple,
+           generator: torch.Generator | None, fused: bool):
+    """Chain drafts verified by `verify_chain` (greedy or speculative sampling), eager."""
+    B, T0 = prompt.shape
+    device = prompt.device
+    greedy = sampling[0] == 0
     # A block may reach k positions past the last token we keep; the cache stops at the context, and blocks are cut
     # short there instead (see `width` below).
     cache_len = min(model.config.max_seq_len, T0 + N + k)
@@ -160,29 +275,8 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
             width = min(k + 1, cache_len - furthest)  # near the end of the context, verify fewer drafts
             start = furthest if B == 1 else torch.where(active, pos, 0)  # finished rows idle at position 0
             logits = forward(block[:, :width], start)  # (B, width, heads, V)
-
-            drafts_in = block[:, 1:width]  # (B, width - 1): d_1 .. d_{width-1}
-            if greedy:
-                target = logits[:, :, 0].argmax(-1)  # (B, width): greedy token after d_0..d_j
-                ok = drafts_in == target[:, :-1]
-            else:
-                p = probs_from_logits(logits[:, :, 0], *sampling)  # (B, width, V)
-                p_draft = p[:, :-1].gather(-1, drafts_in[..., None]).squeeze(-1)
-                q_draft = q[:, :width - 1].gather(-1, drafts_in[..., None]).squeeze(-1)
-                u = torch.rand(p_draft.shape, generator=generator, device=device)
-                ok = u * q_draft < p_draft  # accept with probability min(1, p / q)
-            n_acc = ok.long().cumprod(dim=1).sum(dim=1)  # (B,) drafts accepted: the longest verified prefix
-
-            if greedy:
-                correction = target[rows, n_acc]
-            else:
-                p_at = p[rows, n_acc]  # (B, V)
-                q_pad = torch.cat([q[:, :width - 1], torch.zeros_like(q[:, :1])], dim=1)  # no draft after the last
-                residual = (p_at - q_pad[rows, n_acc]).clamp_min(0)
-                # Where every draft was accepted q_pad is 0 and this is p itself: the bonus token.
-                residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_at)
-                correction = draw(residual / residual.sum(-1, keepdim=True), generator)
-
+            n_acc, correction = verify_chain(block[:, :width], logits[:, :, 0], q, sampling, generator) if not greedy \
+                else verify_chain(block[:, :width], logits[:, :, 0])
             # Keep d_0..d_a: write the whole block at the row's next slots; anything past a is overwritten next step.
             write = torch.where(active, n_done, N + k)[:, None] + offsets[:width]
             out.scatter_(1, write, block[:, :width])
@@ -193,18 +287,4 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
             widths.append(width)
     finally:
         model.clear_caches()
-
-    log = accept_log[:len(widths)]  # (steps, B)
-    live = log >= 0
-    draft_positions = torch.arange(1, k + 1, device=device)
-    offered = torch.tensor(widths, device=device)[:, None] - 1 >= draft_positions  # (steps, k): position offered
-    stats.forwards = len(widths)
-    stats.row_steps = int(live.sum())
-    stats.accepted_tokens = int((log + 1).clamp_min(0).sum())
-    stats.accepted_per_position = (log[:, :, None] >= draft_positions).sum((0, 1)).tolist()
-    stats.attempted_per_position = (offered * live.sum(1, keepdim=True)).sum(0).tolist()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    stats.seconds = time.perf_counter() - start_time
-    stats.new_tokens = B * N
-    return out[:, :N], stats
+    return out, accept_log[:len(widths)], widths

@@ -1,6 +1,6 @@
 """The model: a shared transformer trunk with n_future one-layer output heads (no training or decoding logic)."""
 
-from multitoken.model.kv_cache import KVCache
+from multitoken.model.kv_cache import BlockPositions, KVCache
 from multitoken.model.mtp import MTPModel
 
-__all__ = ["KVCache", "MTPModel"]
+__all__ = ["BlockPositions", "KVCache", "MTPModel"]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from multitoken.config import ModelConfig
-from multitoken.model.kv_cache import KVCache
+from multitoken.model.kv_cache import BlockPositions, KVCache
 
 
 def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -85,7 +85,7 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                start_pos: int | torch.Tensor | None) -> torch.Tensor:
+                start_pos: int | torch.Tensor | BlockPositions | None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -132,6 +132,6 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                start_pos: int | torch.Tensor | None = None) -> torch.Tensor:
+                start_pos: int | torch.Tensor | BlockPositions | None = None) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), cos, sin, start_pos)
         return x + self.feed_forward(self.ffn_norm(x))

@@ -1,0 +1,125 @@
+"""`--tree auto`: the draft tree for this checkpoint, batch size and step cost, measured, down to plain decoding.
+
+Two measurements decide it:
+
+1. What the heads get right. Plain greedy decoding continues some validation prompts; one causal forward with all
+   heads over each result gives, at every decoded position, the rank of the token greedy decoding really chose d + 1
+   ahead among head d + 1's guesses. A tree accepts, per sample, its deepest node whose path is a prefix of those
+   ranks, so the expected tokens per step of *every* tree follow from the same samples (`tree.best_trees`).
+2. What a step costs. The static steps are timed at this batch size (compiled when decoding will be): plain decoding
+   and trees of a few sizes, the sizes between interpolated.
+
+The pick maximizes expected tokens per second: tau(tree) / step time(tree), against 1 / plain step time. Where no tree
+beats plain decoding by a margin (large batches on a CPU, where extra tokens cost real arithmetic), the answer is
+plain decoding: speculation never makes decoding slower than it would be without it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from multitoken.decoding.generate import generate
+from multitoken.decoding.static import cache_slots, decoder_for
+from multitoken.decoding.tree import DraftTree, best_trees
+from multitoken.model import MTPModel
+
+MAX_RANK = 8  # guesses per head considered (top-8)
+MARGIN = 1.05  # a tree must promise at least this much over plain decoding to be chosen
+
+
+@torch.no_grad()
+def head_ranks(model: MTPModel, prompts: torch.Tensor, max_new_tokens: int, depth: int,
+               max_rank: int = MAX_RANK) -> torch.Tensor:
+    """Ranks (S, depth) of greedy decoding's own tokens among the extra heads' guesses (-1: not in the top
+    max_rank), one sample per decoded position. prompts (B, T0) of equal length."""
+    B, T0 = prompts.shape
+    continuation = generate(model, prompts, max_new_tokens)
+    sequence = torch.cat([prompts, continuation], dim=1)  # (B, T0 + N)
+    logits = model(sequence, return_all_heads=True)  # (B, T, heads, V), causal over the whole sequence
+    ranks = []
+    # At position p (the last accepted token), head d + 1 guesses the token at p + d + 1.
+    for p in range(T0 - 1, T0 + max_new_tokens - 1 - depth):
+        per_depth = []
+        for d in range(1, depth + 1):
+            head = logits[:, p, d]  # (B, V)
+            truth = sequence[:, p + d + 1]
+            rank = (head > head.gather(1, truth[:, None])).sum(-1)
+            per_depth.append(torch.where(rank < max_rank, rank, -1))
+        ranks.append(torch.stack(per_depth, dim=1))
+    return torch.cat(ranks)
+
+
+@dataclass
+class TreeChoice:
+    tree: DraftTree  # no paths: plain decoding
+    tau: float  # expected tokens per step, from the samples
+    step_us: float  # measured or interpolated step time
+    plain_step_us: float
+    table: list[dict]  # every size considered: nodes, tau, step_us, expected speedup
+
+    @property
+    def expected_speedup(self) -> float:
+        return self.tau / self.step_us * self.plain_step_us
+
+
+def _step_time(model: MTPModel, batch_size: int, cache_len: int, tree: DraftTree | None, compile: bool,
+               rounds: int = 5, steps: int = 20) -> float:
+    """Median microseconds of one static step at a position half way into the cache."""
+    decoder = decoder_for(model, batch_size, cache_len, tree, compile)
+    device = model.output.weight.device
+    pos = torch.full((batch_size,), cache_len // 2, device=device)
+    if tree is None:
+        args = (torch.zeros(batch_size, dtype=torch.long, device=device), pos)
+    else:
+        args = (torch.zeros(batch_size, tree.num_nodes, dtype=torch.long, device=device), pos)
+    times = []
+    decoder.attach()
+    try:
+        with torch.no_grad():
+            decoder.run_step(*args)  # compiles, the first time
+            for _ in range(rounds):
+                start = time.perf_counter()
+                for _ in range(steps):
+                    decoder.run_step(*args)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append((time.perf_counter() - start) / steps * 1e6)
+    finally:
+        decoder.detach()
+    return statistics.median(times)
+
+
+def choose_tree(model: MTPModel, ranks: torch.Tensor, batch_size: int, needed_positions: int, compile: bool,
+                max_nodes: int = 32, timed_sizes: tuple[int, ...] = (2, 4, 8, 16, 32)) -> TreeChoice:
+    """The tree (or plain decoding) with the most expected tokens per second at this batch size."""
+    trees = best_trees(ranks, max_nodes)  # index i: the best tree of i + 1 nodes
+    cache_len = cache_slots(model, needed_positions)
+    plain_us = _step_time(model, batch_size, cache_len, None, compile)
+    sizes = sorted({min(s, len(trees)) for s in timed_sizes if s >= 2})
+    measured = {s: _step_time(model, batch_size, cache_len, trees[s - 1][0], compile) for s in sizes}
+
+    def step_us(nodes: int) -> float:  # linear between the timed sizes (cost grows with the tokens per step)
+        if nodes in measured:
+            return measured[nodes]
+        lower = max((s for s in sizes if s < nodes), default=sizes[0])
+        upper = min((s for s in sizes if s > nodes), default=sizes[-1])
+        if lower == upper:
+            return measured[lower]
+        w = (nodes - lower) / (upper - lower)
+        return (1 - w) * measured[lower] + w * measured[upper]
+
+    table = [{"nodes": 1, "tree": "plain", "tau": 1.0, "step_us": plain_us, "expected_speedup": 1.0}]
+    for nodes in range(2, len(trees) + 1):
+        tree, tau = trees[nodes - 1]
+        us = step_us(nodes)
+        table.append({"nodes": nodes, "tree": str(tree), "tau": tau, "step_us": us,
+                      "expected_speedup": tau / us * plain_us})
+    best = max(table[1:], key=lambda row: row["expected_speedup"], default=None)
+    if best is None or best["expected_speedup"] < MARGIN:
+        return TreeChoice(DraftTree(()), 1.0, plain_us, plain_us, table)
+    tree = trees[best["nodes"] - 1][0]
+    return TreeChoice(tree, best["tau"], best["step_us"], plain_us, table)

@@ -1,0 +1,204 @@
+"""Static-shape decoding steps that `torch.compile` captures whole (gpt-fast's recipe, extended to draft trees).
+
+Every step of a call has the same shapes: the KV caches are allocated once with room for the whole call, a block
+always has the same number of tokens, and attention always spans every cache slot under a mask built from the rows'
+positions (`BlockPositions`). So a compiled step is traced once and then only replayed: no per-step allocation, no
+shape change, no graph break, no host sync inside the step. What depends on data (when to stop) is decided outside,
+once per step.
+
+Two steps, both pure functions of tensors (the caches aside):
+
+- `plain_step(token, pos)`: one token per row at its own position -> head 1's logits. Plain decoding.
+- `tree_step(tokens, start)`: a draft tree per row (see `tree.py`) through the trunk and the fused heads; head 1
+  verifies every node; the accepted path's tokens and cache entries are gathered into place, and the heads' guesses
+  at its last node become the next tree. Greedy: the output is token for token plain greedy decoding.
+
+Compiled steps are kept per model and shape (`decoders`), so that repeated calls (a benchmark, a server) pay for
+compilation once; `compile_seconds` says how long that took.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from multitoken.decoding.fused_heads import FusedHeads
+from multitoken.decoding.tree import DraftTree, accept_greedy, draft_tokens
+from multitoken.model import BlockPositions, KVCache, MTPModel
+
+SLOT_ROUNDING = 128  # cache lengths are rounded up to this, so that calls of similar lengths share a compiled step
+
+
+def block_positions(start: torch.Tensor, layout: dict[str, torch.Tensor], cache_len: int,
+                    dtype: torch.dtype) -> BlockPositions:
+    """Where a tree block goes for rows starting at start (B,): node j in slot start + j at position start + depth_j,
+    attending to every slot before start and to its own ancestors in the block."""
+    depth, ancestors = layout["depth"], layout["ancestors"]
+    T = depth.shape[0]
+    offsets = torch.arange(T, device=start.device)
+    relative = torch.arange(cache_len, device=start.device)[None, :] - start[:, None]  # (B, L): slot - start
+    in_block = ancestors[:, relative.clamp(0, T - 1)].transpose(0, 1)  # (B, T, L): that slot's node is an ancestor
+    allowed = (relative < 0)[:, None, :] | ((relative < T)[:, None, :] & in_block)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=start.device).masked_fill(~allowed, float("-inf"))
+    return BlockPositions(start[:, None] + offsets, start[:, None] + depth, mask[:, None])
+
+
+def cache_slots(model: MTPModel, needed: int) -> int:
+    """Cache length for a call that needs `needed` positions: rounded up (to share compiled steps), within the
+    context."""
+    rounded = -(-needed // SLOT_ROUNDING) * SLOT_ROUNDING
+    return max(needed, min(rounded, model.config.max_seq_len))
+
+
+def compile_options(device: torch.device) -> dict:
+    """torch.compile settings for decoding steps.
+
+    CUDA: CUDA graphs (a step's launches replayed as one). CPU: weights frozen into the graph as constants (so that
+    matrix products use prepacked weights), matrix-product kernels picked by benchmarking (`max_autotune`: for a few
+    rows, inductor's own micro-kernels beat the library call), and a C++ wrapper instead of a Python one around the
+    kernels (a step is dozens of small kernels, each paying a Python call otherwise). Measured in
+    docs/speculative.md.
+    """
+    if device.type == "cuda":
+        return {"triton.cudagraphs": True}
+    return {"freezing": True, "max_autotune": True, "cpp_wrapper": True,
+            "autotune_num_choices_displayed": 0}  # the autotuner's per-kernel tables stay off the user's terminal
+
+
+@dataclass(eq=False)
+class StaticDecoder:
+    """The caches and steps for one model, batch size and cache length; `tree` None means plain decoding."""
+
+    model: MTPModel
+    batch_size: int
+    cache_len: int
+    tree: DraftTree | None
+    compile: bool
+    compile_seconds: float = 0.0  # time spent compiling (the first call of the step)
+    _compiled: bool = False
+
+    def __post_init__(self) -> None:
+        model, c = self.model, self.model.config
+        weight = model.output.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        B = self.batch_size
+        tree = self.tree or DraftTree(())
+        self.layout = tree.tensors(self.device)
+        self.max_rank = tree.max_rank  # plain ints: the compiled step must not trace the tree's Python
+        self.depth = tree.depth
+        self.chain_layout = DraftTree.chain(tree.depth).tensors(self.device)
+        # A last tree may reach past the final kept position: room for it, so that shapes never change.
+        self.slots = self.cache_len + tree.num_nodes - 1
+        # Trunk and head 1 keep their caches in the model's layers; a tree's extra heads run fused, with one cache.
+        # Caches live as long as the decoder: a compiled step is specialised to these very tensors.
+        self.caches = [KVCache(B, c.kv_heads, self.slots, c.head_size, self.dtype, self.device) for _ in model.layers]
+        self.heads = None
+        if self.tree is not None:
+            self.heads = FusedHeads(model, tree.depth, first=1)
+            self.heads.cache = KVCache(tree.depth * B, c.kv_heads, self.slots, c.head_size, self.dtype, self.device)
+        step = self._plain_step if self.tree is None else self._tree_step
+        self.step = torch.compile(step, dynamic=False, fullgraph=True) if self.compile else step
+
+    def attach(self) -> None:
+        for layer, cache in zip(self.model.layers, self.caches):
+            layer.attention.kv_cache = cache
+
+    def detach(self) -> None:
+        self.model.clear_caches()
+
+    def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
+        """Fill the caches with the right-padded prompts (slots = positions 0..T0-1; eager: its shape varies from call
+        to call). Logits (B, T0, V) of head 1, or (B, T0, heads, V) with a tree."""
+        model = self.model
+        z = model.trunk(prompt, 0)
+        h1 = model.head(0, z, 0)
+        if self.heads is None:
+            return model.unembed(h1)
+        cos, sin = model.rope(prompt.shape[1], 0)
+        return model.unembed(torch.cat([h1[:, :, None], self.heads(z, cos, sin, 0)], dim=2))
+
+    def run_step(self, *args: torch.Tensor):
+        """One step; the first call of a compiled step compiles it, and its time goes to compile_seconds."""
+        if self.compile and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        if not self.compile or self._compiled:
+            return self.step(*args)
+        start = time.perf_counter()
+        # Inductor reads its settings when it compiles, which is at this first call. (Passed as torch.compile's
+        # options instead, `freezing` did not take: the weights stayed graph inputs, multiplied by library calls.)
+        with torch._inductor.config.patch(compile_options(self.device)):
+            result = self.step(*args)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.compile_seconds += time.perf_counter() - start
+        self._compiled = True
+        return result
+
+    def _plain_step(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """token (B,) at positions pos (B,) -> head 1's logits (B, V) for the token after it."""
+        where = block_positions(pos, self.layout, self.slots, self.dtype)
+        return self.model(token[:, None], start_pos=where)[:, 0]
+
+    def _tree_step(self, tokens: torch.Tensor, start: torch.Tensor):
+        """Verify one tree per row and draft the next.
+
+        tokens (B, T): the tree (node 0 certain) for rows whose next token goes at position start (B,). Returns
+        (accepted (B, D + 1): the accepted path's tokens, valid up to n_accepted + 1; n_accepted (B,): drafts
+        accepted; next_tokens (B, T): the next tree).
+
+        Two phases. The trunk and head 1 run on every node: head 1 verifies. The extra heads then run only on the
+        accepted path (D + 1 tokens, not T): they must see every kept position (their caches), but no rejected one,
+        and drafting needs them only at the path's last node. Their cost stays that of a chain however wide the tree.
+        """
+        model, layout = self.model, self.layout
+        B = tokens.shape[0]
+        rows = torch.arange(B, device=tokens.device)
+        where = block_positions(start, layout, self.slots, self.dtype)
+        z = model.trunk(tokens, where)  # (B, T, d)
+        target = model.unembed(model.head(0, z, where)).argmax(-1)  # (B, T): head 1's greedy token after each node
+        best = accept_greedy(tokens, target, layout)  # (B,) deepest accepted node
+        n_accepted = layout["depth"][best]
+        path = layout["path"][best]  # (B, D + 1) nodes from the root to best, then best repeated
+        # Gather the accepted path's cache entries into slots start .. start + D (the tail past the accepted depth is
+        # junk that the next block overwrites before anyone may attend to it).
+        chain_slots = start[:, None] + torch.arange(path.shape[1], device=start.device)
+        for cache in self.caches:
+            cache.move(start[:, None] + path, chain_slots)
+        chain = block_positions(start, self.chain_layout, self.slots, self.dtype)
+        z_path = z.gather(1, path[:, :, None].expand(-1, -1, z.shape[-1]))  # (B, D + 1, d)
+        cos, sin = model.rope(path.shape[1], chain)
+        hidden = self.heads(z_path, cos, sin, chain)[rows, n_accepted]  # (B, D, d): heads 2..D+1 at the last kept
+        next_tokens = draft_tokens(target[rows, best], model.unembed(hidden), layout, self.max_rank)
+        return tokens.gather(1, path), n_accepted, next_tokens
+
+
+# Decoders by model, kept as long as the model lives: caches and compiled steps are reused across calls.
+_decoders: weakref.WeakKeyDictionary[MTPModel, dict[tuple, StaticDecoder]] = weakref.WeakKeyDictionary()
+
+
+def decoder_for(model: MTPModel, batch_size: int, cache_len: int, tree: DraftTree | None,
+                compile: bool) -> StaticDecoder:
+    """The decoder for this shape, made on first use."""
+    if compile:
+        # Every batch size and tree is its own static graph; the default limit (8) would fall back to eager midway
+        # through a benchmark sweep.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+    # The weights' version counters: a decoder holds copies of the heads' weights (and, compiled, frozen ones), so
+    # a model trained or edited in place since gets new decoders.
+    version = sum(p._version for p in model.parameters())
+    key = (batch_size, cache_len, tree, compile, model.output.weight.dtype, model.output.weight.device)
+    per_model = _decoders.setdefault(model, {})
+    if per_model.get("version") != version:
+        per_model.clear()
+        per_model["version"] = version
+    if key not in per_model:
+        per_model[key] = StaticDecoder(model, batch_size, cache_len, tree, compile)
+    return per_model[key]
+
+
+def total_compile_seconds(model: MTPModel) -> float:
+    """Seconds spent compiling this model's decoding steps so far (benchmarks report it apart from tokens/s)."""
+    return sum(d.compile_seconds for key, d in _decoders.get(model, {}).items() if key != "version")
