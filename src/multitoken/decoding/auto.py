@@ -119,6 +119,9 @@ def choose_tree(model: MTPModel, ranks: torch.Tensor, batch_size: int, needed_po
         table.append({"nodes": nodes, "tree": str(tree), "tau": tau, "step_us": us,
                       "expected_speedup": tau / us * plain_us})
     best = max(table[1:], key=lambda row: row["expected_speedup"], default=None)
+    if best is not None and best["nodes"] not in measured:  # interpolated: time the very tree before trusting it
+        best["step_us"] = _step_time(model, batch_size, cache_len, trees[best["nodes"] - 1][0], compile)
+        best["expected_speedup"] = best["tau"] / best["step_us"] * plain_us
     if best is None or best["expected_speedup"] < MARGIN:
         return TreeChoice(DraftTree(()), 1.0, plain_us, plain_us, table)
     tree = trees[best["nodes"] - 1][0]

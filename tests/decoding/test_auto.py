@@ -1,0 +1,26 @@
+"""--tree auto: whatever it picks, greedy output stays plain greedy; the empty tree is plain decoding."""
+
+from __future__ import annotations
+
+import torch
+
+from multitoken import MTPModel
+from multitoken.decoding.auto import choose_tree, head_ranks
+from multitoken.decoding.generate import generate
+from multitoken.decoding.speculative import speculative_generate
+from tests.conftest import tiny_model_config
+
+
+def test_auto_choice_never_changes_outputs():
+    torch.manual_seed(0)
+    model = MTPModel(tiny_model_config(vocab_size=16, n_future=3, n_layer=4, max_seq_len=48)).eval()
+    with torch.no_grad():
+        model.output.weight.mul_(10)
+    prompts = torch.randint(0, 16, (3, 6))
+    ranks = head_ranks(model, prompts, 16, depth=2)
+    assert ranks.shape == (3 * (16 - 2), 2) and int(ranks.max()) < 8
+    choice = choose_tree(model, ranks, 3, 22, compile=False, max_nodes=6, timed_sizes=(2, 6))
+    assert len(choice.table) >= 1 and choice.plain_step_us > 0
+    fast, stats = speculative_generate(model, prompts, 16, tree=choice.tree)
+    assert torch.equal(fast, generate(model, prompts, 16))
+    assert stats.tree_nodes == choice.tree.num_nodes
