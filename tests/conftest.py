@@ -19,6 +19,19 @@ def tiny_model_config(**overrides) -> ModelConfig:
     return ModelConfig(**values)
 
 
+def sharp_model(seed: int, n_future: int, vocab: int = 16):
+    """A tiny random MTP model (n_future heads on a one-layer trunk) with confident predictions: greedy choices are
+    not near-ties that float noise could flip, so decoders can be compared token for token."""
+    from multitoken import MTPModel
+
+    torch.manual_seed(seed)
+    model = MTPModel(tiny_model_config(vocab_size=vocab, n_future=n_future, n_layer=n_future + 1,
+                                       max_seq_len=48)).eval()
+    with torch.no_grad():
+        model.output.weight.mul_(10)
+    return model
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Token caches go to a per-test temporary folder, never to ~/.cache."""

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from multitoken import MTPModel
 from multitoken.decoding.auto import choose_tree, head_ranks
 from multitoken.decoding.generate import generate
 from multitoken.decoding.speculative import speculative_generate
-from tests.conftest import tiny_model_config
+from tests.conftest import sharp_model
 
 
 def test_auto_choice_never_changes_outputs():
-    torch.manual_seed(0)
-    model = MTPModel(tiny_model_config(vocab_size=16, n_future=3, n_layer=4, max_seq_len=48)).eval()
-    with torch.no_grad():
-        model.output.weight.mul_(10)
+    model = sharp_model(0, 3)
     prompts = torch.randint(0, 16, (3, 6))
     ranks = head_ranks(model, prompts, 16, depth=2)
     assert ranks.shape == (3 * (16 - 2), 2) and int(ranks.max()) < 8

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from multitoken import MTPModel
 from multitoken.decoding.generate import generate, pad_prompts
 from multitoken.decoding.speculative import speculative_generate
 from multitoken.decoding.static import decoder_for
 from multitoken.decoding.tree import DraftTree
-from tests.conftest import tiny_model_config
-
-
-def _model() -> MTPModel:
-    torch.manual_seed(0)
-    model = MTPModel(tiny_model_config(vocab_size=16, n_future=3, n_layer=4, max_seq_len=48)).eval()
-    with torch.no_grad():
-        model.output.weight.mul_(10)
-    return model
+from tests.conftest import sharp_model
 
 
 def test_steps_have_no_graph_breaks():
-    model = _model()
+    model = sharp_model(0, 3)
     for tree in (None, DraftTree.parse("(0,), (1,), (0, 0)")):
         decoder = decoder_for(model, 2, 48, tree, compile=False)
         pos = torch.tensor([5, 9])
@@ -37,7 +28,7 @@ def test_steps_have_no_graph_breaks():
 
 
 def test_compiled_equals_eager():
-    model = _model()
+    model = sharp_model(0, 3)
     padded, lengths = pad_prompts([[1, 2, 3], [4, 5, 6, 7, 8], [9]])
     eager = generate(model, padded, 20, lengths=lengths)
     assert torch.equal(generate(model, padded, 20, lengths=lengths, compile=True), eager)

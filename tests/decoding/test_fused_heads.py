@@ -6,7 +6,7 @@ import torch
 from multitoken import MTPModel
 from multitoken.decoding.fused_heads import FusedHeads
 from multitoken.decoding.speculative import speculative_generate
-from tests.conftest import tiny_model_config
+from tests.conftest import sharp_model, tiny_model_config
 
 
 @pytest.mark.parametrize("n_kv_head", [None, 2])
@@ -27,10 +27,7 @@ def test_fused_heads_equal_per_head_blocks(n_kv_head, per_row):
 
 
 def test_fused_and_reference_decoding_agree():
-    torch.manual_seed(1)
-    model = MTPModel(tiny_model_config(vocab_size=16, n_future=4, n_layer=5, max_seq_len=48)).eval()
-    with torch.no_grad():
-        model.output.weight.mul_(10)
+    model = sharp_model(1, 4)
     prompt = torch.randint(0, 16, (3, 5))
     for k in (1, 3):
         fast, fast_stats = speculative_generate(model, prompt, 30, draft_len=k)

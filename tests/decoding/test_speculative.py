@@ -11,22 +11,13 @@ from multitoken import MTPModel
 from multitoken.decoding.generate import generate, pad_prompts
 from multitoken.decoding.sampling import probs_from_logits
 from multitoken.decoding.speculative import speculative_generate
-from tests.conftest import tiny_model_config
-
-
-def _sharp_model(seed: int, n_future: int, vocab: int = 16) -> MTPModel:
-    torch.manual_seed(seed)
-    model = MTPModel(tiny_model_config(vocab_size=vocab, n_future=n_future, n_layer=n_future + 1,
-                                       max_seq_len=48)).eval()
-    with torch.no_grad():  # confident predictions: greedy choices are not near-ties that float noise could flip
-        model.output.weight.mul_(10)
-    return model
+from tests.conftest import sharp_model, tiny_model_config
 
 
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("n_future", [2, 4])
 def test_greedy_equals_plain_greedy_for_every_draft_len_and_batch(seed, n_future):
-    model = _sharp_model(seed, n_future)
+    model = sharp_model(seed, n_future)
     gen = torch.Generator().manual_seed(seed)
     for draft_len in range(1, n_future):
         for batch_size in (1, 2, 3, 4):
@@ -40,7 +31,7 @@ def test_greedy_equals_plain_greedy_for_every_draft_len_and_batch(seed, n_future
 
 
 def test_batch_rows_equal_single_row_decoding():
-    model = _sharp_model(7, 4)
+    model = sharp_model(7, 4)
     prompts = [[1], [2, 3, 4, 5, 6, 7, 8, 9, 10], [11, 12, 13], [5, 5]]
     padded, lengths = pad_prompts(prompts)
     batch, _ = speculative_generate(model, padded, 30, lengths=lengths)
@@ -51,7 +42,7 @@ def test_batch_rows_equal_single_row_decoding():
 
 def test_generation_up_to_the_end_of_the_context():
     """Blocks are cut short near the end of the context instead of running past the position tables."""
-    model = _sharp_model(3, 4)
+    model = sharp_model(3, 4)
     prompt = torch.randint(0, 16, (1, 10))
     fast, _ = speculative_generate(model, prompt, 38)  # 10 + 38 = 48 = max_seq_len
     assert torch.equal(fast, generate(model, prompt, 38))
@@ -149,7 +140,7 @@ def test_speculative_sampling_matches_the_exact_plain_distribution(temperature, 
 
 
 def test_bad_draft_lengths_and_single_head_models_are_refused():
-    model = _sharp_model(0, 3)
+    model = sharp_model(0, 3)
     prompt = torch.tensor([[1, 2]])
     with pytest.raises(ValueError, match="use 1..2"):
         speculative_generate(model, prompt, 5, draft_len=3)

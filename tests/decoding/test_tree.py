@@ -10,7 +10,7 @@ from multitoken.decoding.generate import generate, pad_prompts
 from multitoken.decoding.speculative import speculative_generate, verify_chain
 from multitoken.decoding.tree import DraftTree, accept_greedy, best_trees, draft_tokens
 from multitoken.errors import ConfigError
-from tests.conftest import tiny_model_config
+from tests.conftest import sharp_model, tiny_model_config
 
 WIDE = DraftTree.parse("(0,), (1,), (2,), (0, 0), (1, 0), (0, 1), (0, 0, 0)")
 
@@ -68,17 +68,9 @@ def test_best_trees_are_prefix_closed_and_count_acceptance():
     assert [t for _, t in trees] == sorted(t for _, t in trees)
 
 
-def _sharp_model(seed: int) -> MTPModel:
-    torch.manual_seed(seed)
-    model = MTPModel(tiny_model_config(vocab_size=16, n_future=4, n_layer=5, max_seq_len=48)).eval()
-    with torch.no_grad():
-        model.output.weight.mul_(10)
-    return model
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_tree_greedy_equals_plain_greedy_with_ragged_batches(seed):
-    model = _sharp_model(seed)
+    model = sharp_model(seed, 4)
     prompts = [[1], [2, 3, 4, 5, 6, 7, 8, 9, 10], [11, 12, 13], [5, 5]]
     padded, lengths = pad_prompts(prompts)
     plain = generate(model, padded, 30, lengths=lengths)

@@ -67,38 +67,24 @@ def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, tempera
         return out
     if lengths is None:
         lengths = torch.full((B,), T0, device=prompt.device)
-    if compile:
-        return _generate_static(model, prompt, lengths, out, temperature, top_k, top_p, generator)
-    aligned = bool((lengths == T0).all())  # one host check up front: aligned rows use the cheaper shared position
-    model.setup_caches(B, T0 + max_new_tokens, heads="next")
+    if compile:  # static-shape steps, compiled once per shape and kept with the model
+        from multitoken.decoding.static import cache_slots, decoder_for
+
+        decoder = decoder_for(model, B, cache_slots(model, T0 + max_new_tokens), None, compile=True)
+        setup, step, teardown = decoder.attach, lambda token, i: decoder.run_step(token, lengths + i), decoder.detach
+    else:
+        aligned = bool((lengths == T0).all())  # one host check up front: aligned rows use the cheaper shared position
+        setup = lambda: model.setup_caches(B, T0 + max_new_tokens, heads="next")  # noqa: E731
+        step = lambda token, i: decode_one_token(model, token, T0 + i if aligned else lengths + i)  # noqa: E731
+        teardown = model.clear_caches
+    setup()
     try:
         logits = prefill(model, prompt, lengths)
         for i in range(max_new_tokens):
             token = sample(logits, temperature, top_k, top_p, generator)
             out[:, i] = token
             if i + 1 < max_new_tokens:
-                logits = decode_one_token(model, token, T0 + i if aligned else lengths + i)
+                logits = step(token, i)
     finally:
-        model.clear_caches()
-    return out
-
-
-def _generate_static(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, out: torch.Tensor,
-                     temperature: float, top_k: int | None, top_p: float | None,
-                     generator: torch.Generator | None) -> torch.Tensor:
-    from multitoken.decoding.static import cache_slots, decoder_for
-
-    B, T0 = prompt.shape
-    N = out.shape[1]
-    decoder = decoder_for(model, B, cache_slots(model, T0 + N), None, compile=True)
-    decoder.attach()
-    try:
-        logits = prefill(model, prompt, lengths)
-        for i in range(N):
-            token = sample(logits, temperature, top_k, top_p, generator)
-            out[:, i] = token
-            if i + 1 < N:
-                logits = decoder.run_step(token, lengths + i)
-    finally:
-        decoder.detach()
+        teardown()
     return out
