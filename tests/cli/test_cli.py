@@ -128,6 +128,27 @@ def test_bench_decode_table_and_json(trained_run, capsys, tmp_path):
     assert code == 0 and "2 prompts" in out
 
 
+def test_bench_decode_sweep_plot(trained_run, capsys, tmp_path):
+    plot, path = tmp_path / "out" / "decode.png", tmp_path / "sweep.json"
+    code, out, _ = run_cli(capsys, "bench", "decode", "--ckpt", trained_run, "--num-prompts", 2, "--prompt-len", 8,
+                           "--max-new-tokens", 6, "--repeats", 2, "--batch-size", "1,2", "--json", path,
+                           "--plot", plot)
+    assert code == 0 and f"wrote {plot}" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads(path.read_text())
+    assert [r["batch_size"] for r in results] == [1, 2]
+    for r in results:  # the reported rate is the median of the per-round rates
+        assert len(r["tokens_per_s_rounds"]["plain"]) == 2
+        assert min(r["tokens_per_s_rounds"]["plain"]) <= r["tokens_per_s_plain"] <= max(r["tokens_per_s_rounds"]["plain"])
+
+
+def test_bench_decode_refuses_a_directory_before_measuring(trained_run, capsys, tmp_path):
+    for flag, example in (("--json", "bench.json"), ("--plot", "decode.png")):
+        code, out, err = run_cli(capsys, "bench", "decode", "--ckpt", trained_run, flag, tmp_path)
+        assert_one_line_error(code, err, f"{flag} {tmp_path} is a directory", example)
+        assert "tokens/s" not in out  # refused before any decoding
+
+
 # --- bad input: one line, non-zero, no traceback --------------------------------------------------------------------
 
 def test_missing_checkpoint(capsys, tmp_path):

@@ -20,3 +20,20 @@ def test_auto_choice_never_changes_outputs():
     fast, stats = speculative_generate(model, prompts, 16, tree=choice.tree)
     assert torch.equal(fast, generate(model, prompts, 16))
     assert stats.tree_nodes == choice.tree.num_nodes
+
+
+def test_auto_end_to_end_check_picks_only_measured_wins():
+    from multitoken.decoding.auto import MARGIN
+
+    model = sharp_model(1, 3)
+    prompts = torch.randint(0, 16, (2, 6))
+    ranks = head_ranks(model, prompts, 12, depth=2)
+    choice = choose_tree(model, ranks, 2, 18, compile=False, max_nodes=4, timed_sizes=(2, 4), prompts=prompts,
+                         max_new_tokens=12)
+    tried = [row for row in choice.table if "measured_speedup" in row]
+    if choice.tree.paths:  # a tree is only picked on a measured end-to-end win
+        assert max(row["measured_speedup"] for row in tried) >= MARGIN
+    else:
+        assert all(row["measured_speedup"] < MARGIN for row in tried)
+    fast, _ = speculative_generate(model, prompts, 12, tree=choice.tree)
+    assert torch.equal(fast, generate(model, prompts, 12))

@@ -8,8 +8,10 @@ round to round, so that warm-up, caches and machine load fall on all alike; a fi
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -77,7 +79,8 @@ def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max
         for batch in shapes:
             fn(batch)
         compile_seconds[name] = total_compile_seconds(model) - before
-    seconds = dict.fromkeys(cases, 0.0)
+    # Seconds per round and case: a shared machine drifts, so every round's rate is kept and the medians compared.
+    seconds = [dict.fromkeys(cases, 0.0) for _ in range(repeats)]
     stats = DecodeStats()
     identical = dict.fromkeys(cases, True)
     names = list(cases)
@@ -87,18 +90,20 @@ def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max
             outputs = {}
             for name in order:
                 (out, call_stats), elapsed = _timed(lambda: cases[name](batch))
-                seconds[name] += elapsed
+                seconds[round_][name] += elapsed
                 outputs[name] = out
                 if call_stats is not None:
                     stats.add(call_stats)
             for name in names[1:]:
                 identical[name] &= bool(torch.equal(outputs["plain"], outputs[name].to(outputs["plain"].device)))
-    tokens = repeats * len(prompts) * max_new_tokens
-    rates = {name: tokens / s for name, s in seconds.items()}
+    tokens = len(prompts) * max_new_tokens  # per round
+    rounds = {name: [tokens / r[name] for r in seconds] for name in cases}
+    rates = {name: statistics.median(values) for name, values in rounds.items()}
     trunk = model.config.n_trunk_layers
     greedy = temperature == 0
     result = {
         "tokens_per_s_plain": rates["plain"],
+        "tokens_per_s_rounds": rounds,  # every round's rate; the tokens_per_s_* fields are their medians
         "batch_size": batch_size,
         "device": str(torch.device(device)),
         "max_new_tokens": max_new_tokens,
@@ -151,7 +156,7 @@ def format_decode_table(result: dict) -> str:
     if result.get("compile"):
         compiled = ", compiled (" + ", ".join(f"{n} {s:.1f} s" for n, s in result["compile_seconds"].items()) + \
             " compiling, not counted)"
-    footer = (f"({result['num_prompts']} prompts x {result['repeats']} rounds, batch size {result['batch_size']}, "
+    footer = (f"({result['num_prompts']} prompts, median of {result['repeats']} rounds, batch size {result['batch_size']}, "
               f"{result['max_new_tokens']} new tokens each, {result['device']}{compiled})")
     if speculative:
         identical = result["identical"]
@@ -169,3 +174,43 @@ def format_decode_table(result: dict) -> str:
     if not speculative:
         lines.append(footer)
     return "\n".join(lines)
+
+
+def plot_decode(results: list[dict], path: str) -> None:
+    """Speedup of speculative over plain decoding against batch size (left) and both decoders' tokens/s (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = sorted(results, key=lambda r: r["batch_size"])
+    sizes = [r["batch_size"] for r in results]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    speedups = [r["speedup"] for r in results]
+    left.plot(sizes, speedups, "o-", color="#1f77b4", label="speculative / plain")
+    left.axhline(1.0, color="#888888", lw=1, ls="--", label="plain decoding")
+    for size, speedup, r in zip(sizes, speedups, results):
+        left.annotate(f"tau {r['tau']:.2f}\n{r['tree_nodes']} nodes", (size, speedup), textcoords="offset points",
+                      xytext=(0, 8), ha="center", fontsize=7)
+    left.set_xscale("log", base=2)
+    left.set_xticks(sizes, [str(s) for s in sizes])
+    left.set_ylim(0, max(speedups + [1.0]) * 1.3)
+    left.set_xlabel("batch size")
+    left.set_ylabel("speedup (median tokens/s ratio)")
+    left.legend(fontsize=8, loc="lower left")
+    right.plot(sizes, [r["tokens_per_s_plain"] for r in results], "o-", color="#888888", label="plain")
+    right.plot(sizes, [r["tokens_per_s_speculative"] for r in results], "o-", color="#1f77b4",
+               label="self-speculative")
+    right.set_xscale("log", base=2)
+    right.set_xticks(sizes, [str(s) for s in sizes])
+    right.set_xlabel("batch size")
+    right.set_ylabel("tokens/s (all rows)")
+    right.legend(fontsize=8)
+    first = results[0]
+    mode = "compiled" if first.get("compile") else "eager"
+    fig.suptitle(f"multitoken bench decode: {Path(first.get('checkpoint', '')).name or 'model'}, {mode}, "
+                 f"tree {first.get('tree', 'chain')}, {first['device']}, {first['max_new_tokens']} new tokens, "
+                 f"{'greedy' if first['temperature'] == 0 else 'T=' + str(first['temperature'])}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

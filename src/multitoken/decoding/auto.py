@@ -9,8 +9,10 @@ Two measurements decide it:
 2. What a step costs. The static steps are timed at this batch size (compiled when decoding will be): plain decoding
    and trees of a few sizes, the sizes between interpolated.
 
-The pick maximizes expected tokens per second: tau(tree) / step time(tree), against 1 / plain step time. Where no tree
-beats plain decoding by a margin (large batches on a CPU, where extra tokens cost real arithmetic), the answer is
+The step times leave out what a decoding loop adds around a step (reading the accepted length back, moving the
+accepted path's cache entries), so the few trees with the most expected tokens per second are then decoded end to end
+on the same validation prompts, alternating with plain decoding, and the pick is the one measured fastest. Where no
+tree beats plain decoding by a margin (large batches on a CPU, where extra tokens cost real arithmetic), the answer is
 plain decoding: speculation never makes decoding slower than it would be without it.
 """
 
@@ -28,7 +30,8 @@ from multitoken.decoding.tree import DraftTree, best_trees
 from multitoken.model import MTPModel
 
 MAX_RANK = 8  # guesses per head considered (top-8)
-MARGIN = 1.05  # a tree must promise at least this much over plain decoding to be chosen
+MARGIN = 1.05  # a tree must promise, and then measure, at least this much over plain decoding to be chosen
+CANDIDATES = 3  # trees decoded end to end before the pick
 
 
 @torch.no_grad()
@@ -59,7 +62,7 @@ class TreeChoice:
     tau: float  # expected tokens per step, from the samples
     step_us: float  # measured or interpolated step time
     plain_step_us: float
-    table: list[dict]  # every size considered: nodes, tau, step_us, expected speedup
+    table: list[dict]  # every size considered: nodes, tau, step_us, expected speedup (measured: end to end)
 
     @property
     def expected_speedup(self) -> float:
@@ -93,9 +96,40 @@ def _step_time(model: MTPModel, batch_size: int, cache_len: int, tree: DraftTree
     return statistics.median(times)
 
 
+def end_to_end_speedup(model: MTPModel, tree: DraftTree, prompts: torch.Tensor, max_new_tokens: int, compile: bool,
+                       rounds: int = 3) -> float:
+    """Median over alternating rounds of plain decoding's time over speculative decoding's with this tree."""
+    from multitoken.decoding.speculative import speculative_generate
+
+    def timed(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        if prompts.device.type == "cuda":
+            torch.cuda.synchronize(prompts.device)
+        return time.perf_counter() - start
+
+    def plain():
+        generate(model, prompts, max_new_tokens, compile=compile)
+
+    def speculative():
+        speculative_generate(model, prompts, max_new_tokens, tree=tree, compile=compile)
+
+    plain(), speculative()  # compiles, untimed
+    ratios = []
+    for round_ in range(rounds):
+        if round_ % 2:
+            s_time, p_time = timed(speculative), timed(plain)
+        else:
+            p_time, s_time = timed(plain), timed(speculative)
+        ratios.append(p_time / s_time)
+    return statistics.median(ratios)
+
+
 def choose_tree(model: MTPModel, ranks: torch.Tensor, batch_size: int, needed_positions: int, compile: bool,
-                max_nodes: int = 32, timed_sizes: tuple[int, ...] = (2, 4, 8, 16, 32)) -> TreeChoice:
-    """The tree (or plain decoding) with the most expected tokens per second at this batch size."""
+                max_nodes: int = 32, timed_sizes: tuple[int, ...] = (2, 4, 8, 16, 32),
+                prompts: torch.Tensor | None = None, max_new_tokens: int = 0) -> TreeChoice:
+    """The tree (or plain decoding) with the most tokens per second at this batch size: by expected tokens per step
+    and step times, then, given prompts (batch_size rows of equal length), by decoding the best candidates."""
     trees = best_trees(ranks, max_nodes)  # index i: the best tree of i + 1 nodes
     cache_len = cache_slots(model, needed_positions)
     plain_us = _step_time(model, batch_size, cache_len, None, compile)
@@ -118,11 +152,18 @@ def choose_tree(model: MTPModel, ranks: torch.Tensor, batch_size: int, needed_po
         us = step_us(nodes)
         table.append({"nodes": nodes, "tree": str(tree), "tau": tau, "step_us": us,
                       "expected_speedup": tau / us * plain_us})
-    best = max(table[1:], key=lambda row: row["expected_speedup"], default=None)
-    if best is not None and best["nodes"] not in measured:  # interpolated: time the very tree before trusting it
-        best["step_us"] = _step_time(model, batch_size, cache_len, trees[best["nodes"] - 1][0], compile)
-        best["expected_speedup"] = best["tau"] / best["step_us"] * plain_us
-    if best is None or best["expected_speedup"] < MARGIN:
+    ranked = sorted(table[1:], key=lambda row: -row["expected_speedup"])
+    candidates = [row for row in ranked[:CANDIDATES] if row["expected_speedup"] >= MARGIN]
+    for row in candidates:
+        if row["nodes"] not in measured:  # interpolated: time the very tree before trusting it
+            row["step_us"] = _step_time(model, batch_size, cache_len, trees[row["nodes"] - 1][0], compile)
+            row["expected_speedup"] = row["tau"] / row["step_us"] * plain_us
+        if prompts is not None:
+            row["measured_speedup"] = end_to_end_speedup(model, trees[row["nodes"] - 1][0], prompts, max_new_tokens,
+                                                         compile)
+    key = "measured_speedup" if prompts is not None else "expected_speedup"
+    best = max(candidates, key=lambda row: row[key], default=None)
+    if best is None or best[key] < MARGIN:
         return TreeChoice(DraftTree(()), 1.0, plain_us, plain_us, table)
     tree = trees[best["nodes"] - 1][0]
     return TreeChoice(tree, best["tau"], best["step_us"], plain_us, table)
