@@ -9,15 +9,70 @@ The defaults of `TrainConfig` are the built-in default run (`multitoken train` w
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 from multitoken.errors import ConfigError
+
+SEED_LIMIT = 2 ** 63  # torch.manual_seed and numpy both take any seed in [0, 2**63)
 
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether value fits a field annotation: the subset of typing the config dataclasses use."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if origin in (Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in args)
+    if origin is Literal:
+        return isinstance(value, str) and value in args
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # an integer is a fine float (YAML writes 1 for 1.0); NaN and infinity are not
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    return dataclasses.is_dataclass(hint) and isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return "null"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        return "a list of " + {float: "finite numbers", int: "integers", str: "strings"}.get(args[0], "values")
+    if origin is dict:
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
+
+
+def _check_types(config: Any, prefix: str) -> None:
+    """Every field of a config dataclass against its annotation, so that library callers and saved configs get the
+    checks the command line gives (`TrainConfig(precision="fp16")` must not silently train in fp32)."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        _require(_conforms(value, hints[f.name]),
+                 f"{prefix}{f.name} must be {_describe(hints[f.name])} (got {value!r})")
 
 
 @dataclass
@@ -56,6 +111,7 @@ class ModelConfig:
     """Standard deviation of the normal weight initialisation."""
 
     def __post_init__(self) -> None:
+        _check_types(self, "model.")
         _require(self.n_future >= 1, f"model.n_future must be at least 1 (got {self.n_future}): "
                  "use 1 for a next-token model, 4 as in the paper")
         _require(self.n_layer >= self.n_future, f"model.n_layer ({self.n_layer}) must be at least model.n_future "
@@ -67,6 +123,13 @@ class ModelConfig:
                      f"model.n_head ({self.n_head}), or set model.head_dim")
         else:
             _require(self.head_dim >= 1, f"model.head_dim must be positive (got {self.head_dim})")
+        for name in ("n_kv_head", "ffn_hidden"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"model.{name} must be positive (got {value}), or null for the "
+                     "default")
+        for name in ("rope_theta", "norm_eps"):
+            _require(getattr(self, name) > 0, f"model.{name} must be positive (got {getattr(self, name)})")
+        _require(self.init_std >= 0, f"model.init_std must be >= 0 (got {self.init_std})")
         _require(self.head_size % 2 == 0, f"the attention head width {self.head_size} must be even for rotary "
                  "embeddings: change d_model, n_head or head_dim")
         _require(self.n_head % self.kv_heads == 0,
@@ -138,10 +201,16 @@ class DataConfig:
     end-of-document token occurs among tokens t..t+i-1 (the end token itself is still predicted)."""
 
     def __post_init__(self) -> None:
+        _check_types(self, "data.")
         _require(0.0 < self.val_fraction < 1.0,
                  f"data.val_fraction must be between 0 and 1 (got {self.val_fraction})")
         if isinstance(self.path, str):  # a single path in YAML is a natural thing to write
             self.path = [self.path]
+        _require(self.path is None or (self.path and all(p.strip() for p in self.path)),
+                 f"data.path {self.path!r} names no file: give a file or folder, or null for the built-in corpus")
+        _require(bool(self.tokenizer.strip()), "data.tokenizer is empty: use 'bytes' or a tokenizer folder")
+        _require(self.cache_dir is None or bool(self.cache_dir.strip()),
+                 "data.cache_dir is empty: give a folder, or null for the default cache")
 
 
 @dataclass
@@ -166,10 +235,15 @@ class OptimConfig:
     """Clip the global gradient norm to this; 0 disables clipping."""
 
     def __post_init__(self) -> None:
+        _check_types(self, "optim.")
         _require(self.lr > 0, f"optim.lr must be positive (got {self.lr})")
         _require(0.0 <= self.min_lr_ratio <= 1.0, f"optim.min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio})")
         _require(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0 (got {self.warmup_steps})")
         _require(self.grad_clip >= 0, f"optim.grad_clip must be >= 0 (got {self.grad_clip}); 0 disables clipping")
+        _require(self.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {self.weight_decay}); 0 disables it")
+        for name in ("beta1", "beta2"):
+            _require(0.0 <= getattr(self, name) < 1.0, f"optim.{name} must be in [0, 1) (got {getattr(self, name)})")
+        _require(self.eps > 0, f"optim.eps must be positive (got {self.eps})")
 
 
 @dataclass
@@ -223,8 +297,9 @@ class TrainConfig:
     """Save a checkpoint every this many steps (and at the end)."""
     keep_last: int = 2
     """Keep this many most recent checkpoints."""
-    resume: bool = False
-    """Continue from the newest checkpoint in out_dir (starts fresh if there is none)."""
+    resume: bool | str = False
+    """Continue from the newest loadable checkpoint in out_dir (starts fresh if there is none; a damaged newest one is
+    skipped, saying so); or give a checkpoint or run directory to continue from that one."""
     device: str = "auto"
     """'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -235,6 +310,13 @@ class TrainConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
+        _check_types(self, "")
+        _require(bool(self.out_dir.strip()), "out_dir is empty: name the run directory, e.g. --out_dir runs/mine")
+        _require(0 <= self.seed < SEED_LIMIT, f"seed must be in [0, 2**63) (got {self.seed})")
+        _require(not isinstance(self.resume, str) or bool(self.resume.strip()),
+                 "resume is empty: give true, or the checkpoint to continue from")
+        _require(self.init_from is None or bool(self.init_from.strip()),
+                 "init_from is empty: give a checkpoint, or null to start from random weights")
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches",
                      "log_interval", "save_interval", "keep_last"):
             _require(getattr(self, name) >= 1, f"{name} must be at least 1 (got {getattr(self, name)})")
@@ -243,7 +325,10 @@ class TrainConfig:
         weights = self.resolved_head_weights()
         _require(len(weights) == self.model.n_future, f"head_weights has {len(weights)} entries but model.n_future "
                  f"is {self.model.n_future}: give one weight per head, or a rule like decay:0.8")
-        _require(all(w >= 0 for w in weights), "head_weights must be non-negative")
+        _require(all(math.isfinite(w) and w >= 0 for w in weights),
+                 f"head_weights must be finite and non-negative (got {weights})")
+        _require(any(w > 0 for w in weights), f"head_weights {weights} are all zero: nothing would be trained; give "
+                 "head 1 a positive weight")
 
     @property
     def window_tokens(self) -> int:
@@ -264,8 +349,8 @@ class TrainConfig:
             x = None
         if rule == "decay" and x is not None:
             return [x ** i for i in range(n)]
-        if rule == "deepseek" and x is not None:
-            return [1.0] + [x / (n - 1)] * (n - 1)
+        if rule == "deepseek" and x is not None:  # with one head there are no extra heads to share L
+            return [1.0] + [x / (n - 1)] * (n - 1) if n > 1 else [1.0]
         raise ConfigError(f"head_weights {spec!r} is not understood: give a list like [1, 0.5], 'decay:0.8' or "
                           "'deepseek:0.3'")
 

@@ -20,3 +20,8 @@ class CheckpointError(MultitokenError):
 
 class DataError(MultitokenError):
     """Training or evaluation data that cannot be used (missing, empty, too short)."""
+
+
+class TrainingError(MultitokenError):
+    """A run that cannot go on: its loss or weights stopped being finite, or the disk filled up. The message says
+    which checkpoint is intact and how to go on from it."""

@@ -9,11 +9,14 @@
         meta.json               step, tokens seen, last validation losses: readable without torch
 
 A checkpoint is assembled in a hidden temporary directory and renamed into place in one step, so a crash at any
-moment leaves either the complete checkpoint or none; leftovers of a crashed save are ignored and cleaned up.
+moment leaves either the complete checkpoint or none. Deleting an old checkpoint is the same move backwards: it is
+renamed to a hidden name first (one step), then removed, so a kill mid-deletion never leaves a half-deleted `step_N`
+that still looks like a checkpoint. `sweep_debris` clears what a killed save or deletion left behind.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -29,11 +32,14 @@ from safetensors.torch import load_file, save_file
 
 from multitoken.config import ModelConfig, TrainConfig, from_dict, to_dict
 from multitoken.data.tokenizer import ByteTokenizer, load_tokenizer
-from multitoken.errors import CheckpointError, MultitokenError
+from multitoken.errors import CheckpointError, MultitokenError, TrainingError
 from multitoken.model import MTPModel
 
-_STEP_DIR = re.compile(r"^step_(\d+)$")
+STEP_DIR = re.compile(r"^step_(\d+)$")
+# Hidden names of a save in progress (tmp), of a checkpoint being replaced (old) or deleted (deleting).
+_DEBRIS = re.compile(r"^\.(step_\d+)\.(tmp|old|deleting)-.+$")
 REQUIRED_FILES = ("model.safetensors", "config.yaml", "tokenizer_config.json", "meta.json")
+LOW_SPACE_BYTES = 1 << 20  # a write that failed with less than this left free failed for want of space
 
 
 def checkpoints_dir(out_dir: str | Path) -> Path:
@@ -45,7 +51,7 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     root = checkpoints_dir(out_dir)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
 
 
@@ -86,14 +92,62 @@ def save_checkpoint(out_dir: str | Path, step: int, model: MTPModel | dict[str, 
         else:
             os.rename(tmp, final)
         _fsync_dir(root)
-    except BaseException:
+    except BaseException as e:
+        disk_full = out_of_space(e, root)
         shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full:
+            intact = list_checkpoints(out_dir)
+            raise TrainingError(f"no space left on device writing checkpoint step {step} to {root}; "
+                                  + (f"{intact[-1].name} is intact" if intact else "no earlier checkpoint exists")
+                                  + ": free some space, then continue with --resume") from None
         raise
     for stale in list_checkpoints(out_dir)[:-keep_last]:
-        shutil.rmtree(stale, ignore_errors=True)
-    for leftover in root.glob(".step_*.tmp-*"):  # debris of a save that was killed midway
-        shutil.rmtree(leftover, ignore_errors=True)
+        remove_checkpoint(stale)
+    sweep_debris(out_dir)
     return final
+
+
+def out_of_space(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write failed for want of disk space. torch.save reports a full disk only as "unexpected pos"
+    from its zip writer, so a nearly empty disk right after the failure counts too."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "No space left on device" in str(error) or "os error 28" in str(error):  # safetensors' wording
+        return True
+    try:
+        return isinstance(error, (OSError, RuntimeError)) and shutil.disk_usage(folder).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint so that a kill at any moment leaves it whole or gone from the listing: rename it to a
+    hidden name in one step, then remove that."""
+    aside = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+    os.rename(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def sweep_debris(out_dir: str | Path) -> list[str]:
+    """Clear what killed saves and deletions left in a run's checkpoints folder (only the run's one writer may call
+    this). A checkpoint that was moved aside to be replaced, and whose replacement never arrived, is put back.
+    Returns what was done, for the log."""
+    root = checkpoints_dir(out_dir)
+    done = []
+    if not root.is_dir():
+        return done
+    for path in sorted(root.iterdir()):
+        m = _DEBRIS.match(path.name)
+        if not m:
+            continue
+        final = root / m.group(1)
+        if m.group(2) == "old" and not final.exists():
+            os.rename(path, final)
+            done.append(f"restored {final.name}, whose replacement was never completed")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(f"removed {path.name}")
+    return done
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -102,7 +156,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist: pass a run directory (e.g. runs/default) or one "
                               "of its checkpoints/step_* directories")
-    if (path / "model.safetensors").exists() or _STEP_DIR.match(path.name):
+    if (path / "model.safetensors").exists() or STEP_DIR.match(path.name):
         ckpt = path
     else:
         found = list_checkpoints(path)
@@ -148,13 +202,40 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     ckpt = resolve_checkpoint(path)
     cfg = read_train_config(ckpt)
     tokenizer = load_tokenizer(ckpt)
+    weights = read_weights(ckpt)
+    require_finite(weights, ckpt)
     try:
-        model = MTPModel.from_state_dict(cfg.model, read_weights(ckpt), device, dtype)
+        model = MTPModel.from_state_dict(cfg.model, weights, device, dtype)
     except RuntimeError:
         raise CheckpointError(f"{ckpt / 'model.safetensors'} does not match the model in {ckpt / 'config.yaml'} "
                               "(different shapes or keys): the checkpoint is damaged or mixed with another run's "
                               "files") from None
     return model.eval(), cfg, tokenizer
+
+
+def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def require_finite(state: dict[str, torch.Tensor], ckpt: Path) -> None:
+    """Refuse weights of a diverged run: decoding them prints garbage (NUL bytes), evaluating them prints NaN."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise CheckpointError(f"{ckpt} holds non-finite weights ({len(bad)} tensors with NaN or infinity, e.g. "
+                              f"{bad[0]}): its run diverged; use an earlier checkpoint, or retrain with a lower "
+                              "optim.lr")
+
+
+def resumable(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A checkpoint's weights and trainer state, each checked (complete, loadable, finite); CheckpointError if not."""
+    missing = [f for f in (*REQUIRED_FILES, "trainer.pt") if not (ckpt / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{ckpt} is incomplete (missing {', '.join(missing)})")
+    read_train_config(ckpt)
+    weights = read_weights(ckpt)
+    require_finite(weights, ckpt)
+    return weights, load_trainer_state(ckpt)
 
 
 def load_trainer_state(ckpt: Path) -> dict[str, Any]:
@@ -164,8 +245,8 @@ def load_trainer_state(ckpt: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing: this checkpoint holds weights only and cannot be resumed") from None
     except Exception as e:  # torch raises several types for a damaged archive
-        raise CheckpointError(f"{path} is corrupt ({type(e).__name__}): delete {ckpt} to resume from the one "
-                              "before it") from None
+        raise CheckpointError(f"{path} is corrupt ({type(e).__name__}): resume from another checkpoint with "
+                              "--resume PATH") from None
 
 
 def model_config_of(path: str | Path) -> ModelConfig:

@@ -14,7 +14,7 @@ import re
 from multitoken.config import ModelConfig
 from multitoken.errors import CheckpointError
 from multitoken.model import MTPModel
-from multitoken.training.checkpoint import read_train_config, read_weights, resolve_checkpoint
+from multitoken.training.checkpoint import read_train_config, read_weights, require_finite, resolve_checkpoint
 
 _EXTRA_HEAD = re.compile(r"^extra_heads\.(\d+)\.")
 
@@ -40,6 +40,7 @@ def init_from_checkpoint(model: MTPModel, init_from: str, tokenizer) -> str:
         raise CheckpointError(f"{ckpt} has a different model shape than this run: with --init_from, leave model.* "
                               "to the checkpoint and set only model.n_future")
     state = read_weights(ckpt, model.output.weight.device)
+    require_finite(state, ckpt)
     head1 = f"layers.{saved.n_trunk_layers}."
     # Everything but the extra heads beyond the new n_future (those are dropped).
     mapped = {key: value for key, value in state.items()

@@ -21,15 +21,16 @@ from tqdm.auto import tqdm
 from multitoken.config import TrainConfig, to_dict
 from multitoken.data.batches import eval_batches, train_batch
 from multitoken.data.tokens import resolve_data
-from multitoken.errors import CheckpointError, ConfigError
+from multitoken.errors import CheckpointError, ConfigError, MultitokenError, TrainingError
 from multitoken.files import atomic_write_text
 from multitoken.model import MTPModel
-from multitoken.training.checkpoint import (list_checkpoints, load_trainer_state, read_train_config, read_weights,
-                                            save_checkpoint)
+from multitoken.training.checkpoint import (STEP_DIR, list_checkpoints, out_of_space, read_train_config, resumable,
+                                            save_checkpoint, sweep_debris)
 from multitoken.training.distributed import (MTPObjective, all_reduce_, apply_parallel, gradient_sync,
                                              init_distributed, shutdown_distributed)
 from multitoken.training.evaluate import evaluate, format_eval_table
 from multitoken.training.optim import build_optimizer, get_lr
+from multitoken.training.run_lock import RunLock
 from multitoken.training.runtime import autocast_for, resolve_device
 from multitoken.training.surgery import freeze_trunk, init_from_checkpoint, model_config_for_init
 
@@ -80,18 +81,76 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device.type)  # after sharding: FSDP2 swaps params
         self.state = TrainState()
         self.resumed_from: Path | None = None
-        self._maybe_resume()
+        self.notes: list[str] = []  # what setup repaired or skipped, printed when the run starts
+        self.lock: RunLock | None = None
+        self._claim_out_dir()
+        try:
+            self._maybe_resume()
+        except BaseException:
+            self.close()  # a refused resume must not keep the run locked for the rest of this process
+            raise
 
     # --- setup -------------------------------------------------------------------------------------------------
 
-    def _maybe_resume(self) -> None:
-        existing = list_checkpoints(self.out_dir)
-        if existing and not self.cfg.resume:
+    def _claim_out_dir(self) -> None:
+        """One writer per run directory: rank 0 takes the run lock and clears what a killed save or deletion left;
+        every rank learns whether it could, so a refused job stops on all ranks at once."""
+        error = None
+        if self.dist.is_main:
+            try:
+                self.lock = RunLock(self.out_dir).acquire()
+                self.notes += sweep_debris(self.out_dir)
+            except MultitokenError as e:
+                error = e
+        failed = all_reduce_(torch.tensor([float(error is not None)], device=self.device)).item()
+        if error is not None:
+            raise error
+        if failed:
+            raise ConfigError(f"rank 0 could not take {self.out_dir} (see its error)")
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _resume_candidates(self) -> list[Path]:
+        """Checkpoints to try, newest first: --resume PATH names one (or a run, its checkpoints), --resume the run's
+        own. Nothing to resume is fine for a bare --resume (the run starts), not for a named one."""
+        resume = self.cfg.resume
+        if isinstance(resume, str):
+            path = Path(resume)
+            if not path.exists():
+                raise CheckpointError(f"--resume {path} does not exist: give a checkpoint (checkpoints/step_N) or a "
+                                      "run directory")
+            if STEP_DIR.match(path.name) or (path / "model.safetensors").exists():
+                return [path]
+            found = list_checkpoints(path)[::-1]
+            if not found:
+                raise CheckpointError(f"--resume {path}: no checkpoint in it (expected {path}/checkpoints/step_*)")
+            return found
+        existing = list_checkpoints(self.out_dir)[::-1]
+        if existing and not resume:
             raise CheckpointError(f"{self.out_dir} already holds checkpoints: pass --resume to continue that run, "
                                   "or --out_dir to start a new one")
-        if not existing:
+        return existing
+
+    def _maybe_resume(self) -> None:
+        """Continue from the newest checkpoint that loads whole; damaged newer ones are skipped, saying so."""
+        candidates, skipped = self._resume_candidates(), []
+        for ckpt in candidates:
+            try:
+                weights, trainer_state = resumable(ckpt)
+                break
+            except CheckpointError as e:
+                skipped.append(f"{ckpt.name}: {e}")
+        else:
+            if candidates:
+                raise CheckpointError(f"no checkpoint can be resumed ({'; '.join(skipped)}): resume from another "
+                                      "with --resume PATH, or start a new run with another --out_dir")
+            self._truncate_metrics(0)  # a fresh start: records of an earlier attempt without a checkpoint are void
             return
-        ckpt = existing[-1]
+        if skipped:
+            self.notes.append(f"skipped damaged checkpoint(s) ({'; '.join(skipped)}); resuming from {ckpt}")
         saved = read_train_config(ckpt)
         if saved.model != self.cfg.model:
             diff = [f"{f.name} {getattr(saved.model, f.name)} -> {getattr(self.cfg.model, f.name)}"
@@ -99,8 +158,7 @@ class Trainer:
                     if getattr(saved.model, f.name) != getattr(self.cfg.model, f.name)]
             raise CheckpointError(f"cannot resume {ckpt}: the model config differs ({', '.join(diff)}); use the "
                                   "run's own config (its config.yaml) or a new --out_dir")
-        trainer_state = load_trainer_state(ckpt)
-        self._load_state(read_weights(ckpt), trainer_state["optimizer"], ckpt)
+        self._load_state(weights, trainer_state["optimizer"], ckpt)
         torch.set_rng_state(trainer_state["torch_rng"])
         if self.device.type == "cuda" and "cuda_rng" in trainer_state:
             torch.cuda.set_rng_state(trainer_state["cuda_rng"], self.device)
@@ -138,12 +196,24 @@ class Trainer:
                               options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop metric records logged after the checkpoint we resume from: those steps are about to be redone.
-        Written atomically, so a kill at this moment cannot lose the log."""
+        """Keep only the metric records up to the step we start from: later ones are about to be redone, so the log
+        ends up as an uninterrupted run's. A line torn by a kill or a full disk is dropped. Written atomically, so a
+        kill at this moment cannot lose the log."""
         path = self.out_dir / "metrics.jsonl"
-        if self.dist.is_main and path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        if not (self.dist.is_main and path.exists()):
+            return
+        kept, torn = [], 0
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                torn += line.strip() != ""
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line)
+        if torn:
+            self.notes.append(f"dropped {torn} unreadable line(s) of {path} (a write cut off by a crash or a full disk)")
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     # --- the loop ----------------------------------------------------------------------------------------------
 
@@ -208,19 +278,52 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if not self.dist.is_main:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with (self.out_dir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.out_dir / "metrics.jsonl"
+        try:
+            with path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            if not out_of_space(e, self.out_dir):
+                raise
+            raise TrainingError(f"no space left on device appending to {path} at step {record['step']}; "
+                                f"{self._intact()}: free some space, then continue with --resume (the log is "
+                                "repaired on resume)") from None
+
+    def _intact(self) -> str:
+        found = list_checkpoints(self.out_dir)
+        return f"checkpoint {found[-1]} is intact" if found else "no checkpoint was saved yet"
+
+    def _require_finite(self, loss_sum: torch.Tensor | None) -> None:
+        """Stop a diverged run before it validates or saves: the losses since the last log and the weights (which the
+        last optimizer step may have broken after its loss was computed) must all be finite. Every rank checks its
+        own shard and all agree, so all stop together."""
+        bad = 0.0 if loss_sum is None else float(not bool(torch.isfinite(loss_sum).all()))
+        for p in self.model.parameters():
+            local = p.to_local() if hasattr(p, "to_local") else p  # FSDP2 shards are DTensors
+            if not bool(torch.isfinite(local).all()):
+                bad = 1.0
+                break
+        if all_reduce_(torch.tensor([bad], device=self.device)).item():
+            self._diverged(None if loss_sum is None else loss_sum.tolist())
+
+    def _diverged(self, losses: list[float] | None) -> None:
+        what = f"loss became {[round(x, 4) for x in losses]}" if losses is not None and not all(
+            math.isfinite(x) for x in losses) else "weights became non-finite"
+        raise TrainingError(f"training diverged at step {self.state.step}: {what}; nothing from this step was saved "
+                            f"and {self._intact()}. Likely cause: the learning rate (optim.lr {self.cfg.optim.lr:g}) is "
+                            "too high for this model: lower --optim.lr or lengthen --optim.warmup_steps, then continue "
+                            "with --resume")
 
     def fit(self) -> dict:
         cfg, state, main = self.cfg, self.state, self.dist.is_main
         if main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            atomic_write_text(self.out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         self.model.train()
         tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * cfg.window_tokens * self.dist.world_size
         bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not (cfg.progress and main), unit="step",
                    dynamic_ncols=True, desc="train")
+        for note in self.notes if main else []:
+            bar.write(note)
         if main and self.resumed_from is not None:
             bar.write(f"resumed from {self.resumed_from} at step {state.step}")
         elif main and self.init_note:
@@ -238,19 +341,23 @@ class Trainer:
                 elapsed = time.perf_counter() - window_start
                 tok_s = window_steps * tokens_per_step / elapsed
                 if not all(math.isfinite(x) for x in losses):
-                    raise FloatingPointError(f"loss became {losses} at step {state.step}: lower optim.lr")
+                    self._diverged(losses)
                 lr = self.optimizer.param_groups[0]["lr"]
                 self._log({"step": state.step, "split": "train", "loss": losses, "lr": lr, "tokens_per_s": tok_s,
                            "tokens_seen": state.tokens_seen})
                 heads = " ".join(f"h{i + 1}={x:.3f}" for i, x in enumerate(losses))
                 bar.set_postfix_str(f"{heads} | {tok_s / 1e3:.1f}k tok/s")
                 window_start, window_steps, loss_sum = time.perf_counter(), 0, None
-            if state.step % cfg.eval_interval == 0 or state.step == cfg.max_steps:
+            evaluating = state.step % cfg.eval_interval == 0 or state.step == cfg.max_steps
+            saving = state.step % cfg.save_interval == 0 or state.step == cfg.max_steps
+            if evaluating or saving:
+                self._require_finite(None if loss_sum is None else loss_sum / window_steps)
+            if evaluating:
                 val = self.validate()
                 if main:
                     bar.write(f"step {state.step} val loss per head: "
                               + " ".join(f"h{i + 1}={x:.3f}" for i, x in enumerate(val["loss"])))
-            if state.step % cfg.save_interval == 0 or state.step == cfg.max_steps:
+            if saving:
                 self.save()
         bar.close()
         if state.last_val is None:  # resumed a finished run: still report where it stands
@@ -262,11 +369,13 @@ class Trainer:
 def train(cfg: TrainConfig) -> dict | None:
     """Set up and run a training job; returns the final step, validation metrics and checkpoint path (on rank 0 of a
     distributed run; None on the other ranks)."""
-    ok = False
+    ok, trainer = False, None
     try:
         trainer = Trainer(cfg)
         result = trainer.fit()
         ok = True
         return result if trainer.dist.is_main else None
     finally:
+        if trainer is not None:
+            trainer.close()
         shutdown_distributed(barrier=ok)  # after a failure, peers may never reach a barrier
