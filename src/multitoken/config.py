@@ -355,6 +355,12 @@ class TrainConfig:
                           "'deepseek:0.3'")
 
 
+def model_config_diff(a: ModelConfig, b: ModelConfig) -> list[str]:
+    """The fields where two model configs differ, as 'name a -> b'."""
+    return [f"{f.name} {getattr(a, f.name)} -> {getattr(b, f.name)}" for f in dataclasses.fields(a)
+            if getattr(a, f.name) != getattr(b, f.name)]
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """A plain nested dict of a config dataclass (for YAML and JSON)."""
     return dataclasses.asdict(config)

@@ -2,7 +2,7 @@
 
 import json
 
-from tests.cli.test_cli import assert_one_line_error, run_cli
+from tests.cli.conftest import assert_one_line_error, run_cli
 
 
 def test_bench_train_records_table_and_plot(capsys, tmp_path):

@@ -14,53 +14,23 @@ import yaml
 from multitoken import TrainConfig
 from multitoken.cli.main import main
 from multitoken.config import from_dict, to_dict
+from tests.cli.conftest import TINY, assert_one_line_error, run_cli, tiny_args
 
 REPO = Path(__file__).resolve().parents[2]
-def tiny_args(n_future: int = 2) -> list[str]:
-    return ["--model.vocab_size", "256", "--model.d_model", "32", "--model.n_layer", "3", "--model.n_head", "2",
-            "--model.n_future", str(n_future), "--model.max_seq_len", "32", "--batch_size", "4", "--max_steps", "4",
-            "--eval_interval", "2", "--eval_batches", "2", "--save_interval", "2", "--log_interval", "1",
-            "--progress", "false"]
 
 
-TINY = tiny_args()
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code != 0
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-@pytest.fixture
-def trained_run(corpus, tmp_path, capsys) -> Path:
-    out_dir = tmp_path / "run"
-    code, out, _ = run_cli(capsys, "train", *TINY, "--data", corpus, "--out_dir", out_dir)
-    assert code == 0
-    assert "validation after 4 steps" in out and "checkpoint:" in out
-    return out_dir
-
-
-def test_train_generate_eval_info(trained_run, capsys):
+def test_train_generate_eval_info(trained_run, corpus, capsys):
     code, out, err = run_cli(capsys, "generate", "--ckpt", trained_run, "--prompt", "def f(", "--max-new-tokens", 10,
                              "--seed", 3)
     assert code == 0 and out.startswith("def f(") and "tokens/s" in err
     assert run_cli(capsys, "generate", "--ckpt", trained_run, "--prompt", "def f(", "--max_new_tokens", 10,
                    "--seed", 3)[1] == out  # same seed, same text
 
-    code, out, _ = run_cli(capsys, "eval", "--ckpt", trained_run, "--json")
+    code, out, _ = run_cli(capsys, "eval", "--ckpt", trained_run, "--data", corpus, "--json")
     result = json.loads(out)
     assert code == 0 and len(result["loss"]) == 2 and len(result["acc"]) == 2 and len(result["bpb"]) == 2
-    code, out, _ = run_cli(capsys, "eval", "--ckpt", trained_run)
+    assert result["data"] == "validation split of the training data"  # its own data, named again
+    code, out, _ = run_cli(capsys, "eval", "--ckpt", trained_run, "--data", corpus)
     assert code == 0 and "t+2" in out and "bits/byte" in out
 
     code, out, _ = run_cli(capsys, "info", "--ckpt", trained_run)
@@ -107,9 +77,10 @@ def test_speculative_generate_prints_statistics(trained_run, capsys):
     assert out == plain  # greedy: the same text
 
 
-def test_bench_decode_table_and_json(trained_run, capsys, tmp_path):
+def test_bench_decode_table_and_json(trained_run, corpus, capsys, tmp_path):
     path = tmp_path / "bench.json"
-    code, out, _ = run_cli(capsys, "bench", "decode", "--ckpt", trained_run, "--num-prompts", 3, "--prompt-len", 8,
+    code, out, _ = run_cli(capsys, "bench", "decode", "--ckpt", trained_run, "--data", corpus, "--num-prompts", 3,
+                           "--prompt-len", 8,
                            "--max-new-tokens", 8, "--repeats", 1, "--batch-size", 2, "--json", path)
     assert code == 0 and "speedup" in out and "identical outputs  yes" in out
     result = json.loads(path.read_text())
@@ -128,11 +99,11 @@ def test_bench_decode_table_and_json(trained_run, capsys, tmp_path):
     assert code == 0 and "2 prompts" in out
 
 
-def test_bench_decode_sweep_plot(trained_run, capsys, tmp_path):
+def test_bench_decode_sweep_plot(trained_run, corpus, capsys, tmp_path):
     plot, path = tmp_path / "out" / "decode.png", tmp_path / "sweep.json"
-    code, out, _ = run_cli(capsys, "bench", "decode", "--ckpt", trained_run, "--num-prompts", 2, "--prompt-len", 8,
-                           "--max-new-tokens", 6, "--repeats", 2, "--batch-size", "1,2", "--json", path,
-                           "--plot", plot)
+    code, out, _ = run_cli(capsys, "bench", "decode", "--ckpt", trained_run, "--data", corpus, "--num-prompts", 2,
+                           "--prompt-len", 8, "--max-new-tokens", 6, "--repeats", 2, "--batch-size", "1,2",
+                           "--json", path, "--plot", plot)
     assert code == 0 and f"wrote {plot}" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = json.loads(path.read_text())
@@ -179,7 +150,7 @@ def test_empty_data_directory(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(capsys, "train", "--data.path", tmp_path / "empty", "--max_steps", 1,
                            "--out_dir", tmp_path / "r")
-    assert_one_line_error(code, err, "no text files found under")
+    assert_one_line_error(code, err, "no text, .jsonl or .parquet files found under")
 
 
 def test_unknown_config_key_on_command_line_and_in_yaml(capsys, tmp_path):

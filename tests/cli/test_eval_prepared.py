@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.cli.test_cli import TINY, assert_one_line_error, run_cli
+from tests.cli.conftest import TINY, assert_one_line_error, run_cli
 
 
 def test_train_and_eval_on_prepared_shards_and_refuse_another_tokenizer(capsys, corpus, tmp_path):

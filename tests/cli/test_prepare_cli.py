@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.cli.test_cli import assert_one_line_error, run_cli
+from tests.cli.conftest import assert_one_line_error, run_cli
 from tests.data.conftest import write_parquet
 
 
@@ -15,7 +15,7 @@ from tests.data.conftest import write_parquet
 def prepared(corpus, tmp_path, capsys):
     out = tmp_path / "prepared"
     code, stdout, _ = run_cli(capsys, "prepare", "--data", corpus, "--out", out, "--workers", 2, "--val-fraction", 0.2)
-    assert code == 0 and "prepared" in stdout and "train" in stdout and "uint16" in stdout, stdout
+    assert code == 0 and "prepared" in stdout and "train" in stdout and "uint8" in stdout, stdout  # bytes: 1 byte per id
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from multitoken.data.tokenizer import build_tokenizer
-from tests.cli.test_cli import assert_one_line_error, run_cli
+from tests.cli.conftest import assert_one_line_error, run_cli
 
 
 def test_tokenizer_train_writes_a_tokenizer(corpus, tmp_path, capsys):

@@ -67,7 +67,7 @@ def test_resolve_data_without_prepare_uses_the_cache_with_any_tokenizer(corpus, 
     expected = expected_splits([str(corpus)], tokenizer, 0.2)
     assert np.asarray(data.train).tolist() == expected["train"] and np.asarray(data.val).tolist() == expected["val"]
     _, bytes_data = resolve_data(DataConfig(path=str(corpus), val_fraction=0.2))
-    assert bytes_data.meta["eot_id"] == 0 and bytes_data.meta["cache"] != data.meta["cache"]
+    assert bytes_data.meta["eot_id"] == 0 and bytes_data.meta["directory"] != data.meta["directory"]
 
 
 def test_damaged_prepared_folder_is_a_clear_error(mixed_corpus, tmp_path):

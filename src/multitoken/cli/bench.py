@@ -23,19 +23,23 @@ def add_parser(subcommands) -> None:
     add_ckpt_argument(decode)
     decode.add_argument("--prompts", type=str | None, default=None,
                         help="Text file with one prompt per line; default: windows from the validation split.")
-    decode.add_argument("--num-prompts", "--num_prompts", type=int, default=8,
+    decode.add_argument("--data", type=str | list[str] | None, default=None,
+                        help="Text the validation-split prompts (and --tree auto's measurements) come from: the "
+                             "checkpoint's training data, named again; default: the built-in corpus, for checkpoints "
+                             "trained on it.")
+    decode.add_argument("--num_prompts", type=int, default=8,
                         help="Prompts taken from the validation split (without --prompts).")
-    decode.add_argument("--prompt-len", "--prompt_len", type=int, default=64,
+    decode.add_argument("--prompt_len", type=int, default=64,
                         help="Tokens per validation-split prompt (without --prompts).")
-    decode.add_argument("--batch-size", "--batch_size", type=str, default="1",
+    decode.add_argument("--batch_size", type=str, default="1",
                         help="Prompts decoded together; a comma-separated list (1,2,4,8,16) runs a sweep, one record "
                              "per batch size.")
-    decode.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=128, help="Tokens per prompt.")
+    decode.add_argument("--max_new_tokens", type=int, default=128, help="Tokens per prompt.")
     add_speculative_arguments(decode, auto=True)
     decode.add_argument("--temperature", type=float, default=0.0,
                         help="0 (greedy, the default) checks identical outputs; > 0 measures speculative sampling.")
     decode.add_argument("--repeats", type=int, default=3, help="Timed rounds over all prompts.")
-    decode.add_argument("--against-transformers", "--against_transformers", action="store_true",
+    decode.add_argument("--against_transformers", action="store_true",
                         help="Also time transformers' generate (greedy) on the same weights, exported as a "
                              "LlamaForCausalLM: plain decoding's tokens/s against it, and whether the tokens agree. "
                              "Needs transformers; works for next-token checkpoints too.")
@@ -48,14 +52,14 @@ def add_parser(subcommands) -> None:
     train = new_parser("Training memory and speed in one run: next-token baseline (plain and chunked "
                        "cross-entropy) vs MTP naive, sequential and sequential + chunked, each case in its own "
                        "process, parameter-matched (same n_layer). Prints a table, writes JSON and a PNG plot.")
-    train.add_argument("--vocab-size", "--vocab_size", type=str, default="32000,128000",
+    train.add_argument("--vocab_size", type=str, default="32000,128000",
                        help="Vocabulary sizes, comma-separated.")
-    train.add_argument("--n-future", "--n_future", type=str, default="4", help="MTP head counts, comma-separated.")
-    train.add_argument("--d-model", "--d_model", type=int, default=256, help="Model width.")
-    train.add_argument("--n-layer", "--n_layer", type=int, default=6, help="All layers (trunk + heads).")
-    train.add_argument("--n-head", "--n_head", type=int, default=4, help="Attention heads.")
-    train.add_argument("--batch-size", "--batch_size", type=int, default=4, help="Sequences per step.")
-    train.add_argument("--seq-len", "--seq_len", type=int, default=128, help="Tokens per sequence.")
+    train.add_argument("--n_future", type=str, default="4", help="MTP head counts, comma-separated.")
+    train.add_argument("--d_model", type=int, default=256, help="Model width.")
+    train.add_argument("--n_layer", type=int, default=6, help="All layers (trunk + heads).")
+    train.add_argument("--n_head", type=int, default=4, help="Attention heads.")
+    train.add_argument("--batch_size", type=int, default=4, help="Sequences per step.")
+    train.add_argument("--seq_len", type=int, default=128, help="Tokens per sequence.")
     train.add_argument("--steps", type=int, default=3, help="Timed steps per case (after one warm-up step).")
     train.add_argument("--rounds", type=int, default=1,
                        help="Run every case this many times, alternating, and report each case's median tokens/s "
@@ -75,6 +79,8 @@ def _prompts_from_file(path: str, tokenizer) -> list[list[int]]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise ConfigError(f"cannot read prompt file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"prompt file {path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     prompts = [tokenizer.encode_prompt(line) for line in lines if line.strip()]
     if not prompts:
         raise ConfigError(f"prompt file {path} has no prompts: put one prompt per line")
@@ -85,12 +91,13 @@ def _run_decode(args: Namespace) -> int:
     import numpy as np
 
     from multitoken.bench.decode import bench_decode, format_decode_table
-    from multitoken.data.tokens import resolve_data
     from multitoken.decoding.speculative import check_draft_len
     from multitoken.training.checkpoint import load_model, resolve_checkpoint
     from multitoken.training.runtime import resolve_device
 
     require_positive(args, "num_prompts", "prompt_len", "max_new_tokens", "repeats")
+    if args.temperature < 0:
+        raise ConfigError(f"--temperature must be >= 0 (got {args.temperature}); 0 is greedy")
     batch_sizes = _int_list(args.batch_size, "--batch-size")
     _check_outputs(args.json, args.plot)
     device = resolve_device(args.device)
@@ -111,13 +118,16 @@ def _run_decode(args: Namespace) -> int:
     if args.prompts is not None:
         prompts, source = _prompts_from_file(args.prompts, tokenizer), args.prompts
     else:
-        val = resolve_data(cfg.data, tokenizer)[1].val
+        val = _validation_tokens(cfg, tokenizer, args)
         check_prompt_fits(min(args.prompt_len, len(val)), args.max_new_tokens, context, "--prompt-len")
         starts = np.linspace(0, len(val) - args.prompt_len, args.num_prompts).astype(np.int64)
         prompts = [val[s:s + args.prompt_len].astype(np.int64).tolist() for s in starts]
         source = f"validation split, {args.num_prompts} windows of {args.prompt_len} tokens"
     for i, ids in enumerate(prompts):
         check_prompt_fits(len(ids), args.max_new_tokens, context, f"prompt {i + 1}")
+    if max(batch_sizes) > len(prompts):
+        raise ConfigError(f"--batch-size {max(batch_sizes)} exceeds the {len(prompts)} prompts: give at least as many "
+                          "prompts (--num-prompts, or lines in --prompts) as the largest batch")
     tree = None
     if model.n_future > 1 and args.tree != "auto":
         tree = parse_tree(args.tree, model, args.draft_len)
@@ -159,15 +169,26 @@ def _check_outputs(json_path: str | None, plot_path: str | None) -> None:
             raise ConfigError("--plot needs matplotlib: pip install 'multitoken[bench]'") from None
 
 
+def _validation_tokens(cfg, tokenizer, args):
+    """The validation split of the data the user named (--data), or of the built-in corpus."""
+    from multitoken.data.tokens import resolve_data, user_data_config
+
+    paths = [args.data] if isinstance(args.data, str) else args.data
+    try:
+        data_cfg = user_data_config(cfg.data, paths, "--data")
+    except ConfigError as e:
+        raise ConfigError(f"{e}, or give your own prompts with --prompts FILE") from None
+    return resolve_data(data_cfg, tokenizer)[1].val
+
+
 def _auto_tree(model, cfg, tokenizer, batch_size: int, args, device):
     """--tree auto: the best tree for this batch size from validation windows apart from the benchmark's prompts."""
     import numpy as np
     import torch
 
-    from multitoken.data.tokens import resolve_data
     from multitoken.decoding.auto import choose_tree, head_ranks
 
-    val = resolve_data(cfg.data, tokenizer)[1].val
+    val = _validation_tokens(cfg, tokenizer, args)
     n = 16
     # Offset by half a spacing from the benchmark's windows, so the choice is not fitted to the measured prompts.
     spacing = (len(val) - args.prompt_len) / max(2 * n, 1)

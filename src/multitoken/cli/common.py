@@ -20,6 +20,26 @@ def new_parser(description: str, prog: str | None = None) -> ArgumentParser:
                           env_prefix="MULTITOKEN", default_env=False)
 
 
+def normalize_options(argv: list[str], bool_options: tuple[str, ...] = ()) -> list[str]:
+    """One spelling for every option, whichever the user typed: options are declared with underscores
+    (`--max_new_tokens`, `--model.n_future`) and dashes are accepted for them (`--max-new-tokens`). Settings in
+    bool_options may be given bare (`--resume` for `--resume true`); a value after them is still read as one."""
+    out, options_done = [], False
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            options_done = True
+        if options_done or not arg.startswith("--"):
+            out.append(arg)
+            continue
+        name, eq, value = arg[2:].partition("=")
+        arg = "--" + name.replace("-", "_") + eq + value
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if not eq and arg in bool_options and (nxt is None or nxt.startswith("-")):
+            arg += "=true"
+        out.append(arg)
+    return out
+
+
 def add_command_group(subcommands, name: str, description: str, help: str):
     """A subcommand that holds subcommands (`bench decode`, `tokenizer train`); returns the inner group to add them
     to. jsonargparse needs the outer level registered before the inner one is filled."""

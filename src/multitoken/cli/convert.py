@@ -25,7 +25,7 @@ def add_parser(subcommands) -> None:
     convert.add_argument("--tokenizer", type=str | None, default=None,
                          help="The model's tokenizer (tokenizer.json, tokenizer.model, or a folder with one) when "
                               "SRC has none; default: the one in SRC (for Meta folders, also the folder above).")
-    convert.add_argument("--max-seq-len", "--max_seq_len", type=int | None, default=None,
+    convert.add_argument("--max_seq_len", type=int | None, default=None,
                          help="Context length to use; default: config.json's max_position_embeddings (the sliding "
                               "window for Mistral, if shorter), or 4096 for Meta folders.")
     convert.add_argument("--progress", type=bool, default=True, help="Show a progress bar.")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from jsonargparse import Namespace
 
 from multitoken.cli.common import add_ckpt_argument, add_device_argument, new_parser, print_json
@@ -13,11 +11,12 @@ def add_parser(subcommands) -> None:
     parser = new_parser("Per-head validation loss and top-1 accuracy of a checkpoint, as a table or JSON.")
     add_ckpt_argument(parser)
     parser.add_argument("--data", type=str | list[str] | None, default=None,
-                        help="Text file or folder to evaluate on (all of it); default: the validation split of the "
-                             "data the checkpoint was trained on.")
+                        help="Text file or folder to evaluate on (all of it); the checkpoint's own training data "
+                             "(the same paths) gives its validation split. Default: the built-in corpus's validation "
+                             "split, for checkpoints trained on it.")
     parser.add_argument("--batches", type=int | None, default=None,
                         help="Batches of windows to evaluate, spread over the data; default: the run's eval_batches.")
-    parser.add_argument("--batch-size", "--batch_size", type=int | None, default=None,
+    parser.add_argument("--batch_size", type=int | None, default=None,
                         help="Windows per batch; default: the run's batch_size.")
     parser.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
     add_device_argument(parser)
@@ -26,8 +25,8 @@ def add_parser(subcommands) -> None:
 
 def run(args: Namespace) -> int:
     from multitoken.data.batches import eval_batches
-    from multitoken.data.tokens import resolve_data
-    from multitoken.errors import ConfigError
+    from multitoken.data.tokens import resolve_data, user_data_config
+    from multitoken.errors import ConfigError, DataError
     from multitoken.training.checkpoint import load_model, resolve_checkpoint
     from multitoken.training.evaluate import evaluate, format_eval_table
     from multitoken.training.runtime import resolve_device
@@ -35,18 +34,22 @@ def run(args: Namespace) -> int:
     device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.ckpt)
     model, cfg, tokenizer = load_model(ckpt, device)
-    batch_size = args.batch_size or cfg.batch_size
-    num_batches = args.batches or cfg.eval_batches
+    batch_size = cfg.batch_size if args.batch_size is None else args.batch_size
+    num_batches = cfg.eval_batches if args.batches is None else args.batches
     if batch_size < 1 or num_batches < 1:
-        raise ConfigError("--batch-size and --batches must be at least 1")
+        raise ConfigError(f"--batch-size and --batches must be at least 1 (got {batch_size} and {num_batches})")
     window = min(cfg.window_tokens, model.config.max_seq_len) + model.n_future
-    if args.data is None:
-        batches = eval_batches(resolve_data(cfg.data, tokenizer)[1].val, batch_size, window, num_batches)
+    paths = [args.data] if isinstance(args.data, str) else args.data
+    data_cfg = user_data_config(cfg.data, paths, "--data")
+    if data_cfg.path == cfg.data.path:  # the data it was trained on: its validation split
+        batches = eval_batches(resolve_data(data_cfg, tokenizer)[1].val, batch_size, window, num_batches)
         source = "validation split of the training data"
     else:  # the user's files, all of them: windows from both sides of the cache's split, in proportion to their size
-        data = resolve_data(dataclasses.replace(cfg.data, path=args.data), tokenizer)[1]
+        data = resolve_data(data_cfg, tokenizer)[1]
         parts = [part for part in (data.train, data.val) if len(part) >= window] or [data.train]
         total = sum(len(part) for part in parts)
+        if total == 0:
+            raise DataError(f"--data {' '.join(map(str, args.data))} holds no text to evaluate on")
         batches = [batch for part in parts for batch in
                    eval_batches(part, batch_size, window, max(1, round(num_batches * len(part) / total)))]
         source = str(args.data)

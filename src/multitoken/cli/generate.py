@@ -13,16 +13,16 @@ from multitoken.errors import ConfigError
 
 
 def add_sampling_arguments(parser) -> None:
-    parser.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=200, help="Tokens to generate.")
+    parser.add_argument("--max_new_tokens", type=int, default=200, help="Tokens to generate.")
     parser.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature; 0 is greedy.")
-    parser.add_argument("--top-k", "--top_k", type=int | None, default=None, help="Sample among the k most likely.")
-    parser.add_argument("--top-p", "--top_p", type=float | None, default=0.9,
+    parser.add_argument("--top_k", type=int | None, default=None, help="Sample among the k most likely.")
+    parser.add_argument("--top_p", type=float | None, default=0.9,
                         help="Nucleus sampling: keep the most likely tokens covering this probability; null for all.")
     parser.add_argument("--seed", type=int, default=0, help="Seed for sampling (same seed, same output).")
 
 
 def add_speculative_arguments(parser, auto: bool = False) -> None:
-    parser.add_argument("--draft-len", "--draft_len", type=int | None, default=None,
+    parser.add_argument("--draft_len", type=int | None, default=None,
                         help="Tokens drafted per step by heads 2..k+1 (1..n_future-1); default n_future - 1.")
     parser.add_argument("--tree", type=str, default="chain",
                         help="Draft tree verified per step (greedy): 'chain' (each head's top guess, k drafts), "
@@ -58,6 +58,18 @@ def check_sampling(args: Namespace) -> None:
         raise ConfigError(f"--top-k must be at least 1 (got {args.top_k})")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p must be in (0, 1] (got {args.top_p})")
+    seed = getattr(args, "seed", 0)
+    if not 0 <= seed < 2 ** 63:
+        raise ConfigError(f"--seed must be in [0, 2**63) (got {seed})")
+
+
+def check_text(text: str, what: str) -> str:
+    """Text from the command line arrives with undecodable bytes smuggled in as surrogates: refuse it by name."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{what} is not valid UTF-8 text: pass it in UTF-8 (check the terminal's encoding)") from None
+    return text
 
 
 def check_prompt_fits(n_tokens: int, max_new_tokens: int, context: int, what: str = "the prompt") -> None:
@@ -96,7 +108,7 @@ def run(args: Namespace) -> int:
     model, _, tokenizer = load_model(args.ckpt, device)
     k = check_draft_len(model, args.draft_len) if args.speculative else None
     tree = parse_tree(args.tree, model, args.draft_len) if args.speculative else None
-    ids = tokenizer.encode_prompt(args.prompt)  # with the model's beginning-of-text token, where it has one
+    ids = tokenizer.encode_prompt(check_text(args.prompt, "--prompt"))  # with the model's beginning-of-text token, where it has one
     check_prompt_fits(len(ids), args.max_new_tokens, model.config.max_seq_len)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     prompt = torch.tensor([ids], device=device)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from jsonargparse import Namespace
 
 from multitoken.cli.common import add_ckpt_argument, new_parser, print_json
@@ -22,11 +20,11 @@ def run(args: Namespace) -> int:
     from multitoken.config import to_dict
     from multitoken.data.tokenizer import load_tokenizer
     from multitoken.model import MTPModel
-    from multitoken.training.checkpoint import read_train_config, resolve_checkpoint
+    from multitoken.training.checkpoint import read_meta, resolve_checkpoint, verified_train_config
 
     ckpt = resolve_checkpoint(args.ckpt)
-    cfg = read_train_config(ckpt)
-    meta = json.loads((ckpt / "meta.json").read_text())
+    cfg = verified_train_config(ckpt)  # the weights' shapes agree with it, so the counts below are the weights'
+    meta = read_meta(ckpt)
     tokenizer = load_tokenizer(ckpt)  # the checkpoint's own: data.tokenizer may say 'bytes' for prepared BPE data
     with torch.device("meta"):  # shapes only: counting parameters needs no memory and no weights
         counts = MTPModel(cfg.model).num_params()

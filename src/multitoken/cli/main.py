@@ -10,7 +10,7 @@ import sys
 import warnings
 
 from multitoken.cli import bench, convert, evaluate, export, generate, info, prepare, tokenizer, train
-from multitoken.cli.common import new_parser
+from multitoken.cli.common import new_parser, normalize_options
 
 COMMANDS = {"train": train, "generate": generate, "eval": evaluate, "info": info, "bench": bench, "prepare": prepare,
             "tokenizer": tokenizer, "convert": convert, "export": export}
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         parser = build_parser()
-        args = parser.parse_args(train.normalize_argv(argv) if argv[:1] == ["train"] else argv)
+        args = parser.parse_args(train.normalize_argv(argv) if argv[:1] == ["train"] else normalize_options(argv))
         return COMMANDS[args.command].run(args[args.command])
     except ArgumentError as e:
         if debug:

@@ -21,17 +21,17 @@ def add_parser(subcommands) -> None:
     parser.add_argument("--tokenizer", type=str, default="bytes",
                         help="'bytes', or a tokenizer folder / tokenizer.json (`multitoken tokenizer train`).")
     parser.add_argument("--out", type=str, required=True, help="Output folder (new, empty, or an earlier prepare).")
-    parser.add_argument("--val-fraction", "--val_fraction", type=float, default=0.02,
+    parser.add_argument("--val_fraction", type=float, default=0.02,
                         help="Share of documents held out for validation (by a hash of each document's name).")
     parser.add_argument("--workers", type=int | None, default=None,
                         help="Worker processes; default: one per CPU core.")
-    parser.add_argument("--jsonl-field", "--jsonl_field", type=str, default="text", help="JSONL field with the text.")
-    parser.add_argument("--parquet-column", "--parquet_column", type=str, default="text",
+    parser.add_argument("--jsonl_field", type=str, default="text", help="JSONL field with the text.")
+    parser.add_argument("--parquet_column", type=str, default="text",
                         help="Parquet column with the text.")
-    parser.add_argument("--shard-tokens", "--shard_tokens", type=int, default=1 << 27,
+    parser.add_argument("--shard_tokens", type=int, default=1 << 27,
                         help="Most tokens in one shard file.")
-    parser.add_argument("--dtype", type=Literal["auto", "uint16", "uint32"], default="auto",
-                        help="Token id type on disk; auto: uint16 when the vocabulary fits, else uint32.")
+    parser.add_argument("--dtype", type=Literal["auto", "uint8", "uint16", "uint32"], default="auto",
+                        help="Token id type on disk; auto: the narrowest that holds the vocabulary (uint8 for bytes, uint16, uint32).")
     subcommands.add_subcommand("prepare", parser, help="Tokenize a corpus into shards for training.")
 
 

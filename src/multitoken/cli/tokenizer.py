@@ -22,15 +22,15 @@ def add_parser(subcommands) -> None:
                        "<|endoftext|> as id 0, streaming over text files and folders, .jsonl and .parquet files. "
                        "Writes OUT/tokenizer.json and OUT/tokenizer_config.json; use it as --tokenizer OUT.")
     train.add_argument("--data", type=str, nargs="+", required=True, help="Files and folders to train on.")
-    train.add_argument("--vocab-size", "--vocab_size", type=int, required=True,
+    train.add_argument("--vocab_size", type=int, required=True,
                        help="Vocabulary size, including the 256 bytes and <|endoftext|>.")
     train.add_argument("--out", type=str, required=True, help="Folder to write the tokenizer into.")
-    train.add_argument("--min-frequency", "--min_frequency", type=int, default=2,
+    train.add_argument("--min_frequency", type=int, default=2,
                        help="Merge only pairs seen at least this often.")
-    train.add_argument("--max-bytes", "--max_bytes", type=int | None, default=None,
+    train.add_argument("--max_bytes", type=int | None, default=None,
                        help="Train on about the first this many bytes of text; default: all of it.")
-    train.add_argument("--jsonl-field", "--jsonl_field", type=str, default="text", help="JSONL field with the text.")
-    train.add_argument("--parquet-column", "--parquet_column", type=str, default="text",
+    train.add_argument("--jsonl_field", type=str, default="text", help="JSONL field with the text.")
+    train.add_argument("--parquet_column", type=str, default="text",
                        help="Parquet column with the text.")
     inner.add_subcommand("train", train, help="Train a byte-level BPE tokenizer.")
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+
 from jsonargparse import ActionConfigFile, Namespace
 
-from multitoken.cli.common import new_parser
+from multitoken.cli.common import new_parser, normalize_options
 from multitoken.config import TrainConfig, from_dict
 
 DESCRIPTION = """Train a multi-token prediction model. With no arguments: the built-in default run, a byte-level
@@ -13,7 +16,21 @@ runs/default. Settings come from the defaults, then --config FILE.yaml, then dot
 --model.n_future 2 --optim.lr 3e-4 --max_steps 100, in that order. Train on your own text with --data PATH
 (short for --data.path: a file, a folder, or a list '[a, b]'); continue a stopped run with --resume."""
 
-BOOL_FLAGS = ("--resume", "--compile", "--progress")
+
+def _bool_options(cls: type = TrainConfig, prefix: str = "--") -> tuple[str, ...]:
+    """Every setting that takes true/false (nested ones too, e.g. --data.mask_documents): usable as a bare flag."""
+    hints = typing.get_type_hints(cls)
+    found: list[str] = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            found += _bool_options(hint, f"{prefix}{f.name}.")
+        elif hint is bool or bool in typing.get_args(hint):
+            found.append(prefix + f.name)
+    return tuple(found)
+
+
+BOOL_OPTIONS = _bool_options()
 
 
 def add_parser(subcommands) -> None:
@@ -24,19 +41,11 @@ def add_parser(subcommands) -> None:
 
 
 def normalize_argv(argv: list[str]) -> list[str]:
-    """Shorthands users expect: boolean settings given bare (`--resume` for `--resume true`), dashes for underscores
-    (`--init-from`), and `--data PATH` for `--data.path PATH` (jsonargparse would otherwise read `--data` as a YAML
-    file for the data group)."""
+    """train's own shorthand on top of the shared spellings (see cli/common.py): `--data PATH` for `--data.path PATH`
+    (jsonargparse would otherwise read `--data` as a YAML file for the data group)."""
     out = []
-    for i, arg in enumerate(argv):
-        nxt = argv[i + 1] if i + 1 < len(argv) else None
-        bare = nxt is None or nxt.startswith("-")
-        if arg.startswith("--") and "-" in arg[2:].split("=")[0]:  # --init-from reads as --init_from
-            name, eq, value = arg[2:].partition("=")
-            arg = "--" + name.replace("-", "_") + eq + value
-        if arg in BOOL_FLAGS and bare:
-            arg = f"{arg}=true"
-        elif arg == "--data":
+    for arg in normalize_options(argv, BOOL_OPTIONS):
+        if arg == "--data":
             arg = "--data.path"
         elif arg.startswith("--data="):
             arg = "--data.path=" + arg.removeprefix("--data=")

@@ -18,6 +18,7 @@ from multitoken.data.tokenizer import EOT_TOKEN, BPETokenizer, require_tokenizer
 from multitoken.errors import ConfigError, DataError
 
 MIN_VOCAB_SIZE = 257  # the 256 bytes and <|endoftext|>
+MAX_VOCAB_SIZE = 1 << 20  # 4x the largest vocabularies in use; far above it the trainer aborts, out of memory
 
 
 @dataclass
@@ -47,6 +48,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> 
     """A byte-level BPE of at most vocab_size tokens (fewer when the text has no more pairs to merge)."""
     if vocab_size < MIN_VOCAB_SIZE:
         raise ConfigError(f"--vocab-size must be at least {MIN_VOCAB_SIZE} (256 bytes + {EOT_TOKEN}), got {vocab_size}")
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise ConfigError(f"--vocab-size must be at most {MAX_VOCAB_SIZE:,} (got {vocab_size:,}): real vocabularies "
+                          "stay under 300k")
     if min_frequency < 1:
         raise ConfigError(f"--min-frequency must be at least 1 (got {min_frequency})")
     tk = require_tokenizers()

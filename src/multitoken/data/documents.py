@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from multitoken.data.corpus import _is_text, _walk  # the folder walk and text sniffing shared with the plain cache
+from multitoken.data.corpus import _is_text, _walk, default_corpus_root
 from multitoken.errors import ConfigError, DataError
 
 SEGMENT_BYTES = 1 << 16  # a segment is tokenized as one string: large enough to amortize calls, small for memory
@@ -76,6 +76,12 @@ def _source(path: Path, key: str) -> Source:
     return Source(path, key, _kind(path), st.st_size, st.st_mtime_ns)
 
 
+def default_corpus_sources() -> list[Source]:
+    """The built-in default corpus: every .py file of this Python's standard library, named relative to it."""
+    root = default_corpus_root()
+    return [_source(p, p.relative_to(root).as_posix()) for p in _walk(root, "*.py")]
+
+
 def find_document_sources(paths: list[str]) -> list[Source]:
     """Files and folders to sources. In a folder: every .jsonl and .parquet file, and every other text file. A file
     named twice (directly, or in two folders given) is read once."""
@@ -89,6 +95,9 @@ def find_document_sources(paths: list[str]) -> list[Source]:
             if not found:
                 raise DataError(f"no text, .jsonl or .parquet files found under {path}: point --data at your data")
             sources += [_source(p, p.relative_to(path).as_posix()) for p in found]
+        elif path.exists():
+            raise DataError(f"data path {path} is not a regular file or folder: give text, .jsonl or .parquet files "
+                            "or folders")
         else:
             raise DataError(f"data path {path} does not exist: check the paths given to --data")
     unique = []

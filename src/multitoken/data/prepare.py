@@ -2,7 +2,7 @@
 
     OUT/manifest.json                   what was prepared from what (written last: its presence means complete)
     OUT/tokenizer/                      the tokenizer (tokenizer_config.json, and tokenizer.json for BPE)
-    OUT/train/shard_000000_000.bin      token ids (uint16 or uint32), an end-of-text id after every document
+    OUT/train/shard_000000_000.bin      token ids (uint8, uint16 or uint32), an end-of-text id after every document
     OUT/val/shard_000000_000.bin        ...
     OUT/.units/unit_000000.json         per-unit records, for resuming
 
@@ -10,7 +10,11 @@ The input is cut into units of about `unit_bytes` (16 MiB: small files packed to
 see documents.py for where cuts may fall). Units are planned from the input alone, so their shards, and the order
 they are read in, are the same for any number of workers. Each document goes to validation when a hash of its name
 (the file's relative path; for JSONL `path@byte-offset`, for Parquet `path#row`) falls below val_fraction, the rule of
-corpus.is_validation. Workers are processes; each tokenizes whole units, streaming, and writes its own shards.
+corpus.is_validation; where that leaves a split empty (one file, a handful of documents), the tail of the token stream
+is held out instead, so neither split is ever empty. Workers are processes; each tokenizes whole units, streaming,
+and writes its own shards.
+
+This is the only writer of token data: `train --data FOLDER` prepares into a cache folder through it too.
 """
 
 from __future__ import annotations
@@ -74,14 +78,16 @@ class PrepareResult:
 
 
 def resolve_dtype(choice: str, vocab_size: int) -> str:
-    """uint16 when every token id fits, else uint32; a forced uint16 must fit."""
+    """The narrowest of uint8 (byte-level data), uint16 and uint32 that holds every token id; a forced one must fit."""
+    limits = {"uint8": 2**8, "uint16": 2**16, "uint32": 2**32}
+    narrowest = next(name for name, limit in limits.items() if vocab_size <= limit)
     if choice == "auto":
-        return "uint16" if vocab_size <= 2**16 else "uint32"
-    if choice == "uint16" and vocab_size > 2**16:
-        raise ConfigError(f"--dtype uint16 cannot hold token ids up to {vocab_size - 1} (vocabulary {vocab_size}): "
-                          "use --dtype uint32 or auto")
-    if choice not in ("uint16", "uint32"):
-        raise ConfigError(f"--dtype must be auto, uint16 or uint32 (got {choice!r})")
+        return narrowest
+    if choice not in limits:
+        raise ConfigError(f"--dtype must be auto, uint8, uint16 or uint32 (got {choice!r})")
+    if vocab_size > limits[choice]:
+        raise ConfigError(f"--dtype {choice} cannot hold token ids up to {vocab_size - 1} (vocabulary {vocab_size}): "
+                          f"use --dtype {narrowest} or auto")
     return choice
 
 
@@ -240,6 +246,7 @@ def _manifest(out: Path, plan_key: str, sources: list[Source], units: list[Unit]
             for key in ("documents", "tokens"):
                 splits[s][key] += record["splits"][s][key]
             splits[s]["shards"] += record["splits"][s]["shards"]
+    hold_out_tail(splits, settings.val_fraction)
     return {
         "format": "multitoken-prepared", "version": VERSION, "plan": plan_key,
         "tokenizer": {"kind": tokenizer.kind, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
@@ -254,6 +261,38 @@ def _manifest(out: Path, plan_key: str, sources: list[Source], units: list[Unit]
     }
 
 
+def _cut_shards(shards: list[dict], cut: int) -> tuple[list[dict], list[dict]]:
+    """A split's shards as the first `cut` tokens and the rest; a shard straddling the cut is shared, each side
+    naming its own range of the file."""
+    head, tail, pos = [], [], 0
+    for shard in shards:
+        n = shard["tokens"]
+        if pos + n <= cut:
+            head.append(shard)
+        elif pos >= cut:
+            tail.append(shard)
+        else:
+            k, start, whole = cut - pos, shard.get("start", 0), shard.get("file_tokens", n)
+            head.append({**shard, "tokens": k, "file_tokens": whole})
+            tail.append({**shard, "start": start + k, "tokens": n - k, "file_tokens": whole})
+        pos += n
+    return head, tail
+
+
+def hold_out_tail(splits: dict, val_fraction: float) -> None:
+    """The split rule's guarantee: where hashing names left one split empty, cut the other's token stream, the last
+    val_fraction of it (at least one token) to validation. In place; a no-op when both splits hold tokens."""
+    train, val = splits["train"], splits["val"]
+    total = train["tokens"] + val["tokens"]
+    if (train["tokens"] and val["tokens"]) or total < 2:
+        return
+    side = train if train["tokens"] else val
+    cut = min(max(int(total * (1 - val_fraction)), 1), total - 1)
+    head, tail = _cut_shards(side["shards"], cut)
+    splits["train"] = {"documents": side["documents"], "tokens": cut, "shards": head}
+    splits["val"] = {"documents": 0, "tokens": total - cut, "shards": tail, "held_out_tail": True}
+
+
 def read_manifest(out: Path) -> dict | None:
     try:
         return json.loads((Path(out) / MANIFEST).read_text())
@@ -264,11 +303,17 @@ def read_manifest(out: Path) -> dict | None:
 def prepare(paths: list[str], tokenizer: Tokenizer, out: str | Path, options: PrepareOptions = PrepareOptions()
             ) -> PrepareResult:
     """Tokenize the files and folders in `paths` into OUT. Finished units are kept; a finished OUT is left as it is."""
+    return prepare_sources(find_document_sources(paths), tokenizer, out, options)
+
+
+def prepare_sources(sources: list[Source], tokenizer: Tokenizer, out: str | Path,
+                    options: PrepareOptions = PrepareOptions()) -> PrepareResult:
+    """`prepare` for sources already found (the built-in corpus names its own)."""
     start = time.perf_counter()
     out = Path(out).expanduser()
     dtype = resolve_dtype(options.dtype, tokenizer.vocab_size)
     # Never read our own output (--out inside a --data folder): its manifest and tokenizer.json are text files.
-    sources = [s for s in find_document_sources(paths) if not s.path.resolve().is_relative_to(out.resolve())]
+    sources = [s for s in sources if not s.path.resolve().is_relative_to(out.resolve())]
     if not sources:
         raise DataError(f"no input files outside --out {out}: point --data at your data")
     check_sources(sources, options.parquet_column)

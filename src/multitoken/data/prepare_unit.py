@@ -54,10 +54,12 @@ def unit_record_path(out: Path, index: int) -> Path:
 
 
 def shards_intact(out: Path, shards: list[dict], itemsize: int) -> bool:
-    """Every listed shard is there with exactly its recorded number of tokens."""
+    """Every listed shard is there with exactly its recorded number of tokens. A shard entry may name a range of its
+    file ("start", "tokens") when the two splits share a file (see prepare.hold_out_tail); "file_tokens" is then the
+    whole file's."""
     for shard in shards:
         try:
-            if (out / shard["file"]).stat().st_size != shard["tokens"] * itemsize:
+            if (out / shard["file"]).stat().st_size != shard.get("file_tokens", shard["tokens"]) * itemsize:
                 return False
         except OSError:
             return False

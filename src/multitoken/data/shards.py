@@ -9,24 +9,38 @@ holds thousands of file handles.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from multitoken.data.prepare import MANIFEST, TOKENIZER_DIR, UNITS_DIR, read_manifest
 from multitoken.data.tokenizer import Tokenizer, load_tokenizer
-from multitoken.data.tokens import TokenData
 from multitoken.errors import CheckpointError, ConfigError, DataError
 
 _OPEN_SHARDS = 64
 
 
-class ShardedTokens:
-    """Read-only concatenation of shard files of one dtype; `lengths` are their token counts."""
+@dataclass
+class TokenData:
+    """Both splits of a prepared folder, each a flat token sequence with an end-of-text id after every document."""
 
-    def __init__(self, paths: list[Path], lengths: list[int], dtype: np.dtype | str):
+    train: ShardedTokens
+    val: ShardedTokens
+    meta: dict
+
+
+class ShardedTokens:
+    """Read-only concatenation of shard files of one dtype; `lengths` are their token counts, `starts` (default 0)
+    where in its file each shard's tokens begin."""
+
+    def __init__(self, paths: list[Path], lengths: list[int], dtype: np.dtype | str, vocab_size: int | None = None,
+                 starts: list[int] | None = None):
         self.paths = [Path(p) for p in paths]
         self.dtype = np.dtype(dtype)
+        self.starts = list(starts) if starts is not None else [0] * len(self.paths)
+        self.vocab_size = vocab_size  # when given, each shard is checked to hold only ids below it when first opened
+        self._checked: set[int] = set()
         self.offsets = np.concatenate([[0], np.cumsum(np.asarray(lengths, dtype=np.int64))]).astype(np.int64)
         self._open: OrderedDict[int, np.memmap] = OrderedDict()
 
@@ -42,8 +56,12 @@ class ShardedTokens:
         else:
             if len(self._open) >= _OPEN_SHARDS:
                 self._open.popitem(last=False)
-            self._open[i] = np.memmap(self.paths[i], dtype=self.dtype, mode="r",
-                                      shape=(int(self.offsets[i + 1] - self.offsets[i]),))
+            shard = np.memmap(self.paths[i], dtype=self.dtype, mode="r", offset=self.starts[i] * self.dtype.itemsize,
+                              shape=(int(self.offsets[i + 1] - self.offsets[i]),))
+            if self.vocab_size is not None and i not in self._checked:
+                check_token_ids(shard, self.vocab_size, self.paths[i])
+                self._checked.add(i)
+            self._open[i] = shard
         return self._open[i]
 
     def __getitem__(self, index):
@@ -81,15 +99,35 @@ class ShardedTokens:
         return f"ShardedTokens({len(self):,} tokens in {len(self.paths)} shards, {self.dtype.name})"
 
 
-def _split(directory: Path, manifest: dict, split: str) -> ShardedTokens:
+def check_token_ids(tokens: np.ndarray, vocab_size: int, path: Path) -> None:
+    """Token data must hold only ids the tokenizer has: an id beyond it would index past the embedding table."""
+    if len(tokens) and int(tokens.max()) >= vocab_size:
+        raise DataError(f"{path} holds token id {int(tokens.max())}, but its tokenizer has {vocab_size} tokens: the "
+                        "data is damaged or was made with another tokenizer; prepare it again")
+
+
+def _shard_path(directory: Path, name: object) -> Path:
+    """A shard named by a manifest, which must lie inside the prepared folder: a downloaded folder's manifest must not
+    make train or eval read other files (`../x`, absolute paths, links out of the folder)."""
+    path = directory / str(name)
+    if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts or \
+            not path.resolve().is_relative_to(directory.resolve()):
+        raise DataError(f"{directory / MANIFEST} names shard {name!r}, outside {directory}: the folder is damaged or "
+                        "not from `multitoken prepare`; prepare the data again")
+    return path
+
+
+def _split(directory: Path, manifest: dict, split: str, vocab_size: int) -> ShardedTokens:
     shards = manifest["splits"][split]["shards"]
     dtype = np.dtype(manifest["dtype"])
-    paths, lengths = [directory / s["file"] for s in shards], [s["tokens"] for s in shards]
-    for path, tokens in zip(paths, lengths):
-        if not path.is_file() or path.stat().st_size != tokens * dtype.itemsize:
+    paths, lengths = [_shard_path(directory, s["file"]) for s in shards], [int(s["tokens"]) for s in shards]
+    starts = [int(s.get("start", 0)) for s in shards]
+    for path, shard, start, tokens in zip(paths, shards, starts, lengths):
+        whole = int(shard.get("file_tokens", tokens))
+        if not path.is_file() or path.stat().st_size != whole * dtype.itemsize or not 0 <= start <= whole - tokens:
             raise DataError(f"shard {path} is missing or truncated: rerun the same `multitoken prepare` command to "
                             "repair it")
-    return ShardedTokens(paths, lengths, dtype)
+    return ShardedTokens(paths, lengths, dtype, vocab_size, starts)
 
 
 def is_prepared(directory: str | Path) -> bool:
@@ -114,7 +152,8 @@ def open_prepared(directory: str | Path) -> tuple[Tokenizer, TokenData]:
         if tokenizer.fingerprint != manifest["tokenizer"]["fingerprint"]:
             raise DataError(f"{directory / TOKENIZER_DIR} is not the tokenizer {directory} was prepared with: "
                             "prepare the data again")
-        train, val = _split(directory, manifest, "train"), _split(directory, manifest, "val")
+        train = _split(directory, manifest, "train", tokenizer.vocab_size)
+        val = _split(directory, manifest, "val", tokenizer.vocab_size)
     except (KeyError, TypeError):
         raise DataError(f"{directory / MANIFEST} is damaged: prepare the data again") from None
     meta = {"prepared": True, "directory": str(directory), "tokenizer": tokenizer.kind, "dtype": manifest["dtype"],

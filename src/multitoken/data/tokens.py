@@ -1,42 +1,31 @@
-"""Tokenized corpora cached as flat numpy memmaps: `train.bin` and `val.bin`, documents separated by an end-of-text id.
+"""Token data for training and evaluation: a prepared folder, or text files prepared into a cache on first use.
 
-The cache is keyed on the tokenizer (its fingerprint), the split and every source file's path, size and modification
-time, so a changed corpus is re-tokenized and an unchanged one is opened instantly. A cache is built under a temporary
-name and renamed into place: an interrupted build never leaves a half-written cache behind. Files are read in bounded
-segments (documents.py), so a BPE tokenizer never sees a whole large file at once.
-
-This is the zero-setup path for a folder of text. Large corpora, JSONL and Parquet go through `multitoken prepare`;
-`resolve_data` picks whichever the config points at.
+`multitoken prepare` is the one writer of token data. `train --data FOLDER` (and the built-in corpus) go through it
+too, into `$MULTITOKEN_CACHE/tokens/<key>/`, keyed on the tokenizer, the split and the sources' paths: the first run
+tokenizes, later ones find the folder up to date (prepare compares sizes and modification times, and re-tokenizes only
+the units whose files changed), and a damaged one (a shard truncated by a full disk, say) is repaired the same way.
+Whatever prepared it, the data is opened by one reader (shards.open_prepared), which checks every shard's size and,
+as shards are first read, that their token ids fit the tokenizer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from multitoken.config import DataConfig
-from multitoken.data.corpus import SourceFile, find_sources, split_sources
-from multitoken.data.documents import Piece, Source, read_segments
+from multitoken.data.documents import default_corpus_sources, find_document_sources
+from multitoken.data.prepare import PrepareOptions, prepare_sources
+from multitoken.data.shards import TokenData, is_prepared, open_prepared
 from multitoken.data.tokenizer import ByteTokenizer, Tokenizer, build_tokenizer
 from multitoken.errors import ConfigError, DataError
+from multitoken.files import file_lock
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 1: flat train.bin/val.bin caches of their own format; 2: prepared folders
 BYTES_EOT = ByteTokenizer.eot_id  # NUL separates byte-level documents (see ByteTokenizer)
-
-
-@dataclass
-class TokenData:
-    train: np.ndarray  # 1-D memmap of token ids
-    val: np.ndarray
-    meta: dict
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -44,86 +33,31 @@ def cache_root(cfg: DataConfig) -> Path:
     return Path(root).expanduser() / "tokens"
 
 
-def _cache_key(sources: list[SourceFile], tokenizer: Tokenizer, cfg: DataConfig) -> str:
-    h = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "tokenizer": tokenizer.kind,
-                                   "fingerprint": tokenizer.fingerprint, "val_fraction": cfg.val_fraction}).encode())
-    for s in sources:
-        st = s.path.stat()
-        h.update(f"{s.key}\0{s.path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
-    return h.hexdigest()[:20]
-
-
-def _file_tokens(source: SourceFile, tokenizer: Tokenizer) -> Iterator[np.ndarray]:
-    """One file's tokens, tokenized 256 kB at a time in segments cut so that the tokens are exactly those
-    of the whole file (see documents.py)."""
-    st = source.path.stat()
-    whole = Piece(Source(source.path, source.key, "text", st.st_size, st.st_mtime_ns), 0, st.st_size, st.st_size)
-    batch, size = [], 0
-    for segment in read_segments(whole):
-        batch.append(segment.text)
-        size += len(segment.text)
-        if size >= 1 << 18:  # the tokenizer's working memory is ~100x the text it is given
-            yield from tokenizer.encode_batch(batch)
-            batch, size = [], 0
-    if batch:
-        yield from tokenizer.encode_batch(batch)
-
-
-def _write_split(path: Path, sources: list[SourceFile], tokenizer: Tokenizer) -> int:
-    count = 0
-    eot = np.array([tokenizer.eot_id], dtype=tokenizer.dtype)
-    with path.open("wb") as f:
-        for s in sources:
-            before = count
-            for ids in _file_tokens(s, tokenizer):
-                f.write(ids.astype(tokenizer.dtype, copy=False).tobytes())
-                count += ids.size
-            if count > before:  # an empty file is no document
-                f.write(eot.tobytes())
-                count += 1
-    return count
-
-
-def _build(directory: Path, sources: list[SourceFile], tokenizer: Tokenizer, cfg: DataConfig) -> None:
-    train_files, val_files = split_sources(sources, cfg.val_fraction)
-    counts = {"train": _write_split(directory / "train.bin", train_files, tokenizer),
-              "val": _write_split(directory / "val.bin", val_files, tokenizer)}
-    if not val_files:  # a single file: hold out its tail instead, so there is still something to validate on
-        whole = np.fromfile(directory / "train.bin", dtype=tokenizer.dtype)
-        cut = int(len(whole) * (1 - cfg.val_fraction))
-        whole[:cut].tofile(directory / "train.bin")
-        whole[cut:].tofile(directory / "val.bin")
-        counts = {"train": cut, "val": len(whole) - cut}
-    meta = {"version": CACHE_VERSION, "tokenizer": tokenizer.kind, "dtype": np.dtype(tokenizer.dtype).name,
-            "eot_id": int(tokenizer.eot_id),
-            "files": {"train": len(train_files), "val": len(val_files)}, "tokens": counts,
-            "val_files": [s.key for s in val_files]}
-    (directory / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-
-
 def load_tokens(cfg: DataConfig, tokenizer: Tokenizer) -> TokenData:
-    """Tokenize cfg's corpus into the cache (once) and open both splits as read-only memmaps."""
-    sources = find_sources(cfg.path)
+    """cfg's text (or the built-in corpus) prepared into the cache, once, and opened."""
+    sources = default_corpus_sources() if cfg.path is None else find_document_sources(cfg.path)
     if not sources:
         raise DataError("no source files found for the default corpus: pass --data.path with your own text")
-    directory = cache_root(cfg) / _cache_key(sources, tokenizer, cfg)
-    if not (directory / "meta.json").exists():
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".tmp-", dir=directory.parent))
-        try:
-            _build(tmp, sources, tokenizer, cfg)
-            try:
-                os.rename(tmp, directory)
-            except OSError:  # another process finished the same cache first; theirs is as good as ours
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    meta = json.loads((directory / "meta.json").read_text())
-    dtype = np.dtype(meta["dtype"])
-    open_split = lambda name: (np.memmap(directory / f"{name}.bin", dtype=dtype, mode="r")  # noqa: E731
-                               if meta["tokens"][name] else np.zeros(0, dtype=dtype))
-    return TokenData(train=open_split("train"), val=open_split("val"), meta={**meta, "cache": str(directory)})
+    key = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "tokenizer": tokenizer.fingerprint,
+                                     "val_fraction": cfg.val_fraction,
+                                     "sources": [str(s.path.resolve()) for s in sources]}).encode())
+    out = cache_root(cfg) / key.hexdigest()[:20]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Ranks of one job, or two runs on the same text, prepare it once: the others wait, then find it up to date.
+    with file_lock(out.parent / f".{out.name}.lock"):
+        prepare_sources(sources, tokenizer, out, PrepareOptions(val_fraction=cfg.val_fraction))
+    return open_prepared(out)[1]
+
+
+def user_data_config(saved: DataConfig, paths: list[str] | None, flag: str) -> DataConfig:
+    """The data `eval` and `bench` read for a checkpoint: the paths the user gave, or the built-in corpus where the
+    checkpoint was trained on it. Paths, tokenizers and cache folders written inside a checkpoint's config.yaml are
+    never followed: a downloaded checkpoint must not choose which local files are read or where copies are written.
+    The split rule (val_fraction) is kept, so the training data named again gives the same validation split."""
+    if paths is None and saved.path is not None:
+        raise ConfigError(f"this checkpoint was trained on {' '.join(saved.path)}; multitoken does not read paths "
+                          f"named inside a checkpoint: pass {flag} {' '.join(saved.path)} to use that data")
+    return dataclasses.replace(saved, path=paths, cache_dir=None, tokenizer="bytes")
 
 
 def resolve_data(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> tuple[Tokenizer, TokenData]:
@@ -133,8 +67,6 @@ def resolve_data(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> tuple[T
     tokenizer: the one the data must be read with (a checkpoint's, for `eval`): text is tokenized with it, and
     prepared data made with another tokenizer is refused.
     """
-    from multitoken.data.shards import is_prepared, open_prepared
-
     if cfg.path is not None and len(cfg.path) == 1 and is_prepared(Path(cfg.path[0]).expanduser()):
         prepared, data = open_prepared(cfg.path[0])
         if tokenizer is not None and tokenizer.fingerprint != prepared.fingerprint:

@@ -17,6 +17,7 @@ from multitoken.config import TrainConfig, to_dict
 from multitoken.interop.folders import check_new_folder, new_folder
 from multitoken.interop.source import ImportedModel, read_model_folder
 from multitoken.interop.tensors import write_safetensors
+from multitoken.training.checkpoint import weights_metadata
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Windows used by `eval` and as the finetuning default: a long-context model's whole context is rarely what a
@@ -41,7 +42,7 @@ def convert(src: str | Path, out: str | Path, dtype: str | None = None, tokenize
     cfg = TrainConfig(model=model.config, out_dir=str(out), seq_len=min(model.config.max_seq_len, DEFAULT_WINDOW))
     with new_folder(out) as tmp:
         written = write_safetensors(tmp / "model.safetensors", model.tensors, target,
-                                    metadata={"format": "pt", "converted_from": model.format},
+                                    metadata=weights_metadata(model.config, converted_from=model.format),
                                     progress="convert" if progress else None)
         (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         model.tokenizer.save(tmp)

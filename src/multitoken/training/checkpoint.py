@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from multitoken.config import ModelConfig, TrainConfig, from_dict, to_dict
+from multitoken.config import ModelConfig, TrainConfig, from_dict, model_config_diff, to_dict
 from multitoken.data.tokenizer import ByteTokenizer, load_tokenizer
 from multitoken.errors import CheckpointError, MultitokenError, TrainingError
 from multitoken.model import MTPModel
@@ -39,6 +39,7 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 # Hidden names of a save in progress (tmp), of a checkpoint being replaced (old) or deleted (deleting).
 _DEBRIS = re.compile(r"^\.(step_\d+)\.(tmp|old|deleting)-.+$")
 REQUIRED_FILES = ("model.safetensors", "config.yaml", "tokenizer_config.json", "meta.json")
+MODEL_METADATA_KEY = "multitoken.model"  # the model config, saved inside model.safetensors beside the weights
 LOW_SPACE_BYTES = 1 << 20  # a write that failed with less than this left free failed for want of space
 
 
@@ -76,7 +77,7 @@ def save_checkpoint(out_dir: str | Path, step: int, model: MTPModel | dict[str, 
         state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
         if cfg.model.tie_embeddings:  # one tensor under two names: safetensors stores it once (read_weights restores)
             state.pop("output.weight", None)
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "step": str(step)})
+        save_file(state, tmp / "model.safetensors", metadata=weights_metadata(cfg.model, step=str(step)))
         (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         tokenizer.save(tmp)
         torch.save(trainer_state, tmp / "trainer.pt")
@@ -105,6 +106,12 @@ def save_checkpoint(out_dir: str | Path, step: int, model: MTPModel | dict[str, 
         remove_checkpoint(stale)
     sweep_debris(out_dir)
     return final
+
+
+def weights_metadata(model: ModelConfig, **extra: str) -> dict[str, str]:
+    """The safetensors header metadata of a checkpoint's weights: the model config travels with the tensors, so a
+    config.yaml edited afterwards (a longer max_seq_len, another rope_theta) is caught when the weights are loaded."""
+    return {"format": "pt", MODEL_METADATA_KEY: json.dumps(to_dict(model)), **extra}
 
 
 def out_of_space(error: BaseException, folder: Path) -> bool:
@@ -181,6 +188,64 @@ def read_train_config(ckpt: Path) -> TrainConfig:
         raise CheckpointError(f"{ckpt / 'config.yaml'} is invalid: {e}") from None
 
 
+def _weights_header(ckpt: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Every tensor's shape and the metadata in a checkpoint's model.safetensors, read from its header only."""
+    path = ckpt / "model.safetensors"
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or truncated ({str(e).splitlines()[0][:80]}): pick another "
+                              "checkpoint") from None
+
+
+def verified_train_config(ckpt: Path) -> TrainConfig:
+    """config.yaml, checked against the weights it describes: the weights are the truth. The model config saved
+    inside model.safetensors must equal config.yaml's (checkpoints from before it was saved there skip this), and
+    every tensor must have the shape config.yaml implies. An edited config.yaml, or one copied from another run,
+    would otherwise mislabel parameter counts or let decoding run past the trained context."""
+    cfg = read_train_config(ckpt)
+    weights = ckpt / "model.safetensors"
+    shapes, metadata = _weights_header(ckpt)
+    if MODEL_METADATA_KEY in metadata:
+        try:
+            saved = from_dict(ModelConfig, json.loads(metadata[MODEL_METADATA_KEY]))
+        except (ValueError, TypeError, AttributeError, MultitokenError):
+            raise CheckpointError(f"{weights} has a damaged model header: pick another checkpoint") from None
+        if saved != cfg.model:
+            raise CheckpointError(f"{ckpt / 'config.yaml'} does not describe the weights in {weights} "
+                                  f"({', '.join(model_config_diff(saved, cfg.model))}; the left side was saved with the "
+                                  "weights): the config was edited or comes from another run; restore it")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in MTPModel(cfg.model).state_dict().items()}
+    if cfg.model.tie_embeddings:  # stored once, under the input embedding's name
+        expected.pop("output.weight", None)
+        shapes.pop("output.weight", None)
+    if expected != shapes:
+        wrong = sorted(k for k in expected.keys() | shapes.keys() if expected.get(k) != shapes.get(k))
+        k = wrong[0]
+        raise CheckpointError(f"{ckpt / 'config.yaml'} does not describe the weights in {weights} ({len(wrong)} "
+                              f"tensors differ, e.g. {k}: {list(shapes[k]) if k in shapes else 'absent'} in the "
+                              f"weights, {list(expected[k]) if k in expected else 'absent'} by the config): the config "
+                              "was edited or comes from another run")
+    return cfg
+
+
+def read_meta(ckpt: Path) -> dict[str, Any]:
+    """A checkpoint's meta.json (step, tokens seen, last validation): a one-line error naming the file if damaged."""
+    path = ckpt / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete, pick another one") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is corrupt ({type(e).__name__}): the checkpoint is damaged, pick another "
+                              "one") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        raise CheckpointError(f"{path} is corrupt (no step): the checkpoint is damaged, pick another one")
+    return meta
+
+
 def read_weights(ckpt: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """The full state dict in a checkpoint's model.safetensors (a tied unembedding under its own name too)."""
     path = ckpt / "model.safetensors"
@@ -200,7 +265,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     """Model (eval mode), its training config and tokenizer from a checkpoint or run directory. The weights keep
     the dtype they were saved in unless dtype says otherwise."""
     ckpt = resolve_checkpoint(path)
-    cfg = read_train_config(ckpt)
+    cfg = verified_train_config(ckpt)
     tokenizer = load_tokenizer(ckpt)
     weights = read_weights(ckpt)
     require_finite(weights, ckpt)
@@ -233,6 +298,7 @@ def resumable(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if missing:
         raise CheckpointError(f"{ckpt} is incomplete (missing {', '.join(missing)})")
     read_train_config(ckpt)
+    read_meta(ckpt)
     weights = read_weights(ckpt)
     require_finite(weights, ckpt)
     return weights, load_trainer_state(ckpt)

@@ -18,7 +18,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from multitoken.config import TrainConfig, to_dict
+from multitoken.config import TrainConfig, model_config_diff, to_dict
 from multitoken.data.batches import eval_batches, train_batch
 from multitoken.data.tokens import resolve_data
 from multitoken.errors import CheckpointError, ConfigError, MultitokenError, TrainingError
@@ -153,9 +153,7 @@ class Trainer:
             self.notes.append(f"skipped damaged checkpoint(s) ({'; '.join(skipped)}); resuming from {ckpt}")
         saved = read_train_config(ckpt)
         if saved.model != self.cfg.model:
-            diff = [f"{f.name} {getattr(saved.model, f.name)} -> {getattr(self.cfg.model, f.name)}"
-                    for f in dataclasses.fields(saved.model)
-                    if getattr(saved.model, f.name) != getattr(self.cfg.model, f.name)]
+            diff = model_config_diff(saved.model, self.cfg.model)
             raise CheckpointError(f"cannot resume {ckpt}: the model config differs ({', '.join(diff)}); use the "
                                   "run's own config (its config.yaml) or a new --out_dir")
         self._load_state(weights, trainer_state["optimizer"], ckpt)
