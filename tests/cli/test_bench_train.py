@@ -20,11 +20,13 @@ def test_bench_train_records_table_and_plot(capsys, tmp_path):
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_train_bad_input(capsys):
+def test_bench_train_bad_input(capsys, tmp_path):
     code, _, err = run_cli(capsys, "bench", "train", "--vocab-size", "32k")
     assert_one_line_error(code, err, "--vocab-size takes comma-separated integers")
     code, _, err = run_cli(capsys, "bench", "train", "--n-future", "8", "--n-layer", "4")
     assert_one_line_error(code, err, "model.n_layer (4) must be at least model.n_future (8)")
+    code, out, err = run_cli(capsys, "bench", "train", "--json", tmp_path)  # refused before measuring anything
+    assert_one_line_error(code, err, f"--json {tmp_path} is a directory")
 
 
 def test_bench_train_selected_cases_rounds_and_flops(capsys, tmp_path):

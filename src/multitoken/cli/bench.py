@@ -157,9 +157,9 @@ def _run_decode(args: Namespace) -> int:
     return 0
 
 
-def _check_outputs(json_path: str | None, plot_path: str | None) -> None:
+def _check_outputs(json_path: str | None, plot_path: str | None, plot_example: str = "decode.png") -> None:
     """Refuse unusable output paths before a long benchmark, not after it."""
-    for flag, path, example in (("--json", json_path, "bench.json"), ("--plot", plot_path, "decode.png")):
+    for flag, path, example in (("--json", json_path, "bench.json"), ("--plot", plot_path, plot_example)):
         if path and Path(path).is_dir():
             raise ConfigError(f"{flag} {path} is a directory: give a file name, e.g. {path.rstrip('/')}/{example}")
     if plot_path:
@@ -249,11 +249,7 @@ def _run_train(args: Namespace) -> int:
     for n in n_futures:  # validate every shape up front, with the config's own messages
         ModelConfig(vocab_size=vocab_sizes[0], d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head,
                     n_future=n, max_seq_len=args.seq_len)
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise ConfigError("--plot needs matplotlib: pip install 'multitoken[bench]'") from None
+    _check_outputs(args.json, args.plot, plot_example="train.png")
     device = resolve_device(args.device)
     specs = plan(vocab_sizes, n_futures, cases, d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head,
                  batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps, device=str(device))
