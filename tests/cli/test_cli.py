@@ -113,6 +113,16 @@ def test_bench_decode_sweep_plot(trained_run, corpus, capsys, tmp_path):
         assert min(r["tokens_per_s_rounds"]["plain"]) <= r["tokens_per_s_plain"] <= max(r["tokens_per_s_rounds"]["plain"])
 
 
+def test_bench_decode_tree_auto_reports_the_choice_apart(trained_run, corpus, capsys, tmp_path):
+    path = tmp_path / "auto.json"
+    code, out, _ = run_cli(capsys, "bench", "decode", "--ckpt", trained_run, "--data", corpus, "--tree", "auto",
+                           "--num-prompts", 2, "--prompt-len", 8, "--max-new-tokens", 6, "--repeats", 1,
+                           "--json", path)
+    assert code == 0 and "--tree auto at batch size 1:" in out and "choosing took" in out
+    result = json.loads(path.read_text())
+    assert result["identical"] is True and result["tree_choice"]["seconds"] > 0
+
+
 def test_bench_decode_refuses_a_directory_before_measuring(trained_run, capsys, tmp_path):
     for flag, example in (("--json", "bench.json"), ("--plot", "decode.png")):
         code, out, err = run_cli(capsys, "bench", "decode", "--ckpt", trained_run, flag, tmp_path)

@@ -117,12 +117,14 @@ def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max
         "tree_nodes": 1,
     }
     if speculative_on:
-        k = len(stats.acceptance_per_position)
+        drafting = tree is None or bool(tree.paths)  # an empty tree: --tree auto chose plain decoding
+        acceptance = stats.acceptance_per_position if drafting else []
+        k = len(acceptance)
         result.update({
             "tokens_per_s_speculative": rates["speculative"],
             "speedup": rates["speculative"] / rates["plain"],
             "tau": stats.tau,
-            "acceptance_per_position": stats.acceptance_per_position,
+            "acceptance_per_position": acceptance,
             # Under sampling the two decoders draw differently (same law, different random streams): not comparable.
             "identical": identical["speculative"] if greedy else None,
             "draft_len": k,
@@ -163,9 +165,11 @@ def format_decode_table(result: dict) -> str:
         lines += [f"speedup            {result['speedup']:.2f}x   (tau {result['tau']:.2f}; speedup / tau = "
                   f"{result['speedup'] / result['tau']:.2f}; memory-bound limit for this shape "
                   f"{result['memory_bound_limit']:.2f})",
-                  f"draft tree         {result['tree']} ({result['tree_nodes']} tokens verified per step)",
-                  "acceptance by draft position  " + "  ".join(
-                      f"{i + 1}: {a:.1%}" for i, a in enumerate(result["acceptance_per_position"])),
+                  f"draft tree         {result['tree']} ({result['tree_nodes']} token"
+                  f"{'s' if result['tree_nodes'] != 1 else ''} verified per step)",
+                  "acceptance by draft position  " + ("  ".join(
+                      f"{i + 1}: {a:.1%}" for i, a in enumerate(result["acceptance_per_position"]))
+                      or "none (plain decoding: no tree was worth its step here)"),
                   f"identical outputs  {'n/a (sampling)' if identical is None else ('yes' if identical else 'NO')}"
                   f"   {footer}"]
     if reference:
@@ -190,8 +194,8 @@ def plot_decode(results: list[dict], path: str) -> None:
     left.plot(sizes, speedups, "o-", color="#1f77b4", label="speculative / plain")
     left.axhline(1.0, color="#888888", lw=1, ls="--", label="plain decoding")
     for size, speedup, r in zip(sizes, speedups, results):
-        left.annotate(f"tau {r['tau']:.2f}\n{r['tree_nodes']} nodes", (size, speedup), textcoords="offset points",
-                      xytext=(0, 8), ha="center", fontsize=7)
+        label = "plain chosen" if r.get("tree") == "plain" else f"tau {r['tau']:.2f}\n{r['tree_nodes']} nodes"
+        left.annotate(label, (size, speedup), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7)
     left.set_xscale("log", base=2)
     left.set_xticks(sizes, [str(s) for s in sizes])
     left.set_ylim(0, max(speedups + [1.0]) * 1.3)
@@ -209,7 +213,8 @@ def plot_decode(results: list[dict], path: str) -> None:
     first = results[0]
     mode = "compiled" if first.get("compile") else "eager"
     fig.suptitle(f"multitoken bench decode: {Path(first.get('checkpoint', '')).name or 'model'}, {mode}, "
-                 f"tree {first.get('tree', 'chain')}, {first['device']}, {first['max_new_tokens']} new tokens, "
+                 f"tree {first.get('tree_requested', first.get('tree', 'chain'))}, {first['device']}, "
+                 f"{first['max_new_tokens']} new tokens, "
                  f"{'greedy' if first['temperature'] == 0 else 'T=' + str(first['temperature'])}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from jsonargparse import Namespace
@@ -92,6 +93,7 @@ def _run_decode(args: Namespace) -> int:
 
     from multitoken.bench.decode import bench_decode, format_decode_table
     from multitoken.decoding.speculative import check_draft_len
+    from multitoken.decoding.static import total_compile_seconds
     from multitoken.training.checkpoint import load_model, resolve_checkpoint
     from multitoken.training.runtime import resolve_device
 
@@ -134,11 +136,20 @@ def _run_decode(args: Namespace) -> int:
     print(f"benchmarking {ckpt} on {source}", flush=True)
     results = []
     for batch_size in batch_sizes:
+        choosing = None
         if model.n_future > 1 and args.tree == "auto":
+            start, compiled_before = time.perf_counter(), total_compile_seconds(model)
             tree = _auto_tree(model, cfg, tokenizer, batch_size, args, device)
+            # The choice compiles the steps the benchmark then reuses: its time is reported here, apart.
+            choosing = {"seconds": time.perf_counter() - start,
+                        "compile_seconds": total_compile_seconds(model) - compiled_before}
+            print(f"  (choosing took {choosing['seconds']:.0f} s, {choosing['compile_seconds']:.0f} s of it compiling "
+                  "steps the benchmark reuses; none of it counted in tokens/s)", flush=True)
         result = bench_decode(model, prompts, batch_size, args.max_new_tokens, k, args.temperature, args.repeats,
                               device=device, reference=reference, compile=args.compile, tree=tree)
-        result.update(checkpoint=str(ckpt), prompts=source)
+        result.update(checkpoint=str(ckpt), prompts=source, tree_requested=args.tree)
+        if choosing is not None:
+            result["tree_choice"] = choosing
         print(format_decode_table(result), flush=True)
         results.append(result)
     if len(results) > 1 and "speedup" in results[0]:
