@@ -1,0 +1,100 @@
+"""`multitoken experiment induction|arithmetic`: the paper's small-scale findings as runnable grids."""
+
+from __future__ import annotations
+
+from jsonargparse import Namespace
+
+from multitoken.cli.common import add_command_group, add_device_argument, new_parser
+from multitoken.errors import ConfigError
+
+COMMON_HELP = ("Each run is an ordinary run directory under OUT/runs (trained by the ordinary trainer, resumable); "
+               "re-running skips finished runs, resumes unfinished ones and evaluates only new checkpoints. Writes "
+               "OUT/results.json (a record per run), OUT/results.md (mean ± sd over seeds) and a PNG plot.")
+
+
+def _add_common(parser, sizes: str, n_future: str, out: str, tokens: int, lr: float) -> None:
+    parser.add_argument("--sizes", type=str, default=sizes, help="Model sizes, comma-separated (see --help above).")
+    parser.add_argument("--n_future", type=str, default=n_future, help="Head counts n, comma-separated.")
+    parser.add_argument("--seeds", type=int, default=3, help="Seeds per configuration (1..N).")
+    parser.add_argument("--tokens", type=int, default=tokens, help="Tokens trained per run.")
+    parser.add_argument("--lr", type=float, default=lr, help="Peak learning rate (warmup 2%, cosine to 0.03x).")
+    parser.add_argument("--out", type=str, default=out, help="Output folder.")
+    parser.add_argument("--quick", action="store_true",
+                        help="A miniature grid (one tiny size, 1 seed, ~50k tokens, small test sets) that checks the "
+                             "pipeline in under a minute; not the claim.")
+    add_device_argument(parser)
+
+
+def add_parser(subcommands) -> None:
+    inner = add_command_group(subcommands, "experiment", "Reproduce the paper's small-scale findings on this machine.",
+                              "Run the paper's small-scale experiments (induction, arithmetic).")
+    ind = new_parser("Induction (paper section 4.1, Fig. 7): n = 1 vs n = 2 models of sizes 0.15M, 0.45M, 1M, 3M "
+                     "non-embedding parameters on procedural stories with two-token names; the metric is head 1's "
+                     "accuracy at the second token of repeated names. " + COMMON_HELP)
+    _add_common(ind, "0.15M,0.45M,1M", "1,2", "experiments/induction", 3_000_000, 1e-3)
+    ind.add_argument("--p_fresh", type=float, default=0.05,
+                     help="Share of training characters with a fresh two-token name (0.05: Fig. 7; 1.0: App. J).")
+    ind.add_argument("--test_stories", type=int, default=500, help="Test stories (names from held-out pairs).")
+    inner.add_subcommand("induction", ind, help="Induction heads form earlier with n = 2 in small models?")
+    ari = new_parser("Polynomial arithmetic over F_7[X]/(X^5) (paper section 4.2, Figs. 8 and S16): size S with "
+                     "n = 1, 2, 4 against size M (about 3x S) with n = 1; the metric is exact-match greedy accuracy "
+                     "per number of operations, 1-5 in the training domain, 6-10 out of it. " + COMMON_HELP)
+    _add_common(ari, "S,M", "1,2,4", "experiments/arithmetic", 3_000_000, 1e-3)
+    ari.add_argument("--larger_n", type=str, default="1",
+                     help="Head counts for the largest size (the 3x larger next-token baseline: 1).")
+    ari.add_argument("--per_operations", type=int, default=2000, help="Test expressions per number of operations.")
+    inner.add_subcommand("arithmetic", ari, help="Multi-token beats a 3x larger next-token model at arithmetic?")
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers (got {text!r})") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{flag} needs integers of at least 1 (got {text!r})")
+    return values
+
+
+def _sizes(text: str, known: dict) -> dict:
+    names = [s.strip() for s in str(text).split(",") if s.strip()]
+    unknown = [s for s in names if s not in known]
+    if unknown or not names:
+        raise ConfigError(f"--sizes takes a comma-separated subset of {','.join(known)} (got {text!r})")
+    return {name: known[name] for name in names}
+
+
+def run(args: Namespace) -> int:
+    from pathlib import Path
+
+    from multitoken.experiments import arithmetic, induction
+    from multitoken.experiments.common import Budget
+    from multitoken.experiments.runner import run_grid, table
+    from multitoken.training.runtime import resolve_device
+
+    experiment = args.experiment
+    a = args[experiment]
+    module = {"induction": induction, "arithmetic": arithmetic}[experiment]
+    n_futures = _ints(a.n_future, "--n_future")
+    if a.seeds < 1 or a.tokens < 1 or a.lr <= 0:
+        raise ConfigError("--seeds and --tokens must be at least 1 and --lr positive")
+    if a.quick:
+        sizes, seeds = module.QUICK_SIZES, [1]
+        budget = Budget(tokens=min(a.tokens, 49_152), seq_len=128, batch_tokens=2048, evaluations=2, lr=3e-3)
+    else:
+        sizes, seeds = _sizes(a.sizes, module.SIZES), list(range(1, a.seeds + 1))
+        budget = Budget(tokens=a.tokens, lr=a.lr)
+    if experiment == "induction":
+        if not 0 < a.p_fresh <= 1:
+            raise ConfigError(f"--p_fresh must be in (0, 1] (got {a.p_fresh})")
+        setup = induction.Setup(p_fresh=a.p_fresh, test_stories=40 if a.quick else a.test_stories,
+                                copy_sequences=10 if a.quick else 100)
+        specs = induction.grid(sizes, n_futures, seeds)
+    else:
+        setup = arithmetic.Setup(per_operations=20 if a.quick else a.per_operations)
+        specs = arithmetic.grid(sizes, n_futures, seeds, _ints(a.larger_n, "--larger_n"))
+    out = Path(a.out).expanduser()
+    records = run_grid(experiment, specs, budget, setup, out, resolve_device(a.device))
+    print(table(experiment, records))
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / (experiment + '.png')}")
+    return 0

@@ -1,0 +1,91 @@
+"""Experiment: does multi-token training help algorithmic reasoning more than a 3x larger next-token model?
+(paper section 4.2, Figs. 8 and S16)
+
+Models train on polynomial expressions over F_7[X]/(X^5) with 1 to 5 operations (`polynomials.py`), packed into
+windows with the loss on every token, with n = 1, 2 and 4 at size S and n = 1 at size M (about 3x S). The metric:
+greedy decoding with head 1 of the five answer coefficients after `=`, exact match, on a fixed test set of
+expressions with 1 to 10 operations (6 to 10 are out of the training domain), 2000 per number of operations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from multitoken.decoding.generate import generate, pad_prompts
+from multitoken.experiments import polynomials as poly
+from multitoken.experiments.common import Budget, RunSpec, Shape, word_tokenizer
+from multitoken.model import MTPModel
+
+SIZES = {"S": Shape(96, 8, 4), "M": Shape(168, 8, 6)}
+QUICK_SIZES = {"tiny": Shape(32, 5, 2)}  # n = 4 still leaves a 1-layer trunk
+DATA_SEED, TEST_SEED = 1000, 2000
+OPERATIONS = range(1, 11)
+IN_DOMAIN = 5  # training draws 1..5 operations
+
+
+@dataclass(frozen=True)
+class Setup:
+    per_operations: int = 2000  # test expressions per number of operations
+    pauses: int = 0
+
+
+def tokenizer():
+    return word_tokenizer(poly.VOCAB)
+
+
+def test_expressions(setup: Setup) -> dict[int, list[poly.Expr]]:
+    return poly.test_set(TEST_SEED, setup.per_operations, OPERATIONS)
+
+
+def training_texts(budget: Budget, setup: Setup) -> list[str]:
+    """Enough expressions for the token budget (about 27 words each), none of them a test question."""
+    held = {" ".join(e.prefix()) for exprs in test_expressions(setup).values() for e in exprs}
+    count = int(budget.tokens / 26 * 1.1) + 50
+    return poly.training_texts(DATA_SEED, count, IN_DOMAIN, setup.pauses, exclude=held)
+
+
+def make_metric(setup: Setup, device: torch.device, tokenizer_):
+    """Exact-match accuracy per number of operations (and per-coefficient accuracy), greedy head-1 decoding."""
+    tests = test_expressions(setup)
+    eot = [tokenizer_.eot_id]
+    cases = {m: ([eot + tokenizer_.encode(" ".join(poly.question(e, setup.pauses))) for e in exprs],
+                 [[tokenizer_.encode(str(c))[0] for c in e.value()] for e in exprs]) for m, exprs in tests.items()}
+
+    def metric(model: MTPModel) -> dict:
+        model.eval()
+        exact, per_coefficient = {}, {}
+        for m, (prompts, answers) in cases.items():
+            hits = coefficient_hits = 0
+            for start in range(0, len(prompts), 256):
+                batch = prompts[start:start + 256]
+                ids, lengths = pad_prompts(batch, device)
+                out = generate(model, ids, poly.DEGREE, lengths=lengths).tolist()
+                for got, want in zip(out, answers[start:start + 256]):
+                    hits += got == want
+                    coefficient_hits += sum(a == b for a, b in zip(got, want))
+            exact[str(m)] = hits / len(prompts)
+            per_coefficient[str(m)] = coefficient_hits / (poly.DEGREE * len(prompts))
+        in_domain = [exact[str(m)] for m in OPERATIONS if m <= IN_DOMAIN]
+        out_domain = [exact[str(m)] for m in OPERATIONS if m > IN_DOMAIN]
+        return {"in_domain": sum(in_domain) / len(in_domain), "out_of_domain": sum(out_domain) / len(out_domain),
+                "exact": exact, "per_coefficient": per_coefficient}
+
+    return metric
+
+
+def grid(sizes: dict[str, Shape], n_futures: list[int], seeds: list[int], larger_n: list[int]) -> list[RunSpec]:
+    """Every size except the largest with each n; the largest (the "3x larger" model) with `larger_n`."""
+    names = list(sizes)
+    specs = []
+    for size in names:
+        for seed in seeds:
+            for n in (n_futures if size != names[-1] or len(names) == 1 else larger_n):
+                specs.append(RunSpec(size, sizes[size], n, seed))
+    return specs
+
+
+def data_dir(out: Path) -> Path:
+    return out / "data"

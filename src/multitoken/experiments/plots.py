@@ -1,0 +1,71 @@
+"""The experiments' figures: the analogue of the paper's Fig. 7 (induction success against model size) and of Figs.
+8 / S16 (arithmetic accuracy against the number of operations)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from multitoken.experiments import arithmetic
+from multitoken.experiments.induction import CHANCE
+
+COLORS = {1: "#7f7f7f", 2: "#1f77b4", 4: "#d62728", 8: "#2ca02c"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_induction(records: list[dict], path: Path) -> None:
+    """Induction success (the best checkpoint, as the paper's epoch oracle) against non-embedding parameters: every
+    seed a marker, the mean a line, chance dashed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for n in sorted({r["n_future"] for r in records}):
+        rows = [r for r in records if r["n_future"] == n]
+        ax.scatter([r["non_embedding_params"] for r in rows], [r["best"]["induction"] for r in rows],
+                   color=COLORS.get(n), alpha=0.5, s=18)
+        sizes = sorted({r["non_embedding_params"] for r in rows})
+        means = [statistics.mean(r["best"]["induction"] for r in rows if r["non_embedding_params"] == s)
+                 for s in sizes]
+        ax.plot(sizes, means, "o-", color=COLORS.get(n), label=f"n = {n}")
+    ax.axhline(CHANCE, color="#999999", ls="--", lw=1, label="chance (1/48)")
+    ax.set_xscale("log")
+    ax.set_xlabel("non-embedding parameters")
+    ax.set_ylabel("induction success")
+    ax.set_ylim(0, None)
+    ax.legend(fontsize=8)
+    ax.set_title("Induction on procedural stories (Fig. 7 analogue)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_arithmetic(records: list[dict], path: Path) -> None:
+    """Exact-match accuracy against the number of operations, one line per (size, n): the seeds' mean, their range
+    shaded; the divider marks the end of the training domain."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ms = list(arithmetic.OPERATIONS)
+    keys = sorted({(r["size"], r["n_future"]) for r in records}, key=lambda k: (k[0] != "S", k[1]))
+    for size, n in keys:
+        rows = [r for r in records if r["size"] == size and r["n_future"] == n]
+        values = [[100 * r["final"]["exact"][str(m)] for r in rows] for m in ms]
+        style = "-" if size == keys[0][0] else "--"
+        ax.plot(ms, [statistics.mean(v) for v in values], style, marker="o", ms=3, color=COLORS.get(n),
+                label=f"{size}, n = {n} ({rows[0]['non_embedding_params'] / 1e6:.2f}M)")
+        ax.fill_between(ms, [min(v) for v in values], [max(v) for v in values], color=COLORS.get(n), alpha=0.12)
+    ax.axvline(arithmetic.IN_DOMAIN + 0.5, color="#999999", lw=1)
+    ax.set_xlabel("# operations (training: 1-5)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xticks(ms)
+    ax.legend(fontsize=8)
+    ax.set_title("Polynomial arithmetic over F7[X]/(X^5) (Figs. 8 / S16 analogue)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

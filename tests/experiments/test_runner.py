@@ -1,0 +1,77 @@
+"""The experiment pipeline end to end in miniature (--quick), its resumption, and the induction metric on a hand-made
+case."""
+
+import json
+
+import torch
+
+from multitoken.experiments import induction
+from multitoken.experiments.common import word_tokenizer
+from tests.cli.conftest import run_cli
+
+
+class Oracle(torch.nn.Module):
+    """A 'model' whose head 1 predicts the true next token everywhere except at the listed (row, position) pairs."""
+
+    def __init__(self, sequences, wrong, vocab):
+        super().__init__()
+        self.sequences, self.wrong, self.vocab = sequences, wrong, vocab
+
+    def forward(self, ids):
+        B, T = ids.shape
+        logits = torch.zeros(B, T, self.vocab)
+        for b in range(B):
+            seq = self.sequences[b]
+            for t in range(min(T, len(seq) - 1)):
+                target = seq[t + 1] if (b, t + 1) not in self.wrong else (seq[t + 1] + 1) % self.vocab
+                logits[b, t, target] = 1.0
+        return logits
+
+
+def test_induction_metric_counts_exactly_the_scored_positions():
+    sequences = [[0, 5, 6, 7, 5, 6], [0, 8, 9, 8, 9, 3, 3]]
+    positions = [[2, 5], [2, 4, 6]]
+    hits, total = induction._accuracy_at(Oracle(sequences, set(), 16), sequences, positions, "cpu")
+    assert (hits, total) == (5, 5)
+    hits, total = induction._accuracy_at(Oracle(sequences, {(0, 5), (1, 4)}, 16), sequences, positions, "cpu")
+    assert (hits, total) == (3, 5)  # a wrong guess outside the scored positions would not count
+
+
+def test_word_tokenizer_maps_one_word_to_one_token():
+    tok = word_tokenizer(["the", "Ka", "zor", "."])
+    ids = tok.encode("the Ka zor .")
+    assert len(ids) == 4 and tok.eot_id == 0 and tok.decode(ids) == "the Ka zor ."
+
+
+def test_quick_grids_write_results_and_resume(tmp_path, capsys):
+    out = tmp_path / "induction"
+    code, printed, _ = run_cli(capsys, "experiment", "induction", "--quick", "--out", out)
+    assert code == 0 and "| tiny |" in printed
+    records = json.loads((out / "results.json").read_text())
+    assert [(r["n_future"], r["seed"]) for r in records] == [(1, 1), (2, 1)]
+    for r in records:
+        assert r["experiment"] == "induction" and r["non_embedding_params"] > 0 and r["tokens_trained"] > 0
+        assert 0 <= r["best"]["induction"] <= 1 and r["evaluations"] >= 2
+    assert (out / "results.md").read_text().startswith("# induction") and (out / "induction.png").stat().st_size
+
+    # A run stopped midway (its last checkpoint and evaluation lost) is resumed, not restarted; the others skipped.
+    run = out / "runs" / "tiny-n2-s1"
+    steps = sorted((run / "checkpoints").iterdir())
+    last_step = int(steps[-1].name.split("_")[1])
+    import shutil
+
+    shutil.rmtree(steps[-1])
+    lines = (run / "evaluations.jsonl").read_text().splitlines()
+    (run / "evaluations.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    code, printed, err = run_cli(capsys, "experiment", "induction", "--quick", "--out", out)
+    assert code == 0 and "training tiny-n2-s1 from step" in printed and "training tiny-n1-s1" not in printed
+    again = json.loads((out / "results.json").read_text())
+    assert again[1]["final"]["step"] == last_step and again[0] == records[0]
+
+    out = tmp_path / "arithmetic"
+    code, printed, _ = run_cli(capsys, "experiment", "arithmetic", "--quick", "--out", out)
+    assert code == 0
+    records = json.loads((out / "results.json").read_text())
+    assert [r["n_future"] for r in records] == [1, 2, 4]
+    assert set(records[0]["final"]["exact"]) == {str(m) for m in range(1, 11)}
+    assert (out / "arithmetic.png").stat().st_size > 0
