@@ -12,13 +12,15 @@ COMMON_HELP = ("Each run is an ordinary run directory under OUT/runs (trained by
                "OUT/results.json (a record per run), OUT/results.md (mean ± sd over seeds) and a PNG plot.")
 
 
-def _add_common(parser, sizes: str, n_future: str, out: str, tokens: int, lr: float) -> None:
+def _add_common(parser, sizes: str, n_future: str, out: str, tokens: int, lr: float, evaluations: int) -> None:
     parser.add_argument("--sizes", type=str, default=sizes, help="Model sizes, comma-separated (see --help above).")
     parser.add_argument("--n_future", type=str, default=n_future, help="Head counts n, comma-separated.")
     parser.add_argument("--seeds", type=int, default=3, help="Seeds per configuration (1..N).")
     parser.add_argument("--tokens", type=int, default=tokens, help="Tokens trained per run.")
     parser.add_argument("--lr", type=float, default=lr, help="Peak learning rate (warmup 2%, cosine to 0.03x).")
-    parser.add_argument("--out", type=str, default=out, help="Output folder.")
+    parser.add_argument("--evaluations", type=int, default=evaluations,
+                        help="Checkpoints evaluated along each run (evenly spaced; the last is the end).")
+    parser.add_argument("--out", type=str, default=out, help="Output folder; runs accumulate in its results.json.")
     parser.add_argument("--quick", action="store_true",
                         help="A miniature grid (one tiny size, 1 seed, ~50k tokens, small test sets) that checks the "
                              "pipeline in under a minute; not the claim.")
@@ -31,7 +33,7 @@ def add_parser(subcommands) -> None:
     ind = new_parser("Induction (paper section 4.1, Fig. 7): n = 1 vs n = 2 models of sizes 0.15M, 0.45M, 1M, 3M "
                      "non-embedding parameters on procedural stories with two-token names; the metric is head 1's "
                      "accuracy at the second token of repeated names. " + COMMON_HELP)
-    _add_common(ind, "0.15M,0.45M,1M", "1,2", "experiments/induction", 3_000_000, 1e-3)
+    _add_common(ind, "0.15M,0.45M,1M", "1,2", "experiments/induction", 3_000_000, 1e-3, 20)
     ind.add_argument("--p_fresh", type=float, default=0.05,
                      help="Share of training characters with a fresh two-token name (0.05: Fig. 7; 1.0: App. J).")
     ind.add_argument("--test_stories", type=int, default=500, help="Test stories (names from held-out pairs).")
@@ -39,7 +41,7 @@ def add_parser(subcommands) -> None:
     ari = new_parser("Polynomial arithmetic over F_7[X]/(X^5) (paper section 4.2, Figs. 8 and S16): size S with "
                      "n = 1, 2, 4 against size M (about 3x S) with n = 1; the metric is exact-match greedy accuracy "
                      "per number of operations, 1-5 in the training domain, 6-10 out of it. " + COMMON_HELP)
-    _add_common(ari, "S,M", "1,2,4", "experiments/arithmetic", 3_000_000, 1e-3)
+    _add_common(ari, "S,M", "1,2,4", "experiments/arithmetic", 3_000_000, 1e-3, 4)
     ari.add_argument("--larger_n", type=str, default="1",
                      help="Head counts for the largest size (the 3x larger next-token baseline: 1).")
     ari.add_argument("--per_operations", type=int, default=2000, help="Test expressions per number of operations.")
@@ -76,14 +78,14 @@ def run(args: Namespace) -> int:
     a = args[experiment]
     module = {"induction": induction, "arithmetic": arithmetic}[experiment]
     n_futures = _ints(a.n_future, "--n_future")
-    if a.seeds < 1 or a.tokens < 1 or a.lr <= 0:
-        raise ConfigError("--seeds and --tokens must be at least 1 and --lr positive")
+    if a.seeds < 1 or a.tokens < 1 or a.evaluations < 1 or a.lr <= 0:
+        raise ConfigError("--seeds, --tokens and --evaluations must be at least 1 and --lr positive")
     if a.quick:
         sizes, seeds = module.QUICK_SIZES, [1]
         budget = Budget(tokens=min(a.tokens, 49_152), seq_len=128, batch_tokens=2048, evaluations=2, lr=3e-3)
     else:
         sizes, seeds = _sizes(a.sizes, module.SIZES), list(range(1, a.seeds + 1))
-        budget = Budget(tokens=a.tokens, lr=a.lr)
+        budget = Budget(tokens=a.tokens, lr=a.lr, evaluations=a.evaluations)
     if experiment == "induction":
         if not 0 < a.p_fresh <= 1:
             raise ConfigError(f"--p_fresh must be in (0, 1] (got {a.p_fresh})")

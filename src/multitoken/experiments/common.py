@@ -159,10 +159,20 @@ def evaluate_checkpoints(run_dir: Path, metric: Callable[[MTPModel], dict], devi
     return [cached[step] for step in sorted(cached)]
 
 
-def write_results(out: Path, records: list[dict]) -> Path:
+def write_results(out: Path, records: list[dict]) -> list[dict]:
+    """Merge these runs' records into OUT/results.json (a record per run name: a grid run size by size, or with other
+    settings for some runs, accumulates there). Returns every record."""
     path = out / "results.json"
-    atomic_write_text(path, json.dumps(records, indent=1) + "\n")
-    return path
+    merged: dict[str, dict] = {}
+    if path.exists():
+        try:
+            merged = {r["run"]: r for r in json.loads(path.read_text())}
+        except (ValueError, KeyError, TypeError):
+            merged = {}  # damaged: rebuilt from the runs that report now
+    merged.update((r["run"], r) for r in records)
+    every = list(merged.values())
+    atomic_write_text(path, json.dumps(every, indent=1) + "\n")
+    return every
 
 
 def spec_record(experiment: str, spec: RunSpec, budget: Budget, vocab_size: int) -> dict:

@@ -44,8 +44,8 @@ def run_grid(experiment: str, specs: list[RunSpec], budget: Budget, setup, out: 
         run_training(cfg, log)
         evals = evaluate_checkpoints(run_dir, metric, device, log)
         records.append(summarize(experiment, spec, budget, tokenizer.vocab_size, evals))
-        write_results(out, records)  # as each run finishes: a stopped grid keeps what it has
-    write_report(experiment, records, out)
+        every = write_results(out, records)  # as each run finishes: a stopped grid keeps what it has
+        write_report(experiment, every, out)
     return records
 
 
