@@ -75,3 +75,15 @@ def test_quick_grids_write_results_and_resume(tmp_path, capsys):
     assert [r["n_future"] for r in records] == [1, 2, 4]
     assert set(records[0]["final"]["exact"]) == {str(m) for m in range(1, 11)}
     assert (out / "arithmetic.png").stat().st_size > 0
+
+
+def test_quick_byte_level_grid(tmp_path, capsys):
+    out = tmp_path / "bytes"
+    code, printed, _ = run_cli(capsys, "experiment", "bytes", "--quick", "--out", out)
+    assert code == 0 and "head-1 bits/byte" in printed
+    records = json.loads((out / "results.json").read_text())
+    assert [r["n_future"] for r in records] == [1, 2, 4, 8]
+    assert len({r["non_embedding_params"] for r in records}) == 1  # parameter-matched
+    for r in records:
+        assert r["final"]["bpb"] > 0 and 1.0 <= r["final"]["tau"] <= r["n_future"]
+    assert records[0]["final"]["tau"] == 1.0 and (out / "bytes.png").stat().st_size > 0

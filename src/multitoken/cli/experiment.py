@@ -46,6 +46,11 @@ def add_parser(subcommands) -> None:
                      help="Head counts for the largest size (the 3x larger next-token baseline: 1).")
     ari.add_argument("--per_operations", type=int, default=2000, help="Test expressions per number of operations.")
     inner.add_subcommand("arithmetic", ari, help="Multi-token beats a 3x larger next-token model at arithmetic?")
+    byt = new_parser("Byte-level choice of n (paper sections 3.3-3.4): n = 1, 2, 4, 8, parameter-matched (10 layers, "
+                     "d_model 128), the same tokens of the built-in corpus; head 1's validation bits per byte and "
+                     "the bytes per forward of greedy self-speculative decoding. " + COMMON_HELP)
+    _add_common(byt, "2M", "1,2,4,8", "experiments/bytes", 3_276_800, 2e-3, 4)
+    inner.add_subcommand("bytes", byt, help="Which n is best for byte-level models?")
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -69,14 +74,14 @@ def _sizes(text: str, known: dict) -> dict:
 def run(args: Namespace) -> int:
     from pathlib import Path
 
-    from multitoken.experiments import arithmetic, induction
+    from multitoken.experiments import arithmetic, bytelevel, induction
     from multitoken.experiments.common import Budget
     from multitoken.experiments.runner import run_grid, table
     from multitoken.training.runtime import resolve_device
 
     experiment = args.experiment
     a = args[experiment]
-    module = {"induction": induction, "arithmetic": arithmetic}[experiment]
+    module = {"induction": induction, "arithmetic": arithmetic, "bytes": bytelevel}[experiment]
     n_futures = _ints(a.n_future, "--n_future")
     if a.seeds < 1 or a.tokens < 1 or a.evaluations < 1 or a.lr <= 0:
         raise ConfigError("--seeds, --tokens and --evaluations must be at least 1 and --lr positive")
@@ -92,9 +97,19 @@ def run(args: Namespace) -> int:
         setup = induction.Setup(p_fresh=a.p_fresh, test_stories=40 if a.quick else a.test_stories,
                                 copy_sequences=10 if a.quick else 100)
         specs = induction.grid(sizes, n_futures, seeds)
-    else:
+    elif experiment == "arithmetic":
         setup = arithmetic.Setup(per_operations=20 if a.quick else a.per_operations)
         specs = arithmetic.grid(sizes, n_futures, seeds, _ints(a.larger_n, "--larger_n"))
+    else:
+        if max(n_futures) > bytelevel.MAX_N:
+            raise ConfigError(f"--n_future goes up to {bytelevel.MAX_N} here (got {max(n_futures)})")
+        if a.quick:
+            setup = bytelevel.Setup(eval_windows=8, prompts=2, prompt_len=16, new_tokens=16)
+            budget = Budget(tokens=16_384, seq_len=64, batch_tokens=512, evaluations=2, lr=3e-3)
+        else:  # the default run's batch: 16 windows of 256 bytes
+            setup, budget = bytelevel.Setup(), Budget(tokens=a.tokens, batch_tokens=4096, evaluations=a.evaluations,
+                                                      lr=a.lr)
+        specs = bytelevel.grid(sizes, n_futures, seeds)
     out = Path(a.out).expanduser()
     records = run_grid(experiment, specs, budget, setup, out, resolve_device(a.device))
     print(table(experiment, records))

@@ -16,7 +16,9 @@ import torch
 
 from multitoken.decoding.generate import generate, pad_prompts
 from multitoken.experiments import polynomials as poly
-from multitoken.experiments.common import Budget, RunSpec, Shape, word_tokenizer
+from multitoken.config import DataConfig
+from multitoken.data.tokenizer import BPETokenizer
+from multitoken.experiments.common import Budget, RunSpec, Shape, prepare_documents, tokenizer_of, word_tokenizer
 from multitoken.model import MTPModel
 
 SIZES = {"S": Shape(96, 8, 4), "M": Shape(168, 8, 6)}
@@ -47,7 +49,7 @@ def training_texts(budget: Budget, setup: Setup) -> list[str]:
     return poly.training_texts(DATA_SEED, count, IN_DOMAIN, setup.pauses, exclude=held)
 
 
-def make_metric(setup: Setup, device: torch.device, tokenizer_):
+def make_metric(setup: Setup, device: torch.device, tokenizer_, seq_len: int):
     """Exact-match accuracy per number of operations (and per-coefficient accuracy), greedy head-1 decoding."""
     tests = test_expressions(setup)
     eot = [tokenizer_.eot_id]
@@ -87,5 +89,7 @@ def grid(sizes: dict[str, Shape], n_futures: list[int], seeds: list[int], larger
     return specs
 
 
-def data_dir(out: Path) -> Path:
-    return out / "data"
+def data(budget: Budget, setup: Setup, out: Path) -> tuple[DataConfig, BPETokenizer]:
+    """The generated training documents, prepared once under OUT/data, and their tokenizer."""
+    prepared = prepare_documents(training_texts(budget, setup), tokenizer(), out / "data")
+    return DataConfig(path=[str(prepared)]), tokenizer_of(prepared)

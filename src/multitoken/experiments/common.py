@@ -2,7 +2,8 @@
 through the ordinary trainer (each a normal, resumable run directory), evaluations cached per checkpoint, and the
 results file.
 
-    OUT/data/                 the generated training documents, prepared (`multitoken prepare`'s format)
+    OUT/data/                 generated training documents, prepared (`multitoken prepare`'s format); the byte-level
+                              experiment trains on the built-in corpus instead
     OUT/runs/<size>-n<N>-s<seed>/   ordinary run directories: config.yaml, metrics.jsonl, checkpoints/
     OUT/runs/.../evaluations.jsonl  the experiment's metric for each evaluated checkpoint (step, tokens, values)
     OUT/results.json          one record per run; OUT/results.md a table; OUT/*.png the plots
@@ -102,12 +103,12 @@ class Budget:
         return max(1, math.ceil(self.tokens / (self.batch_size * self.seq_len)))
 
 
-def train_config(spec: RunSpec, budget: Budget, vocab_size: int, data: Path, run_dir: Path) -> TrainConfig:
+def train_config(spec: RunSpec, budget: Budget, vocab_size: int, data: DataConfig, run_dir: Path) -> TrainConfig:
     steps = budget.steps
     interval = max(1, steps // budget.evaluations)
     return TrainConfig(
         model=spec.shape.model_config(vocab_size, spec.n_future, budget.seq_len),
-        data=DataConfig(path=[str(data)]), optim=OptimConfig(lr=budget.lr, warmup_steps=round(budget.warmup * steps)),
+        data=data, optim=OptimConfig(lr=budget.lr, warmup_steps=round(budget.warmup * steps)),
         out_dir=str(run_dir), max_steps=steps, batch_size=budget.batch_size, eval_interval=interval,
         eval_batches=4, log_interval=max(1, interval // 2), save_interval=interval,
         keep_last=budget.evaluations + 2, seed=spec.seed, resume=True, progress=False)

@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 
 from multitoken.experiments import stories
-from multitoken.experiments.common import Budget, RunSpec, Shape, word_tokenizer
+from multitoken.config import DataConfig
+from multitoken.data.tokenizer import BPETokenizer
+from multitoken.experiments.common import Budget, RunSpec, Shape, prepare_documents, tokenizer_of, word_tokenizer
 from multitoken.model import MTPModel
 
 # Protocol sizes (d_model / layers / attention heads); layers >= 3 keeps the two layers induction needs on the
@@ -65,7 +67,7 @@ def _accuracy_at(model: MTPModel, sequences: list[list[int]], positions: list[li
     return hits, total
 
 
-def make_metric(setup: Setup, device: torch.device, tokenizer_):
+def make_metric(setup: Setup, device: torch.device, tokenizer_, seq_len: int):
     """The metric function for checkpoints: induction success, first-mention accuracy and the copy control."""
     tests = stories.test_stories(TEST_SEED, setup.test_stories)
     eot = [tokenizer_.eot_id]  # each story is a document: it follows an end-of-text token, as in training
@@ -92,5 +94,7 @@ def grid(sizes: dict[str, Shape], n_futures: list[int], seeds: list[int]) -> lis
     return [RunSpec(size, shape, n, seed) for size, shape in sizes.items() for seed in seeds for n in n_futures]
 
 
-def data_dir(out: Path) -> Path:
-    return out / "data"
+def data(budget: Budget, setup: Setup, out: Path) -> tuple[DataConfig, BPETokenizer]:
+    """The generated training documents, prepared once under OUT/data, and their tokenizer."""
+    prepared = prepare_documents(training_texts(budget, setup), tokenizer(), out / "data")
+    return DataConfig(path=[str(prepared)]), tokenizer_of(prepared)

@@ -69,3 +69,27 @@ def plot_arithmetic(records: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_bytes(records: list[dict], path: Path) -> None:
+    """Head-1 bits per byte (left) and self-speculative bytes per forward (right) against n, every seed a marker."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    ns = sorted({r["n_future"] for r in records})
+    for ax, key, label in ((left, "bpb", "head-1 bits per byte (validation)"),
+                           (right, "tau", "tau: bytes per forward (greedy, all heads)")):
+        for n in ns:
+            values = [r["final"][key] for r in records if r["n_future"] == n]
+            ax.scatter([n] * len(values), values, color=COLORS.get(n), alpha=0.6, s=20)
+        ax.plot(ns, [statistics.mean(r["final"][key] for r in records if r["n_future"] == n) for n in ns], "-",
+                color="#444444", lw=1)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_xlabel("n (heads), parameter-matched")
+        ax.set_ylabel(label)
+    right.plot(ns, ns, ":", color="#999999", lw=1, label="n (every draft accepted)")
+    right.legend(fontsize=8)
+    fig.suptitle("Byte-level models on the built-in corpus: choice of n (Tables 1 / S3 analogue)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

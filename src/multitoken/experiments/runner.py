@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from multitoken.experiments import arithmetic, induction
-from multitoken.experiments.common import (Budget, RunSpec, evaluate_checkpoints, prepare_documents, run_training,
-                                           spec_record, tokenizer_of, train_config, write_results)
+from multitoken.experiments import arithmetic, bytelevel, induction
+from multitoken.experiments.common import (Budget, RunSpec, evaluate_checkpoints, run_training, spec_record,
+                                           train_config, write_results)
 from multitoken.files import atomic_write_text
 
-EXPERIMENTS = {"induction": induction, "arithmetic": arithmetic}
+EXPERIMENTS = {"induction": induction, "arithmetic": arithmetic, "bytes": bytelevel}
 
 
 def summarize(experiment: str, spec: RunSpec, budget: Budget, vocab_size: int, evals: list[dict]) -> dict:
@@ -24,8 +24,10 @@ def summarize(experiment: str, spec: RunSpec, budget: Budget, vocab_size: int, e
     if experiment == "induction":
         best = max(evals, key=lambda e: e["induction"]) if evals else {}
         record.update(best=best, curve=[[e["tokens"], e["induction"]] for e in evals])
-    else:
+    elif experiment == "arithmetic":
         record.update(curve=[[e["tokens"], e["in_domain"], e["out_of_domain"]] for e in evals])
+    else:
+        record.update(curve=[[e["tokens"], e["bpb"], e["tau"]] for e in evals])
     return record
 
 
@@ -33,9 +35,8 @@ def run_grid(experiment: str, specs: list[RunSpec], budget: Budget, setup, out: 
              log: Callable[[str], None] = print) -> list[dict]:
     module = EXPERIMENTS[experiment]
     out.mkdir(parents=True, exist_ok=True)
-    data = prepare_documents(module.training_texts(budget, setup), module.tokenizer(), module.data_dir(out))
-    tokenizer = tokenizer_of(data)
-    metric = module.make_metric(setup, device, tokenizer)
+    data, tokenizer = module.data(budget, setup, out)
+    metric = module.make_metric(setup, device, tokenizer, budget.seq_len)
     records = []
     for i, spec in enumerate(specs):
         log(f"[{i + 1}/{len(specs)}] {spec.name}")
@@ -74,6 +75,15 @@ def table(experiment: str, records: list[dict]) -> str:
                          f"{_mean_sd([r['final']['induction'] for r in rs])} | "
                          f"{_mean_sd([r['final']['first_mention'] for r in rs])} | "
                          f"{_mean_sd([r['final']['copy'] for r in rs])} |")
+    elif experiment == "bytes":
+        lines = ["| size | non-embedding params | n | seeds | head-1 bits/byte | tau (bytes per forward) |",
+                 "|---|---:|---:|---:|---:|---:|"]
+        for (size, n), rs in groups(records).items():
+            bpb = [r["final"]["bpb"] for r in rs]
+            tau = [r["final"]["tau"] for r in rs]
+            spread = lambda v: f"{statistics.mean(v):.4f}" + (f" ± {statistics.stdev(v):.4f}" if len(v) > 1 else "")  # noqa: E731
+            lines.append(f"| {size} | {rs[0]['non_embedding_params']:,} | {n} | {len(rs)} | {spread(bpb)} | "
+                         f"{spread(tau)} |")
     else:
         lines = ["| size | non-embedding params | n | seeds | in domain (1-5 ops) | out of domain (6-10 ops) | "
                  + " | ".join(f"{m} ops" for m in arithmetic.OPERATIONS) + " |",
@@ -87,13 +97,12 @@ def table(experiment: str, records: list[dict]) -> str:
 
 
 def write_report(experiment: str, records: list[dict], out: Path) -> None:
-    from multitoken.experiments.plots import plot_arithmetic, plot_induction
+    from multitoken.experiments.plots import plot_arithmetic, plot_bytes, plot_induction
 
-    atomic_write_text(out / "results.md", f"# {experiment}: mean ± sd over seeds, percent\n\n"
+    unit = "bits/byte and bytes per forward" if experiment == "bytes" else "percent"
+    atomic_write_text(out / "results.md", f"# {experiment}: mean ± sd over seeds, {unit}\n\n"
                       + table(experiment, records))
     if not records:
         return
-    if experiment == "induction":
-        plot_induction(records, out / "induction.png")
-    else:
-        plot_arithmetic(records, out / "arithmetic.png")
+    {"induction": plot_induction, "arithmetic": plot_arithmetic, "bytes": plot_bytes}[experiment](
+        records, out / f"{experiment}.png")
