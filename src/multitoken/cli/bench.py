@@ -8,7 +8,7 @@ from pathlib import Path
 from jsonargparse import Namespace
 
 from multitoken.bench.train import CASES
-from multitoken.cli.common import (add_ckpt_argument, add_command_group, add_device_argument, new_parser,
+from multitoken.cli.common import (add_ckpt_argument, add_command_group, add_device_argument, int_list, new_parser,
                                    require_positive, write_json)
 from multitoken.cli.generate import add_speculative_arguments, check_prompt_fits, parse_tree
 from multitoken.errors import ConfigError
@@ -100,7 +100,7 @@ def _run_decode(args: Namespace) -> int:
     require_positive(args, "num_prompts", "prompt_len", "max_new_tokens", "repeats")
     if args.temperature < 0:
         raise ConfigError(f"--temperature must be >= 0 (got {args.temperature}); 0 is greedy")
-    batch_sizes = _int_list(args.batch_size, "--batch-size")
+    batch_sizes = int_list(args.batch_size, "--batch-size", "1,2,4,8,16")
     _check_outputs(args.json, args.plot)
     device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.ckpt)
@@ -235,27 +235,17 @@ def _transformers_reference(ckpt, model, max_new_tokens: int, pad_id: int, devic
     return transformers_decoder(hf_model.to(device).eval(), max_new_tokens, pad_id)
 
 
-def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} takes comma-separated integers, e.g. 32000,128000 (got {text!r})") from None
-    if not values or min(values) < 1:
-        raise ConfigError(f"{flag} needs positive integers (got {text!r})")
-    return values
-
-
 def _run_train(args: Namespace) -> int:
     from multitoken.bench.train import format_train_table, measure, merge_rounds, plan, plot
     from multitoken.config import ModelConfig
     from multitoken.training.runtime import resolve_device
 
-    vocab_sizes = _int_list(args.vocab_size, "--vocab-size")
+    vocab_sizes = int_list(args.vocab_size, "--vocab-size", "32000,128000")
     cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
     unknown = [c for c in cases if c not in CASES]
     if unknown or not cases:
         raise ConfigError(f"--cases takes a comma-separated subset of {','.join(CASES)} (got {args.cases!r})")
-    n_futures = _int_list(args.n_future, "--n-future")
+    n_futures = int_list(args.n_future, "--n-future")
     require_positive(args, "batch_size", "seq_len", "steps", "rounds")
     for n in n_futures:  # validate every shape up front, with the config's own messages
         ModelConfig(vocab_size=vocab_sizes[0], d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head,

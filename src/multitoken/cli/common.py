@@ -69,6 +69,19 @@ def write_json(path: str, value: Any) -> None:
     print(f"wrote {path}")
 
 
+def int_list(text: str, flag: str, example: str = "1,2,4") -> list[int]:
+    """A comma-separated list of positive integers given to an option, or a one-line error naming it."""
+    from multitoken.errors import ConfigError
+
+    try:
+        values = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers, e.g. {example} (got {text!r})") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{flag} needs positive integers (got {text!r})")
+    return values
+
+
 def require_positive(args: Any, *names: str) -> None:
     """Each named integer option must be at least 1; the error names the option as typed (--batch-size)."""
     from multitoken.errors import ConfigError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jsonargparse import Namespace
 
-from multitoken.cli.common import add_command_group, add_device_argument, new_parser
+from multitoken.cli.common import add_command_group, add_device_argument, int_list, new_parser
 from multitoken.errors import ConfigError
 
 COMMON_HELP = ("Each run is an ordinary run directory under OUT/runs (trained by the ordinary trainer, resumable); "
@@ -53,16 +53,6 @@ def add_parser(subcommands) -> None:
     inner.add_subcommand("bytes", byt, help="Which n is best for byte-level models?")
 
 
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} takes comma-separated integers (got {text!r})") from None
-    if not values or min(values) < 1:
-        raise ConfigError(f"{flag} needs integers of at least 1 (got {text!r})")
-    return values
-
-
 def _sizes(text: str, known: dict) -> dict:
     names = [s.strip() for s in str(text).split(",") if s.strip()]
     unknown = [s for s in names if s not in known]
@@ -82,7 +72,7 @@ def run(args: Namespace) -> int:
     experiment = args.experiment
     a = args[experiment]
     module = {"induction": induction, "arithmetic": arithmetic, "bytes": bytelevel}[experiment]
-    n_futures = _ints(a.n_future, "--n_future")
+    n_futures = int_list(a.n_future, "--n_future")
     if a.seeds < 1 or a.tokens < 1 or a.evaluations < 1 or a.lr <= 0:
         raise ConfigError("--seeds, --tokens and --evaluations must be at least 1 and --lr positive")
     if a.quick:
@@ -99,7 +89,7 @@ def run(args: Namespace) -> int:
         specs = induction.grid(sizes, n_futures, seeds)
     elif experiment == "arithmetic":
         setup = arithmetic.Setup(per_operations=20 if a.quick else a.per_operations)
-        specs = arithmetic.grid(sizes, n_futures, seeds, _ints(a.larger_n, "--larger_n"))
+        specs = arithmetic.grid(sizes, n_futures, seeds, int_list(a.larger_n, "--larger_n", "1"))
     else:
         if max(n_futures) > bytelevel.MAX_N:
             raise ConfigError(f"--n_future goes up to {bytelevel.MAX_N} here (got {max(n_futures)})")
