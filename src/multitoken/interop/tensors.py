@@ -15,6 +15,7 @@ is read back by safetensors itself in the tests.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import zipfile
@@ -72,18 +73,11 @@ def safetensors_tensors(path: Path) -> dict[str, LazyTensor]:
             raise CheckpointError(f"{path}: tensor {name} has dtype {info.get('dtype') if isinstance(info, dict) else '?'}"
                                   " or a header entry multitoken does not read: convert the file to float32, bfloat16 "
                                   "or float16 first") from None
-        if end > size or end - begin != dtype.itemsize * _numel(shape):
+        if end > size or end - begin != dtype.itemsize * math.prod(shape):
             raise CheckpointError(f"{path}: tensor {name} lies beyond the end of the file or has the wrong size: the "
                                   "file is truncated or damaged, download it again")
         out[name] = LazyTensor(shape, dtype, _reader(path, begin, end, dtype, shape))
     return out
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _reader(path: Path, begin: int, end: int, dtype: torch.dtype, shape: tuple[int, ...]) -> Callable[[], torch.Tensor]:
