@@ -87,3 +87,17 @@ def test_quick_byte_level_grid(tmp_path, capsys):
     for r in records:
         assert r["final"]["bpb"] > 0 and 1.0 <= r["final"]["tau"] <= r["n_future"]
     assert records[0]["final"]["tau"] == 1.0 and (out / "bytes.png").stat().st_size > 0
+
+
+def test_report_redraws_from_results_json_alone(tmp_path, capsys):
+    out = tmp_path / "bytes"
+    assert run_cli(capsys, "experiment", "bytes", "--quick", "--out", out)[0] == 0
+    for name in ("results.md", "bytes.png"):
+        (out / name).unlink()
+    import shutil
+
+    shutil.rmtree(out / "runs")  # no run directories: the committed results alone
+    code, printed, _ = run_cli(capsys, "experiment", "bytes", "--report", "--out", out)
+    assert code == 0 and "head-1 bits/byte" in printed and (out / "bytes.png").exists()
+    code, _, err = run_cli(capsys, "experiment", "bytes", "--report", "--out", tmp_path / "none")
+    assert code == 1 and "cannot read" in err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from jsonargparse import Namespace
 
 from multitoken.cli.common import add_command_group, add_device_argument, int_list, new_parser
@@ -21,6 +23,9 @@ def _add_common(parser, sizes: str, n_future: str, out: str, tokens: int, lr: fl
     parser.add_argument("--evaluations", type=int, default=evaluations,
                         help="Checkpoints evaluated along each run (evenly spaced; the last is the end).")
     parser.add_argument("--out", type=str, default=out, help="Output folder; runs accumulate in its results.json.")
+    parser.add_argument("--report", action="store_true",
+                        help="Only redraw OUT's table and plot from its results.json (no training; e.g. for the "
+                             "results committed under docs/experiments).")
     parser.add_argument("--quick", action="store_true",
                         help="A miniature grid (one tiny size, 1 seed, ~50k tokens, small test sets) that checks the "
                              "pipeline in under a minute; not the claim.")
@@ -61,9 +66,24 @@ def _sizes(text: str, known: dict) -> dict:
     return {name: known[name] for name in names}
 
 
-def run(args: Namespace) -> int:
-    from pathlib import Path
+def _report(experiment: str, out) -> int:
+    import json
 
+    from multitoken.experiments.runner import table, write_report
+
+    path = out / "results.json"
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {path} ({type(e).__name__}): run the grid first, or point --out at its "
+                          "folder") from None
+    write_report(experiment, records, out)
+    print(table(experiment, records))
+    print(f"wrote {out / 'results.md'} and {out / (experiment + '.png')}")
+    return 0
+
+
+def run(args: Namespace) -> int:
     from multitoken.experiments import arithmetic, bytelevel, induction
     from multitoken.experiments.common import Budget
     from multitoken.experiments.runner import run_grid, table
@@ -71,6 +91,8 @@ def run(args: Namespace) -> int:
 
     experiment = args.experiment
     a = args[experiment]
+    if a.report:
+        return _report(experiment, Path(a.out).expanduser())
     module = {"induction": induction, "arithmetic": arithmetic, "bytes": bytelevel}[experiment]
     n_futures = int_list(a.n_future, "--n_future")
     if a.seeds < 1 or a.tokens < 1 or a.evaluations < 1 or a.lr <= 0:
