@@ -14,11 +14,7 @@ import socket
 from pathlib import Path
 
 from multitoken.errors import ConfigError
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; runs there go unguarded, as before
-    fcntl = None
+from multitoken.files import fcntl  # None on Windows: no flock, runs there go unguarded, as before
 
 LOCK_NAME = ".lock"
 
