@@ -7,7 +7,7 @@ import torch
 
 from multitoken.experiments import induction
 from multitoken.experiments.common import word_tokenizer
-from tests.cli.conftest import run_cli
+from tests.cli.conftest import assert_one_line_error, run_cli
 
 
 class Oracle(torch.nn.Module):
@@ -68,12 +68,20 @@ def test_quick_grids_write_results_and_resume(tmp_path, capsys):
     again = json.loads((out / "results.json").read_text())
     assert again[1]["final"]["step"] == last_step and again[0] == records[0]
 
+    # Continuing the grid with other data settings would mix runs that cannot be compared: refused, nothing touched.
+    code, _, err = run_cli(capsys, "experiment", "induction", "--quick", "--p_fresh", "0.5", "--out", out)
+    assert_one_line_error(code, err, "setup.p_fresh 0.05 -> 0.5", "new --out")
+    assert json.loads((out / "results.json").read_text()) == again
+
     out = tmp_path / "arithmetic"
-    code, printed, _ = run_cli(capsys, "experiment", "arithmetic", "--quick", "--out", out)
+    code, printed, _ = run_cli(capsys, "experiment", "arithmetic", "--quick", "--degree", "3", "--out", out)
     assert code == 0
     records = json.loads((out / "results.json").read_text())
     assert [r["n_future"] for r in records] == [1, 2, 4]
     assert set(records[0]["final"]["exact"]) == {str(m) for m in range(1, 11)}
+    assert json.loads((out / "grid.json").read_text())["setup"]["degree"] == 3
+    documents = (out / "data" / "documents.jsonl").read_text().splitlines()
+    assert all(json.loads(d)["text"].split(" = ")[1].count(" ") == 2 for d in documents[:50])  # 3 coefficients
     assert (out / "arithmetic.png").stat().st_size > 0
 
 

@@ -50,6 +50,9 @@ def add_parser(subcommands) -> None:
     ari.add_argument("--larger_n", type=str, default="1",
                      help="Head counts for the largest size (the 3x larger next-token baseline: 1).")
     ari.add_argument("--per_operations", type=int, default=2000, help="Test expressions per number of operations.")
+    ari.add_argument("--degree", type=int, default=5,
+                     help="The ring F_7[X]/(X^degree): 5 is the paper's; 3 is the protocol's fallback when a small "
+                          "next-token model learns almost nothing of the 5-coefficient task.")
     inner.add_subcommand("arithmetic", ari, help="Multi-token beats a 3x larger next-token model at arithmetic?")
     byt = new_parser("Byte-level choice of n (paper sections 3.3-3.4): n = 1, 2, 4, 8, parameter-matched (10 layers, "
                      "d_model 128), the same tokens of the built-in corpus; head 1's validation bits per byte and "
@@ -110,7 +113,9 @@ def run(args: Namespace) -> int:
                                 copy_sequences=10 if a.quick else 100)
         specs = induction.grid(sizes, n_futures, seeds)
     elif experiment == "arithmetic":
-        setup = arithmetic.Setup(per_operations=20 if a.quick else a.per_operations)
+        if not 2 <= a.degree <= 8:
+            raise ConfigError(f"--degree must be 2..8 (got {a.degree}): the ring's coefficient count")
+        setup = arithmetic.Setup(per_operations=20 if a.quick else a.per_operations, degree=a.degree)
         specs = arithmetic.grid(sizes, n_futures, seeds, int_list(a.larger_n, "--larger_n", "1"))
     else:
         if max(n_futures) > bytelevel.MAX_N:

@@ -1,9 +1,10 @@
 """Polynomial arithmetic over F_7[X]/(X^5) (paper section 4.2): random expressions with exact answers.
 
-An element of the ring is its 5 coefficients (c0 + c1 X + ... + c4 X^4, each in 0..6). An expression starts as a
+An element of the ring is its 5 coefficients (c0 + c1 X + ... + c4 X^4, each in 0..6); a smaller ring F_7[X]/(X^d)
+(the protocol's fallback is d = 3) is the same code with d coefficients, the length of the tuples. An expression starts as a
 random element (a leaf); m times, an operation drawn uniformly from negation, addition, multiplication and
 composition is applied: negation wraps the expression, a binary operation combines it with a fresh leaf, the
-expression on the left or the right with probability 1/2. Composition CMP(a, b) is a(b(X)) reduced mod (X^5, 7).
+expression on the left or the right with probability 1/2. Composition CMP(a, b) is a(b(X)) reduced mod (X^d, 7).
 
 Serialized in prefix order over a 13-word vocabulary, a leaf as its five digits, and the answer after `=`:
 
@@ -18,7 +19,7 @@ import random
 from dataclasses import dataclass
 
 P = 7  # the field F_7
-DEGREE = 5  # the ring F_7[X]/(X^5): five coefficients
+DEGREE = 5  # the paper's ring F_7[X]/(X^5): five coefficients
 OPS = ("NEG", "ADD", "MUL", "CMP")
 VOCAB = tuple(str(d) for d in range(P)) + OPS + ("=", "PAUSE")
 
@@ -34,20 +35,22 @@ def neg(a: Poly) -> Poly:
 
 
 def mul(a: Poly, b: Poly) -> Poly:
-    """The product, truncated at X^5 (terms of degree 5 and above are 0 in the ring)."""
-    out = [0] * DEGREE
+    """The product, truncated at X^d (terms of degree d and above are 0 in the ring)."""
+    degree = len(a)
+    out = [0] * degree
     for i, x in enumerate(a):
         if x:
-            for j in range(DEGREE - i):
+            for j in range(degree - i):
                 out[i + j] = (out[i + j] + x * b[j]) % P
     return tuple(out)
 
 
 def compose(a: Poly, b: Poly) -> Poly:
     """a(b(X)) in the ring: sum of a_i b^i, by Horner's rule."""
-    out = (0,) * DEGREE
+    degree = len(a)
+    out = (0,) * degree
     for coefficient in reversed(a):
-        out = add(mul(out, b), (coefficient,) + (0,) * (DEGREE - 1))
+        out = add(mul(out, b), (coefficient,) + (0,) * (degree - 1))
     return out
 
 
@@ -69,19 +72,19 @@ class Expr:
         return [self.op] + [word for arg in self.args for word in arg.prefix()]
 
 
-def random_leaf(rng: random.Random) -> Expr:
-    return Expr("LEAF", (tuple(rng.randrange(P) for _ in range(DEGREE)),))
+def random_leaf(rng: random.Random, degree: int = DEGREE) -> Expr:
+    return Expr("LEAF", (tuple(rng.randrange(P) for _ in range(degree)),))
 
 
-def random_expression(rng: random.Random, operations: int) -> Expr:
+def random_expression(rng: random.Random, operations: int, degree: int = DEGREE) -> Expr:
     """An expression with exactly `operations` operations, grown as the paper describes."""
-    expr = random_leaf(rng)
+    expr = random_leaf(rng, degree)
     for _ in range(operations):
         op = rng.choice(OPS)
         if op == "NEG":
             expr = Expr("NEG", (expr,))
         else:
-            leaf = random_leaf(rng)
+            leaf = random_leaf(rng, degree)
             expr = Expr(op, (expr, leaf) if rng.random() < 0.5 else (leaf, expr))
     return expr
 
@@ -101,26 +104,27 @@ def example(expr: Expr, pauses: int = 0) -> str:
 
 
 def training_texts(seed: int, count: int, max_operations: int = 5, pauses: int = 0,
-                   exclude: set[str] = frozenset()) -> list[str]:
+                   exclude: set[str] = frozenset(), degree: int = DEGREE) -> list[str]:
     """`count` training documents, operations drawn uniformly from 1..max_operations, none of them in `exclude`
     (the test and validation questions)."""
     rng = random.Random(seed)
     texts = []
     while len(texts) < count:
-        expr = random_expression(rng, rng.randint(1, max_operations))
+        expr = random_expression(rng, rng.randint(1, max_operations), degree)
         if " ".join(expr.prefix()) not in exclude:
             texts.append(example(expr, pauses))
     return texts
 
 
-def test_set(seed: int, per_operations: int, operations: range = range(1, 11)) -> dict[int, list[Expr]]:
+def test_set(seed: int, per_operations: int, operations: range = range(1, 11),
+             degree: int = DEGREE) -> dict[int, list[Expr]]:
     """Fixed evaluation expressions, `per_operations` for each number of operations (distinct within the set)."""
     rng = random.Random(seed)
     out: dict[int, list[Expr]] = {}
     for m in operations:
         seen, exprs = set(), []
         while len(exprs) < per_operations:
-            expr = random_expression(rng, m)
+            expr = random_expression(rng, m, degree)
             key = " ".join(expr.prefix())
             if key not in seen:
                 seen.add(key)

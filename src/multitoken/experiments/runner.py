@@ -3,6 +3,8 @@ results written as each run finishes: results.json, results.md and the plots."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +14,7 @@ import torch
 from multitoken.experiments import arithmetic, bytelevel, induction
 from multitoken.experiments.common import (Budget, RunSpec, evaluate_checkpoints, run_training, spec_record,
                                            train_config, write_results)
+from multitoken.errors import ConfigError
 from multitoken.files import atomic_write_text
 
 EXPERIMENTS = {"induction": induction, "arithmetic": arithmetic, "bytes": bytelevel}
@@ -35,6 +38,7 @@ def run_grid(experiment: str, specs: list[RunSpec], budget: Budget, setup, out: 
              log: Callable[[str], None] = print) -> list[dict]:
     module = EXPERIMENTS[experiment]
     out.mkdir(parents=True, exist_ok=True)
+    claim_grid(experiment, budget, setup, out)
     data, tokenizer = module.data(budget, setup, out)
     metric = module.make_metric(setup, device, tokenizer, budget.seq_len)
     records = []
@@ -48,6 +52,30 @@ def run_grid(experiment: str, specs: list[RunSpec], budget: Budget, setup, out: 
         every = write_results(out, records)  # as each run finishes: a stopped grid keeps what it has
         write_report(experiment, every, out)
     return records
+
+
+def claim_grid(experiment: str, budget: Budget, setup, out: Path) -> None:
+    """Record the grid's settings in OUT/grid.json, or refuse settings that differ from those recorded: a grid's runs
+    share one data set and one schedule, and continuing it with another (say another --p_fresh or --tokens) would
+    silently mix runs that cannot be compared."""
+    settings = {"experiment": experiment, "budget": dataclasses.asdict(budget), "setup": dataclasses.asdict(setup)}
+    path = out / "grid.json"
+    if not path.exists():
+        atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
+        return
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {path} ({type(e).__name__}): restore it, or delete it if the settings "
+                          "are known to match") from None
+    if recorded != settings:
+        differ = [f"{part}.{key} {recorded.get(part, {}).get(key)!r} -> {value!r}"
+                  for part in ("budget", "setup") for key, value in settings[part].items()
+                  if recorded.get(part, {}).get(key) != value]
+        if recorded.get("experiment") != experiment:
+            differ.insert(0, f"experiment {recorded.get('experiment')!r} -> {experiment!r}")
+        raise ConfigError(f"{out} holds a grid with other settings ({'; '.join(differ)}): give a new --out, or "
+                          "the recorded settings to continue it")
 
 
 def _mean_sd(values: list[float]) -> str:
