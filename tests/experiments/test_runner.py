@@ -109,3 +109,13 @@ def test_report_redraws_from_results_json_alone(tmp_path, capsys):
     assert code == 0 and "head-1 bits/byte" in printed and (out / "bytes.png").exists()
     code, _, err = run_cli(capsys, "experiment", "bytes", "--report", "--out", tmp_path / "none")
     assert code == 1 and "cannot read" in err
+
+
+def test_bad_grid_options_get_one_line_errors(tmp_path, capsys):
+    cases = [(["induction", "--seeds", "0"], "--seeds"), (["arithmetic", "--batch_tokens", "0"], "--batch_tokens"),
+             (["arithmetic", "--degree", "1"], "--degree must be 2..8"), (["induction", "--p_fresh", "0"], "--p_fresh"),
+             (["induction", "--sizes", "7M"], "--sizes takes")]
+    for argv, fragment in cases:
+        code, _, err = run_cli(capsys, "experiment", *argv, "--out", tmp_path / "grid")
+        assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "grid").exists()  # refused before anything is written

@@ -14,12 +14,15 @@ COMMON_HELP = ("Each run is an ordinary run directory under OUT/runs (trained by
                "OUT/results.json (a record per run), OUT/results.md (mean ± sd over seeds) and a PNG plot.")
 
 
-def _add_common(parser, sizes: str, n_future: str, out: str, tokens: int, lr: float, evaluations: int) -> None:
+def _add_common(parser, sizes: str, n_future: str, out: str, tokens: int, lr: float, evaluations: int,
+                batch_tokens: int = 8192) -> None:
     parser.add_argument("--sizes", type=str, default=sizes, help="Model sizes, comma-separated (see --help above).")
     parser.add_argument("--n_future", type=str, default=n_future, help="Head counts n, comma-separated.")
     parser.add_argument("--seeds", type=int, default=3, help="Seeds per configuration (1..N).")
     parser.add_argument("--tokens", type=int, default=tokens, help="Tokens trained per run.")
     parser.add_argument("--lr", type=float, default=lr, help="Peak learning rate (warmup 2%, cosine to 0.03x).")
+    parser.add_argument("--batch_tokens", type=int, default=batch_tokens,
+                        help="Tokens per optimizer step (windows of 256): fewer give more steps for the same tokens.")
     parser.add_argument("--evaluations", type=int, default=evaluations,
                         help="Checkpoints evaluated along each run (evenly spaced; the last is the end).")
     parser.add_argument("--out", type=str, default=out, help="Output folder; runs accumulate in its results.json.")
@@ -57,7 +60,7 @@ def add_parser(subcommands) -> None:
     byt = new_parser("Byte-level choice of n (paper sections 3.3-3.4): n = 1, 2, 4, 8, parameter-matched (10 layers, "
                      "d_model 128), the same tokens of the built-in corpus; head 1's validation bits per byte and "
                      "the bytes per forward of greedy self-speculative decoding. " + COMMON_HELP)
-    _add_common(byt, "2M", "1,2,4,8", "experiments/bytes", 3_276_800, 2e-3, 4)
+    _add_common(byt, "2M", "1,2,4,8", "experiments/bytes", 3_276_800, 2e-3, 4, batch_tokens=4096)
     inner.add_subcommand("bytes", byt, help="Which n is best for byte-level models?")
 
 
@@ -98,14 +101,14 @@ def run(args: Namespace) -> int:
         return _report(experiment, Path(a.out).expanduser())
     module = {"induction": induction, "arithmetic": arithmetic, "bytes": bytelevel}[experiment]
     n_futures = int_list(a.n_future, "--n_future")
-    if a.seeds < 1 or a.tokens < 1 or a.evaluations < 1 or a.lr <= 0:
-        raise ConfigError("--seeds, --tokens and --evaluations must be at least 1 and --lr positive")
+    if a.seeds < 1 or a.tokens < 1 or a.evaluations < 1 or a.lr <= 0 or a.batch_tokens < 1:
+        raise ConfigError("--seeds, --tokens, --evaluations and --batch_tokens must be at least 1 and --lr positive")
     if a.quick:
         sizes, seeds = module.QUICK_SIZES, [1]
         budget = Budget(tokens=min(a.tokens, 49_152), seq_len=128, batch_tokens=2048, evaluations=2, lr=3e-3)
     else:
         sizes, seeds = _sizes(a.sizes, module.SIZES), list(range(1, a.seeds + 1))
-        budget = Budget(tokens=a.tokens, lr=a.lr, evaluations=a.evaluations)
+        budget = Budget(tokens=a.tokens, lr=a.lr, evaluations=a.evaluations, batch_tokens=a.batch_tokens)
     if experiment == "induction":
         if not 0 < a.p_fresh <= 1:
             raise ConfigError(f"--p_fresh must be in (0, 1] (got {a.p_fresh})")
@@ -124,8 +127,8 @@ def run(args: Namespace) -> int:
             setup = bytelevel.Setup(eval_windows=8, prompts=2, prompt_len=16, new_tokens=16)
             budget = Budget(tokens=16_384, seq_len=64, batch_tokens=512, evaluations=2, lr=3e-3)
         else:  # the default run's batch: 16 windows of 256 bytes
-            setup, budget = bytelevel.Setup(), Budget(tokens=a.tokens, batch_tokens=4096, evaluations=a.evaluations,
-                                                      lr=a.lr)
+            setup, budget = bytelevel.Setup(), Budget(tokens=a.tokens, batch_tokens=a.batch_tokens,
+                                                      evaluations=a.evaluations, lr=a.lr)
         specs = bytelevel.grid(sizes, n_futures, seeds)
     out = Path(a.out).expanduser()
     records = run_grid(experiment, specs, budget, setup, out, resolve_device(a.device))
