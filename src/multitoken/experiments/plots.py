@@ -22,10 +22,11 @@ def _pyplot():
 
 
 def plot_induction(records: list[dict], path: Path) -> None:
-    """Induction success (the best checkpoint, as the paper's epoch oracle) against non-embedding parameters: every
-    seed a marker, the mean a line, chance dashed."""
+    """Left: induction success (the best checkpoint, as the paper's epoch oracle) against non-embedding parameters,
+    every seed a marker, the mean a line, chance dashed. Right: every run's success against tokens trained, which shows
+    *when* induction forms (the paper's claim is about its formation), not only how far it got."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, (ax, curves) = plt.subplots(1, 2, figsize=(11, 4.2))
     for n in sorted({r["n_future"] for r in records}):
         rows = [r for r in records if r["n_future"] == n]
         ax.scatter([r["non_embedding_params"] for r in rows], [r["best"]["induction"] for r in rows],
@@ -37,10 +38,27 @@ def plot_induction(records: list[dict], path: Path) -> None:
     ax.axhline(CHANCE, color="#999999", ls="--", lw=1, label="chance (1/48)")
     ax.set_xscale("log")
     ax.set_xlabel("non-embedding parameters")
-    ax.set_ylabel("induction success")
+    ax.set_ylabel("induction success (best checkpoint)")
     ax.set_ylim(0, None)
     ax.legend(fontsize=8)
     ax.set_title("Induction on procedural stories (Fig. 7 analogue)", fontsize=10)
+
+    styles = ["-", "--", ":", "-."]
+    sizes = sorted({(r["non_embedding_params"], r["size"]) for r in records})
+    for r in records:
+        style = styles[[s for _, s in sizes].index(r["size"]) % len(styles)]
+        tokens, values = zip(*r["curve"]) if r.get("curve") else ((), ())
+        curves.plot([t / 1e6 for t in tokens], values, style, color=COLORS.get(r["n_future"]), lw=1.2, alpha=0.8)
+    for n in sorted({r["n_future"] for r in records}):
+        curves.plot([], [], "-", color=COLORS.get(n), label=f"n = {n}")
+    for i, (_, size) in enumerate(sizes):
+        curves.plot([], [], styles[i % len(styles)], color="#444444", label=size)
+    curves.axhline(CHANCE, color="#999999", ls="--", lw=1)
+    curves.set_xlabel("tokens trained (millions)")
+    curves.set_ylabel("induction success")
+    curves.set_ylim(0, None)
+    curves.legend(fontsize=8)
+    curves.set_title("When induction forms: every run", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -65,7 +83,7 @@ def plot_arithmetic(records: list[dict], path: Path) -> None:
     ax.set_ylabel("accuracy (%)")
     ax.set_xticks(ms)
     ax.legend(fontsize=8)
-    ax.set_title("Polynomial arithmetic over F7[X]/(X^5) (Figs. 8 / S16 analogue)", fontsize=10)
+    ax.set_title("Polynomial arithmetic over F7[X]/(X^d) (Figs. 8 / S16 analogue)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
