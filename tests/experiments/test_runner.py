@@ -96,6 +96,13 @@ def test_quick_byte_level_grid(tmp_path, capsys):
         assert r["final"]["bpb"] > 0 and 1.0 <= r["final"]["tau"] <= r["n_future"]
     assert records[0]["final"]["tau"] == 1.0 and (out / "bytes.png").stat().st_size > 0
 
+    # Another process's seeds join the same grid (--first_seed): its record is merged, the others kept as they were.
+    code, printed, _ = run_cli(capsys, "experiment", "bytes", "--quick", "--n_future", "1", "--first_seed", "2",
+                               "--out", out)
+    assert code == 0 and "tiny-n1-s2" in printed
+    merged = json.loads((out / "results.json").read_text())
+    assert merged[:4] == records and [(r["n_future"], r["seed"]) for r in merged[4:]] == [(1, 2)]
+
 
 def test_report_redraws_from_results_json_alone(tmp_path, capsys):
     out = tmp_path / "bytes"
@@ -112,7 +119,7 @@ def test_report_redraws_from_results_json_alone(tmp_path, capsys):
 
 
 def test_bad_grid_options_get_one_line_errors(tmp_path, capsys):
-    cases = [(["induction", "--seeds", "0"], "--seeds"), (["arithmetic", "--batch_tokens", "0"], "--batch_tokens"),
+    cases = [(["induction", "--seeds", "0"], "--seeds"), (["bytes", "--first_seed", "0"], "--first_seed"), (["arithmetic", "--batch_tokens", "0"], "--batch_tokens"),
              (["arithmetic", "--degree", "1"], "--degree must be 2..8"), (["induction", "--p_fresh", "0"], "--p_fresh"),
              (["induction", "--sizes", "7M"], "--sizes takes")]
     for argv, fragment in cases:

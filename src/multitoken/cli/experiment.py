@@ -19,6 +19,9 @@ def _add_common(parser, sizes: str, n_future: str, out: str, tokens: int, lr: fl
     parser.add_argument("--sizes", type=str, default=sizes, help="Model sizes, comma-separated (see --help above).")
     parser.add_argument("--n_future", type=str, default=n_future, help="Head counts n, comma-separated.")
     parser.add_argument("--seeds", type=int, default=3, help="Seeds per configuration (1..N).")
+    parser.add_argument("--first_seed", type=int, default=1,
+                        help="Start the seeds here (K..K+N-1): split one grid between processes or machines, each "
+                             "with its own seeds and the same --out.")
     parser.add_argument("--tokens", type=int, default=tokens, help="Tokens trained per run.")
     parser.add_argument("--lr", type=float, default=lr, help="Peak learning rate (warmup 2%, cosine to 0.03x).")
     parser.add_argument("--batch_tokens", type=int, default=batch_tokens,
@@ -101,13 +104,14 @@ def run(args: Namespace) -> int:
         return _report(experiment, Path(a.out).expanduser())
     module = {"induction": induction, "arithmetic": arithmetic, "bytes": bytelevel}[experiment]
     n_futures = int_list(a.n_future, "--n_future")
-    if a.seeds < 1 or a.tokens < 1 or a.evaluations < 1 or a.lr <= 0 or a.batch_tokens < 1:
-        raise ConfigError("--seeds, --tokens, --evaluations and --batch_tokens must be at least 1 and --lr positive")
+    if min(a.seeds, a.first_seed, a.tokens, a.evaluations, a.batch_tokens) < 1 or a.lr <= 0:
+        raise ConfigError("--seeds, --first_seed, --tokens, --evaluations and --batch_tokens must be at least 1 and "
+                          "--lr positive")
     if a.quick:
-        sizes, seeds = module.QUICK_SIZES, [1]
+        sizes, seeds = module.QUICK_SIZES, [a.first_seed]
         budget = Budget(tokens=min(a.tokens, 49_152), seq_len=128, batch_tokens=2048, evaluations=2, lr=3e-3)
     else:
-        sizes, seeds = _sizes(a.sizes, module.SIZES), list(range(1, a.seeds + 1))
+        sizes, seeds = _sizes(a.sizes, module.SIZES), list(range(a.first_seed, a.first_seed + a.seeds))
         budget = Budget(tokens=a.tokens, lr=a.lr, evaluations=a.evaluations, batch_tokens=a.batch_tokens)
     if experiment == "induction":
         if not 0 < a.p_fresh <= 1:

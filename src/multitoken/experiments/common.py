@@ -26,7 +26,7 @@ from multitoken.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 from multitoken.data.prepare import PrepareOptions, prepare
 from multitoken.data.shards import is_prepared
 from multitoken.data.tokenizer import EOT_TOKEN, BPETokenizer, load_tokenizer, require_tokenizers
-from multitoken.files import atomic_write_text
+from multitoken.files import atomic_write_text, file_lock
 from multitoken.model import MTPModel
 from multitoken.training.checkpoint import list_checkpoints, load_model, read_meta
 
@@ -162,17 +162,19 @@ def evaluate_checkpoints(run_dir: Path, metric: Callable[[MTPModel], dict], devi
 
 def write_results(out: Path, records: list[dict]) -> list[dict]:
     """Merge these runs' records into OUT/results.json (a record per run name: a grid run size by size, or with other
-    settings for some runs, accumulates there). Returns every record."""
+    settings for some runs, accumulates there). Returns every record. Processes sharing one grid (--first_seed) take
+    turns, so neither's read-merge-write drops the other's runs."""
     path = out / "results.json"
-    merged: dict[str, dict] = {}
-    if path.exists():
-        try:
-            merged = {r["run"]: r for r in json.loads(path.read_text())}
-        except (ValueError, KeyError, TypeError):
-            merged = {}  # damaged: rebuilt from the runs that report now
-    merged.update((r["run"], r) for r in records)
-    every = list(merged.values())
-    atomic_write_text(path, json.dumps(every, indent=1) + "\n")
+    with file_lock(out / ".results.lock"):
+        merged: dict[str, dict] = {}
+        if path.exists():
+            try:
+                merged = {r["run"]: r for r in json.loads(path.read_text())}
+            except (ValueError, KeyError, TypeError):
+                merged = {}  # damaged: rebuilt from the runs that report now
+        merged.update((r["run"], r) for r in records)
+        every = list(merged.values())
+        atomic_write_text(path, json.dumps(every, indent=1) + "\n")
     return every
 
 
