@@ -126,3 +126,17 @@ def test_bad_grid_options_get_one_line_errors(tmp_path, capsys):
         code, _, err = run_cli(capsys, "experiment", *argv, "--out", tmp_path / "grid")
         assert_one_line_error(code, err, fragment)
     assert not (tmp_path / "grid").exists()  # refused before anything is written
+
+
+def test_documents_are_generated_only_until_prepared(tmp_path):
+    from multitoken.experiments.common import prepare_documents
+
+    calls = []
+
+    def texts():
+        calls.append(1)
+        return ["the Ka zor ."] * 200
+
+    first = prepare_documents(texts, word_tokenizer(["the", "Ka", "zor", "."]), tmp_path / "data")
+    again = prepare_documents(texts, word_tokenizer(["the", "Ka", "zor", "."]), tmp_path / "data")
+    assert len(calls) == 1 and first[0] == again[0] and again[1].encode("Ka zor") == first[1].encode("Ka zor")

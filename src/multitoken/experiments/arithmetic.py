@@ -18,7 +18,7 @@ from multitoken.decoding.generate import generate, pad_prompts
 from multitoken.experiments import polynomials as poly
 from multitoken.config import DataConfig
 from multitoken.data.tokenizer import BPETokenizer
-from multitoken.experiments.common import Budget, RunSpec, Shape, prepare_documents, tokenizer_of, word_tokenizer
+from multitoken.experiments.common import Budget, RunSpec, Shape, prepare_documents, word_tokenizer
 from multitoken.model import MTPModel
 
 SIZES = {"S": Shape(96, 8, 4), "M": Shape(168, 8, 6)}
@@ -94,5 +94,4 @@ def grid(sizes: dict[str, Shape], n_futures: list[int], seeds: list[int], larger
 
 def data(budget: Budget, setup: Setup, out: Path) -> tuple[DataConfig, BPETokenizer]:
     """The generated training documents, prepared once under OUT/data, and their tokenizer."""
-    prepared = prepare_documents(training_texts(budget, setup), tokenizer(), out / "data")
-    return DataConfig(path=[str(prepared)]), tokenizer_of(prepared)
+    return prepare_documents(lambda: training_texts(budget, setup), tokenizer(), out / "data")

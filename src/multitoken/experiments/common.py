@@ -44,16 +44,18 @@ def word_tokenizer(words: Iterable[str]) -> BPETokenizer:
     return BPETokenizer(tokenizer)
 
 
-def prepare_documents(texts: list[str], tokenizer: BPETokenizer, out: Path, val_fraction: float = 0.01) -> Path:
-    """Write the documents as JSON Lines and prepare them: the training data of every run of the grid."""
+def prepare_documents(texts: Callable[[], list[str]], tokenizer: BPETokenizer, out: Path,
+                      val_fraction: float = 0.01) -> tuple[DataConfig, BPETokenizer]:
+    """The training data of every run of the grid and its tokenizer: the documents written as JSON Lines under OUT/data
+    and prepared, once. `texts` is called only when they are not prepared yet, since generating them takes seconds
+    to minutes and every later sitting of the grid reuses the prepared data."""
     out.mkdir(parents=True, exist_ok=True)
     prepared = out / "prepared"
-    if is_prepared(prepared) and (prepared / "manifest.json").is_file():
-        return prepared
-    source = out / "documents.jsonl"
-    atomic_write_text(source, "".join(json.dumps({"text": t}) + "\n" for t in texts))
-    prepare([str(source)], tokenizer, prepared, PrepareOptions(val_fraction=val_fraction, progress=False))
-    return prepared
+    if not (is_prepared(prepared) and (prepared / "manifest.json").is_file()):
+        source = out / "documents.jsonl"
+        atomic_write_text(source, "".join(json.dumps({"text": t}) + "\n" for t in texts()))
+        prepare([str(source)], tokenizer, prepared, PrepareOptions(val_fraction=val_fraction, progress=False))
+    return DataConfig(path=[str(prepared)]), load_tokenizer(prepared / "tokenizer")
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,3 @@ def spec_record(experiment: str, spec: RunSpec, budget: Budget, vocab_size: int)
             "seed": spec.seed, "shape": asdict(spec.shape),
             "non_embedding_params": non_embedding_params(spec.shape, spec.n_future, vocab_size),
             "lr": budget.lr, "tokens_planned": budget.steps * budget.batch_size * budget.seq_len}
-
-
-def tokenizer_of(data: Path) -> BPETokenizer:
-    return load_tokenizer(data / "tokenizer")

@@ -16,7 +16,7 @@ import torch
 from multitoken.experiments import stories
 from multitoken.config import DataConfig
 from multitoken.data.tokenizer import BPETokenizer
-from multitoken.experiments.common import Budget, RunSpec, Shape, prepare_documents, tokenizer_of, word_tokenizer
+from multitoken.experiments.common import Budget, RunSpec, Shape, prepare_documents, word_tokenizer
 from multitoken.model import MTPModel
 
 # Protocol sizes (d_model / layers / attention heads); layers >= 3 keeps the two layers induction needs on the
@@ -96,5 +96,4 @@ def grid(sizes: dict[str, Shape], n_futures: list[int], seeds: list[int]) -> lis
 
 def data(budget: Budget, setup: Setup, out: Path) -> tuple[DataConfig, BPETokenizer]:
     """The generated training documents, prepared once under OUT/data, and their tokenizer."""
-    prepared = prepare_documents(training_texts(budget, setup), tokenizer(), out / "data")
-    return DataConfig(path=[str(prepared)]), tokenizer_of(prepared)
+    return prepare_documents(lambda: training_texts(budget, setup), tokenizer(), out / "data")
