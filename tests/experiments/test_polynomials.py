@@ -71,3 +71,12 @@ def test_test_sets_are_fixed_distinct_and_kept_out_of_training():
     train = poly.training_texts(seed=6, count=3000, max_operations=3, exclude=held)
     asked = {t.split(" = ")[0] for t in train}
     assert not asked & held
+
+
+def test_majority_answer_accuracy_on_a_hand_made_set():
+    leaf = lambda *c: poly.Expr("LEAF", (c,))  # noqa: E731
+    exprs = [leaf(0, 0, 0), leaf(0, 0, 0), leaf(0, 1, 2), leaf(3, 1, 5)]
+    exact, per_coefficient = poly.majority_answer_accuracy(exprs)
+    assert exact == 2 / 4  # (0, 0, 0) twice
+    assert per_coefficient == (3 + 2 + 2) / 12  # c0: 0 three times; c1 and c2: 0 twice
+    assert poly.majority_answer_accuracy([]) == (0.0, 0.0)

@@ -83,6 +83,13 @@ def test_quick_grids_write_results_and_resume(tmp_path, capsys):
     documents = (out / "data" / "documents.jsonl").read_text().splitlines()
     assert all(json.loads(d)["text"].split(" = ")[1].count(" ") == 2 for d in documents[:50])  # 3 coefficients
     assert (out / "arithmetic.png").stat().st_size > 0
+    # The floor a run must clear, from the grid's own test set: what always answering the most frequent answer scores.
+    from multitoken.experiments import arithmetic
+
+    floor = arithmetic.majority_reference(arithmetic.Setup(per_operations=20, degree=3))
+    last = (out / "results.md").read_text().splitlines()[-1]
+    assert last.startswith("| most frequent answer, no model |") and "±" not in last
+    assert f"| {100 * floor['in_domain']:.1f} |" in last and "most frequent answer" in printed
 
 
 def test_quick_byte_level_grid(tmp_path, capsys):

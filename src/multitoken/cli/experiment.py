@@ -78,7 +78,7 @@ def _sizes(text: str, known: dict) -> dict:
 def _report(experiment: str, out) -> int:
     import json
 
-    from multitoken.experiments.runner import table, write_report
+    from multitoken.experiments.runner import write_report
 
     path = out / "results.json"
     try:
@@ -86,8 +86,7 @@ def _report(experiment: str, out) -> int:
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read {path} ({type(e).__name__}): run the grid first, or point --out at its "
                           "folder") from None
-    write_report(experiment, records, out)
-    print(table(experiment, records))
+    print(write_report(experiment, records, out))
     print(f"wrote {out / 'results.md'} and {out / (experiment + '.png')}")
     return 0
 
@@ -95,7 +94,7 @@ def _report(experiment: str, out) -> int:
 def run(args: Namespace) -> int:
     from multitoken.experiments import arithmetic, bytelevel, induction
     from multitoken.experiments.common import Budget
-    from multitoken.experiments.runner import run_grid, table
+    from multitoken.experiments.runner import reference, run_grid, table
     from multitoken.training.runtime import resolve_device
 
     experiment = args.experiment
@@ -136,6 +135,6 @@ def run(args: Namespace) -> int:
         specs = bytelevel.grid(sizes, n_futures, seeds)
     out = Path(a.out).expanduser()
     records = run_grid(experiment, specs, budget, setup, out, resolve_device(a.device))
-    print(table(experiment, records))
+    print(table(experiment, records, reference(experiment, out)))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / (experiment + '.png')}")
     return 0

@@ -73,12 +73,29 @@ def make_metric(setup: Setup, device: torch.device, tokenizer_, seq_len: int):
                     coefficient_hits += sum(a == b for a, b in zip(got, want))
             exact[str(m)] = hits / len(prompts)
             per_coefficient[str(m)] = coefficient_hits / (setup.degree * len(prompts))
-        in_domain = [exact[str(m)] for m in OPERATIONS if m <= IN_DOMAIN]
-        out_domain = [exact[str(m)] for m in OPERATIONS if m > IN_DOMAIN]
-        return {"in_domain": sum(in_domain) / len(in_domain), "out_of_domain": sum(out_domain) / len(out_domain),
-                "exact": exact, "per_coefficient": per_coefficient}
+        in_domain, out_of_domain = domain_means(exact)
+        return {"in_domain": in_domain, "out_of_domain": out_of_domain, "exact": exact,
+                "per_coefficient": per_coefficient}
 
     return metric
+
+
+def domain_means(per_m: dict[str, float]) -> tuple[float, float]:
+    """The means over the training domain's numbers of operations and over the rest."""
+    inside = [per_m[str(m)] for m in OPERATIONS if m <= IN_DOMAIN]
+    outside = [per_m[str(m)] for m in OPERATIONS if m > IN_DOMAIN]
+    return sum(inside) / len(inside), sum(outside) / len(outside)
+
+
+def majority_reference(setup: Setup) -> dict:
+    """The test set's scores for a model that ignores the question and always gives the most frequent answer (or
+    coefficient values): the floor a run must clear to have learned any arithmetic, in the metric's own layout."""
+    exact, per_coefficient = {}, {}
+    for m, exprs in test_expressions(setup).items():
+        exact[str(m)], per_coefficient[str(m)] = poly.majority_answer_accuracy(exprs)
+    in_domain, out_of_domain = domain_means(exact)
+    return {"in_domain": in_domain, "out_of_domain": out_of_domain, "exact": exact,
+            "per_coefficient": per_coefficient}
 
 
 def grid(sizes: dict[str, Shape], n_futures: list[int], seeds: list[int], larger_n: list[int]) -> list[RunSpec]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from multitoken.experiments import arithmetic
 from multitoken.experiments.induction import CHANCE
+from multitoken.experiments.polynomials import P
 
 COLORS = {1: "#7f7f7f", 2: "#1f77b4", 4: "#d62728", 8: "#2ca02c"}
 
@@ -64,26 +65,35 @@ def plot_induction(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_arithmetic(records: list[dict], path: Path) -> None:
-    """Exact-match accuracy against the number of operations, one line per (size, n): the seeds' mean, their range
-    shaded; the divider marks the end of the training domain."""
+def plot_arithmetic(records: list[dict], path: Path, floor: dict | None = None) -> None:
+    """Exact-match (left) and per-coefficient (right) accuracy against the number of operations, one line per
+    (size, n): the seeds' mean, their range shaded; the divider marks the end of the training domain, the dotted
+    line (when given) what always giving the most frequent answer scores, and the dashed one per-coefficient chance."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, panels = plt.subplots(1, 2, figsize=(11, 4.2))
     ms = list(arithmetic.OPERATIONS)
     keys = sorted({(r["size"], r["n_future"]) for r in records}, key=lambda k: (k[0] != "S", k[1]))
-    for size, n in keys:
-        rows = [r for r in records if r["size"] == size and r["n_future"] == n]
-        values = [[100 * r["final"]["exact"][str(m)] for r in rows] for m in ms]
-        style = "-" if size == keys[0][0] else "--"
-        ax.plot(ms, [statistics.mean(v) for v in values], style, marker="o", ms=3, color=COLORS.get(n),
-                label=f"{size}, n = {n} ({rows[0]['non_embedding_params'] / 1e6:.2f}M)")
-        ax.fill_between(ms, [min(v) for v in values], [max(v) for v in values], color=COLORS.get(n), alpha=0.12)
-    ax.axvline(arithmetic.IN_DOMAIN + 0.5, color="#999999", lw=1)
-    ax.set_xlabel("# operations (training: 1-5)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_xticks(ms)
-    ax.legend(fontsize=8)
-    ax.set_title("Polynomial arithmetic over F7[X]/(X^d) (Figs. 8 / S16 analogue)", fontsize=10)
+    for ax, metric, title in ((panels[0], "exact", "exact match"), (panels[1], "per_coefficient", "per coefficient")):
+        for size, n in keys:
+            rows = [r for r in records if r["size"] == size and r["n_future"] == n]
+            values = [[100 * r["final"][metric][str(m)] for r in rows] for m in ms]
+            style = "-" if size == keys[0][0] else "--"
+            ax.plot(ms, [statistics.mean(v) for v in values], style, marker="o", ms=3, color=COLORS.get(n),
+                    label=f"{size}, n = {n} ({rows[0]['non_embedding_params'] / 1e6:.2f}M)")
+            ax.fill_between(ms, [min(v) for v in values], [max(v) for v in values], color=COLORS.get(n), alpha=0.12)
+        if floor:
+            ax.plot(ms, [100 * floor[metric][str(m)] for m in ms], ":", color="#000000", lw=1.2,
+                    label="most frequent answer (no model)")
+        if metric == "per_coefficient":
+            ax.axhline(100 / P, color="#999999", ls="--", lw=1, label=f"chance (1/{P})")
+        ax.axvline(arithmetic.IN_DOMAIN + 0.5, color="#999999", lw=1)
+        ax.set_xlabel("# operations (training: 1-5)")
+        ax.set_ylabel(f"accuracy, {title} (%)")
+        ax.set_xticks(ms)
+        ax.set_ylim(0, None)
+        ax.legend(fontsize=7)
+    panels[0].set_title("Polynomial arithmetic over F7[X]/(X^d) (Figs. 8 / S16 analogue)", fontsize=10)
+    panels[1].set_title("Each answer coefficient right", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -16,6 +16,7 @@ Everything is a pure function of a `random.Random`, so a seed gives the same exp
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 P = 7  # the field F_7
@@ -131,3 +132,17 @@ def test_set(seed: int, per_operations: int, operations: range = range(1, 11),
                 exprs.append(expr)
         out[m] = exprs
     return out
+
+
+def majority_answer_accuracy(exprs: list[Expr]) -> tuple[float, float]:
+    """What a model that ignores the question scores: (exact match of the most frequent answer, per-coefficient
+    accuracy of the most frequent value at each coefficient). Answers are not uniform (a product with a leaf whose
+    constant term is 0 keeps c0 = 0, for one), so this sits above chance, and a run that scores it has learned the
+    answers' frequencies and nothing about the question."""
+    if not exprs:
+        return 0.0, 0.0
+    values = [e.value() for e in exprs]
+    exact = Counter(values).most_common(1)[0][1] / len(values)
+    degree = len(values[0])
+    per_coefficient = sum(Counter(v[i] for v in values).most_common(1)[0][1] for i in range(degree))
+    return exact, per_coefficient / (degree * len(values))

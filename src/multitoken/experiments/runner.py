@@ -92,8 +92,9 @@ def groups(records: list[dict]) -> dict[tuple[str, int], list[dict]]:
     return out
 
 
-def table(experiment: str, records: list[dict]) -> str:
-    """Mean ± sd over seeds, in percent, one row per (size, n)."""
+def table(experiment: str, records: list[dict], reference: dict | None = None) -> str:
+    """Mean ± sd over seeds, in percent, one row per (size, n); for arithmetic, a last row for `reference` (what
+    answering without reading the question scores) when given."""
     if experiment == "induction":
         lines = ["| size | non-embedding params | n | seeds | induction (best) | induction (final) | first mention "
                  "(final) | copy (final) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -114,23 +115,49 @@ def table(experiment: str, records: list[dict]) -> str:
                          f"{spread(tau)} |")
     else:
         lines = ["| size | non-embedding params | n | seeds | in domain (1-5 ops) | out of domain (6-10 ops) | "
+                 "per coefficient, in domain | per coefficient, out of domain | "
                  + " | ".join(f"{m} ops" for m in arithmetic.OPERATIONS) + " |",
-                 "|---|---:|---:|---:|---:|---:|" + "---:|" * len(arithmetic.OPERATIONS)]
+                 "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(arithmetic.OPERATIONS)]
+
+        def row(label: str, params: str, n: str, seeds: str, finals: list[dict]) -> str:
+            per_coefficient = [arithmetic.domain_means(f["per_coefficient"]) for f in finals]
+            per_m = " | ".join(_mean_sd([f["exact"][str(m)] for f in finals]) for m in arithmetic.OPERATIONS)
+            return (f"| {label} | {params} | {n} | {seeds} | {_mean_sd([f['in_domain'] for f in finals])} | "
+                    f"{_mean_sd([f['out_of_domain'] for f in finals])} | "
+                    f"{_mean_sd([p[0] for p in per_coefficient])} | {_mean_sd([p[1] for p in per_coefficient])} | "
+                    f"{per_m} |")
+
         for (size, n), rs in groups(records).items():
-            per_m = " | ".join(_mean_sd([r["final"]["exact"][str(m)] for r in rs]) for m in arithmetic.OPERATIONS)
-            lines.append(f"| {size} | {rs[0]['non_embedding_params']:,} | {n} | {len(rs)} | "
-                         f"{_mean_sd([r['final']['in_domain'] for r in rs])} | "
-                         f"{_mean_sd([r['final']['out_of_domain'] for r in rs])} | {per_m} |")
+            lines.append(row(size, f"{rs[0]['non_embedding_params']:,}", str(n), str(len(rs)),
+                             [r["final"] for r in rs]))
+        if reference:  # one value, no spread: "± 0.0" would read as a measured sd
+            lines.append(row("most frequent answer, no model", "-", "-", "-", [reference]).replace(" ± 0.0", ""))
     return "\n".join(lines) + "\n"
 
 
-def write_report(experiment: str, records: list[dict], out: Path) -> None:
+def reference(experiment: str, out: Path) -> dict | None:
+    """What a model that ignores its input scores on the grid's test set (arithmetic only), from OUT/grid.json's
+    setup; None when there is none to read (a report from results.json alone)."""
+    if experiment != "arithmetic":
+        return None
+    try:
+        setup = json.loads((out / "grid.json").read_text())["setup"]
+        return arithmetic.majority_reference(arithmetic.Setup(**setup))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_report(experiment: str, records: list[dict], out: Path) -> str:
+    """OUT/results.md and OUT/<experiment>.png from the records; returns the markdown table."""
     from multitoken.experiments.plots import plot_arithmetic, plot_bytes, plot_induction
 
     unit = "bits/byte and bytes per forward" if experiment == "bytes" else "percent"
-    atomic_write_text(out / "results.md", f"# {experiment}: mean ± sd over seeds, {unit}\n\n"
-                      + table(experiment, records))
-    if not records:
-        return
-    {"induction": plot_induction, "arithmetic": plot_arithmetic, "bytes": plot_bytes}[experiment](
-        records, out / f"{experiment}.png")
+    floor = reference(experiment, out)
+    markdown = table(experiment, records, floor)
+    atomic_write_text(out / "results.md", f"# {experiment}: mean ± sd over seeds, {unit}\n\n" + markdown)
+    if records:
+        if experiment == "arithmetic":
+            plot_arithmetic(records, out / "arithmetic.png", floor)
+        else:
+            {"induction": plot_induction, "bytes": plot_bytes}[experiment](records, out / f"{experiment}.png")
+    return markdown
