@@ -46,7 +46,7 @@ def test_word_tokenizer_maps_one_word_to_one_token():
 def test_quick_grids_write_results_and_resume(tmp_path, capsys):
     out = tmp_path / "induction"
     code, printed, _ = run_cli(capsys, "experiment", "induction", "--quick", "--out", out)
-    assert code == 0 and "| tiny |" in printed
+    assert code == 0 and "| tiny |" in printed and "| tiny-n2-s1 | 2 | 1 |" in printed  # per (size, n), and per run
     records = json.loads((out / "results.json").read_text())
     assert [(r["n_future"], r["seed"]) for r in records] == [(1, 1), (2, 1)]
     for r in records:
@@ -126,7 +126,8 @@ def test_report_redraws_from_results_json_alone(tmp_path, capsys):
 
 
 def test_bad_grid_options_get_one_line_errors(tmp_path, capsys):
-    cases = [(["induction", "--seeds", "0"], "--seeds"), (["bytes", "--first_seed", "0"], "--first_seed"), (["arithmetic", "--batch_tokens", "0"], "--batch_tokens"),
+    cases = [(["induction", "--seeds", "0"], "--seeds"), (["bytes", "--first_seed", "0"], "--first_seed"),
+             (["arithmetic", "--batch_tokens", "0"], "--batch_tokens"),
              (["arithmetic", "--degree", "1"], "--degree must be 2..8"), (["induction", "--p_fresh", "0"], "--p_fresh"),
              (["induction", "--sizes", "7M"], "--sizes takes")]
     for argv, fragment in cases:

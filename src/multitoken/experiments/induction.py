@@ -25,6 +25,7 @@ SIZES = {"0.15M": Shape(64, 3, 4), "0.45M": Shape(96, 4, 4), "1M": Shape(128, 5,
 QUICK_SIZES = {"tiny": Shape(32, 3, 2)}
 DATA_SEED, TEST_SEED, COPY_SEED = 1000, 2000, 3000
 CHANCE = 1 / len(stories.S2)
+FORMED = 0.10  # success at repeat mentions that counts as induction formed: about 5x chance
 
 
 @dataclass(frozen=True)

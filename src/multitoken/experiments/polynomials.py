@@ -1,10 +1,11 @@
 """Polynomial arithmetic over F_7[X]/(X^5) (paper section 4.2): random expressions with exact answers.
 
-An element of the ring is its 5 coefficients (c0 + c1 X + ... + c4 X^4, each in 0..6); a smaller ring F_7[X]/(X^d)
-(the protocol's fallback is d = 3) is the same code with d coefficients, the length of the tuples. An expression starts as a
-random element (a leaf); m times, an operation drawn uniformly from negation, addition, multiplication and
-composition is applied: negation wraps the expression, a binary operation combines it with a fresh leaf, the
-expression on the left or the right with probability 1/2. Composition CMP(a, b) is a(b(X)) reduced mod (X^d, 7).
+An element of the ring is its 5 coefficients (c0 + c1 X + ... + c4 X^4, each in 0..6); a smaller ring
+F_7[X]/(X^d) (the protocol's fallback is d = 3) is the same code with d coefficients, the length of the tuples. An
+expression starts as a random element (a leaf); m times, an operation drawn uniformly from negation, addition,
+multiplication and composition is applied: negation wraps the expression, a binary operation combines it with a fresh
+leaf, the expression on the left or the right with probability 1/2. Composition CMP(a, b) is a(b(X)) reduced
+mod (X^d, 7).
 
 Serialized in prefix order over a 13-word vocabulary, a leaf as its five digits, and the answer after `=`:
 

@@ -104,13 +104,23 @@ def table(experiment: str, records: list[dict], reference: dict | None = None) -
                          f"{_mean_sd([r['final']['induction'] for r in rs])} | "
                          f"{_mean_sd([r['final']['first_mention'] for r in rs])} | "
                          f"{_mean_sd([r['final']['copy'] for r in rs])} |")
+        lines += ["", f"Every run: its best checkpoint, and when it formed induction (first checkpoint at or above "
+                  f"{100 * induction.FORMED:.0f}%, about {induction.FORMED / induction.CHANCE:.0f}x chance)", "",
+                  "| run | n | seed | best | best at (tokens) | formed at (tokens) | final |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in sorted(records, key=lambda r: (r["non_embedding_params"], r["n_future"], r["seed"])):
+            formed = next((tokens for tokens, value in r.get("curve", []) if value >= induction.FORMED), None)
+            lines.append(f"| {r['run']} | {r['n_future']} | {r['seed']} | {100 * r['best']['induction']:.1f} | "
+                         f"{r['best']['tokens'] / 1e6:.1f}M | {f'{formed / 1e6:.1f}M' if formed else 'never'} | "
+                         f"{100 * r['final']['induction']:.1f} |")
     elif experiment == "bytes":
         lines = ["| size | non-embedding params | n | seeds | head-1 bits/byte | tau (bytes per forward) |",
                  "|---|---:|---:|---:|---:|---:|"]
         for (size, n), rs in groups(records).items():
             bpb = [r["final"]["bpb"] for r in rs]
             tau = [r["final"]["tau"] for r in rs]
-            spread = lambda v: f"{statistics.mean(v):.4f}" + (f" ± {statistics.stdev(v):.4f}" if len(v) > 1 else "")  # noqa: E731
+            spread = lambda v: (f"{statistics.mean(v):.4f}"  # noqa: E731
+                                + (f" ± {statistics.stdev(v):.4f}" if len(v) > 1 else ""))
             lines.append(f"| {size} | {rs[0]['non_embedding_params']:,} | {n} | {len(rs)} | {spread(bpb)} | "
                          f"{spread(tau)} |")
     else:
