@@ -148,3 +148,15 @@ def test_documents_are_generated_only_until_prepared(tmp_path):
     first = prepare_documents(texts, word_tokenizer(["the", "Ka", "zor", "."]), tmp_path / "data")
     again = prepare_documents(texts, word_tokenizer(["the", "Ka", "zor", "."]), tmp_path / "data")
     assert len(calls) == 1 and first[0] == again[0] and again[1].encode("Ka zor") == first[1].encode("Ka zor")
+
+
+def test_table_rows_go_by_size_then_n_whatever_order_runs_finished():
+    from multitoken.experiments.runner import table
+
+    def record(size, params, n, seed):
+        return {"size": size, "non_embedding_params": params, "n_future": n, "seed": seed,
+                "final": {"bpb": 1.0, "tau": 1.0}}
+
+    records = [record("big", 20, 2, 1), record("small", 10, 4, 1), record("small", 10, 1, 2), record("small", 10, 1, 1)]
+    rows = [[cell.strip() for cell in line.split("|")[1:5]] for line in table("bytes", records).splitlines()[2:]]
+    assert rows == [["small", "10", "1", "2"], ["small", "10", "4", "1"], ["big", "20", "2", "1"]]

@@ -86,8 +86,10 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def groups(records: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    """The records by (size, n), smallest size and n first, whatever order the runs finished in (several processes
+    sharing a grid finish them interleaved)."""
     out: dict[tuple[str, int], list[dict]] = {}
-    for r in records:
+    for r in sorted(records, key=lambda r: (r["non_embedding_params"], r["n_future"], r["seed"])):
         out.setdefault((r["size"], r["n_future"]), []).append(r)
     return out
 
