@@ -2,8 +2,9 @@
 # The arithmetic grid of docs/experiments.md, resumable: a learning-rate pilot (S, n = 1, 1M tokens,
 # at 3e-3, 1e-3 and 3e-4; the lowest final validation loss wins), then S x n in {1, 2, 4} and M x n = 1, 3 seeds
 # each, at that learning rate. Re-running skips what is done. Outputs under runs/experiments/ (git-ignored).
-# At the protocol's 3M tokens the pilot gate fails over X^5, so the grid runs over X^3 as the gate prescribes (where it
-# fails too: docs/experiments.md). TOKENS, DEGREE and BATCH_TOKENS set the grid's budget, ring and batch (e.g. on a GPU).
+# At the protocol's 3M tokens the pilot gate fails over X^5, so the grid runs over X^3 as the gate prescribes
+# (where it fails too: docs/experiments.md). TOKENS, DEGREE and BATCH_TOKENS set the grid's budget, ring and batch
+# (e.g. on a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/experiments}
