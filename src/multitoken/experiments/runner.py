@@ -85,11 +85,16 @@ def _mean_sd(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
 
 
+def in_order(records: list[dict]) -> list[dict]:
+    """Smallest size first, then n, then seed, whatever order the runs finished in (several processes sharing a grid
+    finish them interleaved)."""
+    return sorted(records, key=lambda r: (r["non_embedding_params"], r["n_future"], r["seed"]))
+
+
 def groups(records: list[dict]) -> dict[tuple[str, int], list[dict]]:
-    """The records by (size, n), smallest size and n first, whatever order the runs finished in (several processes
-    sharing a grid finish them interleaved)."""
+    """The records by (size, n), in order."""
     out: dict[tuple[str, int], list[dict]] = {}
-    for r in sorted(records, key=lambda r: (r["non_embedding_params"], r["n_future"], r["seed"])):
+    for r in in_order(records):
         out.setdefault((r["size"], r["n_future"]), []).append(r)
     return out
 
@@ -110,7 +115,7 @@ def table(experiment: str, records: list[dict], reference: dict | None = None) -
                   f"{100 * induction.FORMED:.0f}%, about {induction.FORMED / induction.CHANCE:.0f}x chance)", "",
                   "| run | n | seed | best | best at (tokens) | formed at (tokens) | final |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
-        for r in sorted(records, key=lambda r: (r["non_embedding_params"], r["n_future"], r["seed"])):
+        for r in in_order(records):
             formed = next((tokens for tokens, value in r.get("curve", []) if value >= induction.FORMED), None)
             lines.append(f"| {r['run']} | {r['n_future']} | {r['seed']} | {100 * r['best']['induction']:.1f} | "
                          f"{r['best']['tokens'] / 1e6:.1f}M | {f'{formed / 1e6:.1f}M' if formed else 'never'} | "
