@@ -279,9 +279,12 @@ class TrainConfig:
     """Start from this checkpoint's weights (a run or step directory), for finetuning. The model's shape comes from
     the checkpoint except model.n_future, which may differ: heads it lacks are copied from its head 1, heads beyond
     model.n_future are dropped, the trunk is kept. The optimizer and schedule start fresh."""
-    freeze: Literal["none", "trunk"] = "none"
-    """'trunk': train only the heads, the shared norm and the unembedding (embeddings and trunk layers fixed): the cheap
-    way to give an existing next-token model speculative-decoding heads."""
+    freeze: Literal["none", "trunk", "base"] = "none"
+    """'base': train only the extra heads (heads 2..n); embeddings, trunk, head 1, the shared norm and the unembedding
+    stay bit for bit as they were, so the model says exactly what it said and speculative decoding is lossless: the
+    choice for giving a model you already have (converted, or --init-from) speculative-decoding heads. 'trunk': train
+    the heads, head 1 among them, the shared norm and the unembedding with embeddings and trunk layers fixed: cheaper
+    than a full finetune, but head 1 moves, so the model's own text changes too."""
     parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
     """Data parallelism under torchrun: 'ddp' (replicated weights), 'fsdp' (FSDP2, sharded weights and optimizer
     state), 'auto' = ddp when launched with more than one process, else none."""

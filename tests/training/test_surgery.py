@@ -89,3 +89,38 @@ def test_head_weight_rules():
         TrainConfig(model=model, head_weights="exp:2")
     with pytest.raises(ConfigError, match="one weight per head"):
         TrainConfig(model=model, head_weights=[1.0, 0.5])
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_frozen_base_keeps_what_the_model_says(corpus, tmp_path, tied):
+    """--freeze base on a next-token model: only the new heads learn, so every source tensor, head 1's logits and
+    plain greedy output are bit-identical to the source's, and speculative decoding gives exactly that output."""
+    from multitoken.decoding.generate import generate
+    from multitoken.decoding.speculative import speculative_generate
+    from multitoken.training.checkpoint import load_model
+
+    source = tmp_path / "source"
+    train(tiny_train_config(corpus, source, max_steps=3,
+                            model=tiny_model_config(vocab_size=256, n_future=1, tie_embeddings=tied)))
+    cfg = tiny_train_config(corpus, tmp_path / "heads", init_from=str(source), freeze="base",
+                            model=tiny_model_config(vocab_size=256, n_future=3, tie_embeddings=tied), max_steps=4)
+    train(cfg)
+    before, after = _final(source), _final(tmp_path / "heads")
+    kept = [k for k in after if not k.startswith("extra_heads.")]
+    assert kept and all(torch.equal(after[k], before[k]) for k in kept if k in before)
+    assert all(not torch.equal(after[k], after["layers.3." + k.split(".", 2)[2]])
+               for k in after if k.startswith("extra_heads.") and k.endswith("wq.weight"))  # the heads did learn
+    old, new = load_model(source)[0], load_model(tmp_path / "heads")[0]
+    idx = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(old(idx), new(idx))
+    prompt = idx[:1, :8]
+    expected = generate(old, prompt, 20, temperature=0.0)
+    assert torch.equal(generate(new, prompt, 20, temperature=0.0), expected)
+    assert torch.equal(speculative_generate(new, prompt, 20, temperature=0.0)[0], expected)
+
+
+def test_frozen_base_needs_extra_heads(corpus, tmp_path):
+    with pytest.raises(ConfigError, match="n_future 2"):
+        Trainer(tiny_train_config(corpus, tmp_path / "x", freeze="base", model=tiny_model_config(n_future=1,
+                                                                                                   vocab_size=256)))

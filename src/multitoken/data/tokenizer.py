@@ -64,7 +64,7 @@ class BPETokenizer:
     kind = "bpe"
 
     def __init__(self, tokenizer, eot_token: str = EOT_TOKEN, source: str = "the tokenizer",
-                 bos_token: str | None = None):
+                 bos_token: str | None = None, chat_template: str | None = None):
         eot_id = tokenizer.token_to_id(eot_token)
         if eot_id is None:
             raise ConfigError(f"{source} has no {eot_token!r} token to separate documents: train one with `multitoken "
@@ -75,6 +75,9 @@ class BPETokenizer:
         self.bos_id = tokenizer.token_to_id(bos_token) if bos_token else None
         if bos_token and self.bos_id is None:
             raise ConfigError(f"{source} has no beginning-of-text token {bos_token!r}")
+        # The model's chat template (Jinja, as Hugging Face and GGUF files carry it): how `--chat` turns messages
+        # into a prompt. Not part of the fingerprint: it does not change how any text is tokenized.
+        self.chat_template = chat_template or None
         self._tok = tokenizer
         # Document text that happens to contain "<|endoftext|>" is encoded as plain text: document boundaries come
         # from the data layout alone, never from what a document says. (Not serialized, so the fingerprint is unmoved.)
@@ -85,14 +88,16 @@ class BPETokenizer:
         self.dtype = np.uint16 if self.vocab_size <= 2**16 else np.uint32
 
     @classmethod
-    def from_file(cls, path: Path, eot_token: str | None = None, bos_token: str | None = None) -> BPETokenizer:
+    def from_file(cls, path: Path, eot_token: str | None = None, bos_token: str | None = None,
+                  chat_template: str | None = None) -> BPETokenizer:
         Tokenizer = require_tokenizers().Tokenizer
         try:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception with serde's message
             raise ConfigError(f"{path} is not a valid tokenizer.json ({str(e).splitlines()[0][:200]}): point "
                               "--tokenizer at a tokenizer.json saved by Hugging Face tokenizers") from None
-        return cls(tokenizer, eot_token or _eot_token_beside(path), source=str(path), bos_token=bos_token)
+        return cls(tokenizer, eot_token or _eot_token_beside(path), source=str(path), bos_token=bos_token,
+                   chat_template=chat_template)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -109,6 +114,14 @@ class BPETokenizer:
         """A prompt as the model saw text in training: its beginning-of-text token first, where it has one."""
         return ([self.bos_id] if self.bos_id is not None else []) + self.encode(text)
 
+    def encode_special(self, text: str) -> list[int]:
+        """Token ids of text written with special tokens (a rendered chat template): each is one id."""
+        self._tok.encode_special_tokens = False
+        try:
+            return self._tok.encode(text, add_special_tokens=False).ids
+        finally:
+            self._tok.encode_special_tokens = True
+
     def encode_batch(self, texts: list[str | bytes]) -> list[np.ndarray]:
         """Token ids of each text, in parallel across texts (Rust threads). Bytes that are not UTF-8 become U+FFFD."""
         texts = [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else t for t in texts]
@@ -124,6 +137,8 @@ class BPETokenizer:
         config = {"kind": self.kind, "eot_token": self.eot_token}
         if self.bos_token:
             config["bos_token"] = self.bos_token
+        if self.chat_template:
+            config["chat_template"] = self.chat_template
         (directory / TOKENIZER_FILE).write_text(json.dumps(config) + "\n")
 
 
@@ -264,7 +279,8 @@ def load_tokenizer(directory: Path) -> Tokenizer:
         if not hf_path.is_file():
             raise CheckpointError(f"{hf_path} is missing: the checkpoint is incomplete, pick another one")
         try:
-            return BPETokenizer.from_file(hf_path, config.get("eot_token") or EOT_TOKEN, config.get("bos_token"))
+            return BPETokenizer.from_file(hf_path, config.get("eot_token") or EOT_TOKEN, config.get("bos_token"),
+                                          config.get("chat_template"))
         except ConfigError as e:
             raise CheckpointError(f"{e} (in {directory}: the checkpoint is damaged, pick another one)") from None
     if kind == "sentencepiece":

@@ -4,6 +4,7 @@ names (unread), and its tokenizer, everything checked against everything else be
     multitoken   a checkpoint (model.safetensors + config.yaml), or a run directory
     hf           config.json + model.safetensors or shards with model.safetensors.index.json (+ mtp_heads.*)
     meta         params.json + consolidated.pth or consolidated.NN.pth
+    gguf         one llama.cpp .gguf file (its tokenizer and chat template in the metadata)
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import torch
 from multitoken.config import ModelConfig
 from multitoken.data.tokenizer import Tokenizer, build_tokenizer
 from multitoken.errors import CheckpointError, ConfigError
-from multitoken.interop import hf, meta
+from multitoken.interop import gguf_file, hf, meta
 from multitoken.interop.tensors import LazyTensor, safetensors_tensors
 from multitoken.interop.tokenizers import tokenizer_from_folder
 from multitoken.model import MTPModel
 
-Format = Literal["multitoken", "hf", "meta"]
+Format = Literal["multitoken", "hf", "meta", "gguf"]
 
 
 @dataclass
@@ -45,7 +46,9 @@ def detect_format(path: Path) -> Format:
 
     if not path.exists():
         raise CheckpointError(f"{path} does not exist: pass a Hugging Face model folder, a Meta folder "
-                              "(params.json) or a multitoken checkpoint")
+                              "(params.json), a .gguf file or a multitoken checkpoint")
+    if gguf_file.is_gguf(path):
+        return "gguf"
     if (path / "model.safetensors").is_file() and (path / "config.yaml").is_file() or list_checkpoints(path):
         return "multitoken"
     if (path / hf.CONFIG_FILE).is_file():
@@ -117,6 +120,14 @@ def _import_meta(folder: Path, max_seq_len: int | None) -> tuple[ModelConfig, di
     return config, tensors, notes
 
 
+def _import_gguf(path: Path, max_seq_len: int | None) -> tuple[ModelConfig, dict[str, LazyTensor], list[str], Tokenizer]:
+    reader = gguf_file.open_reader(path)
+    config, notes = gguf_file.read_config(path, reader, max_seq_len)
+    tensors = gguf_file.read_tensors(path, reader)
+    check_tensors(tensors, config, str(path), lambda n: n)
+    return config, tensors, notes, gguf_file.read_tokenizer(path, reader)
+
+
 def read_model_folder(path: str | Path, tokenizer: str | None = None,
                       max_seq_len: int | None = None) -> ImportedModel:
     """An HF or Meta folder, checked: config, every tensor's name and shape, and the tokenizer. Reads no weights."""
@@ -126,14 +137,16 @@ def read_model_folder(path: str | Path, tokenizer: str | None = None,
         raise CheckpointError(f"{path} is already a multitoken checkpoint: use it as it is")
     if max_seq_len is not None and max_seq_len < 1:
         raise ConfigError(f"--max-seq-len must be at least 1 (got {max_seq_len})")
-    raw = None
+    raw, tok = None, None
     if kind == "hf":
         config, tensors, notes, raw = _import_hf(path, max_seq_len)
+    elif kind == "gguf":
+        config, tensors, notes, tok = _import_gguf(path, max_seq_len)
     else:
         config, tensors, notes = _import_meta(path, max_seq_len)
     if tokenizer is not None:
         tok = build_tokenizer(tokenizer)
-    else:  # Meta's releases keep tokenizer.model beside the model folders
+    elif tok is None:  # Meta's releases keep tokenizer.model beside the model folders
         tok = tokenizer_from_folder(path, raw) or (tokenizer_from_folder(path.parent) if kind == "meta" else None)
     if tok is None:
         raise CheckpointError(f"{path} has no tokenizer.json or tokenizer.model: pass --tokenizer with the model's "

@@ -82,7 +82,9 @@ def tokenizer_from_folder(folder: Path, model_config: dict | None = None) -> Tok
         bos = tok.id_to_token(with_special[0]) if with_special[1:] == plain[:len(with_special) - 1] and \
             len(with_special) == len(plain) + 1 else None
         try:
-            return BPETokenizer(tok, eot or EOT_TOKEN, source=str(path), bos_token=bos)
+            template = settings.get("chat_template")
+            return BPETokenizer(tok, eot or EOT_TOKEN, source=str(path), bos_token=bos,
+                                chat_template=template if isinstance(template, str) else None)
         except ConfigError as e:
             raise CheckpointError(str(e)) from None
     if (folder / SENTENCEPIECE_FILE).is_file():
@@ -106,6 +108,8 @@ def save_hf_tokenizer(tokenizer: Tokenizer, out: Path, context: int) -> dict[str
         settings = {"tokenizer_class": "PreTrainedTokenizerFast"}
         eos = hf.id_to_token(tokenizer.eot_id)
         bos = hf.id_to_token(tokenizer.bos_id) if tokenizer.bos_id is not None else None
+    if getattr(tokenizer, "chat_template", None):
+        settings["chat_template"] = tokenizer.chat_template
     settings.update({"eos_token": eos, "model_max_length": context, "clean_up_tokenization_spaces": False})
     if bos is not None:
         settings["bos_token"] = bos

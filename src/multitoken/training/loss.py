@@ -86,7 +86,10 @@ def mtp_loss(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequen
     if strategy not in ("naive", "sequential"):
         raise ValueError(f"unknown loss strategy {strategy!r}: use 'sequential' or 'naive'")
     inputs, targets = split_window(tokens, n, eot_id)
-    z = model.trunk(inputs)
+    trunk_learns = any(p.requires_grad for p in (*model.tok_embeddings.parameters(),
+                                                 *model.layers[:-1].parameters()))
+    with torch.set_grad_enabled(torch.is_grad_enabled() and trunk_learns):  # a frozen trunk needs no graph
+        z = model.trunk(inputs)
     if strategy == "naive":
         losses = torch.stack([head_loss(model, model.head(i, z), y, ce) for i, y in enumerate(targets)])
         total = loss_scale * sum(w * loss for w, loss in zip(weights, losses))
@@ -144,7 +147,7 @@ class _HeadLoop(torch.autograd.Function):
             for i, y in enumerate(targets):
                 scale = loss_scale * weights[i]
                 loss = head_loss(model, model.head(i, d), y, ce, weight_grad_into=w_acc, weight_grad_scale=scale)
-                if wrt:
+                if wrt and loss.requires_grad:  # a frozen head (--freeze base's head 1) only reports its loss
                     grads = list(torch.autograd.grad(scale * loss, wrt, allow_unused=True))
                     for j, t in enumerate(wrt):
                         g, grads[j] = grads[j], None  # hold no head's gradient past its summation

@@ -53,6 +53,14 @@ def init_from_checkpoint(model: MTPModel, init_from: str, tokenizer) -> str:
     return f"initialised from {ckpt}: n_future {saved.n_future} -> {c.n_future}"
 
 
+def freeze_base(model: MTPModel) -> None:
+    """Fix everything the source model had (embeddings, trunk, head 1, the shared norm and the unembedding, tied or
+    not): only the extra heads learn, so the model still says exactly what it said and its speculative output is the
+    source model's greedy output."""
+    model.requires_grad_(False)
+    model.extra_heads.requires_grad_(True)
+
+
 def freeze_trunk(model: MTPModel) -> None:
     """Fix the input embeddings and the trunk layers; the heads, the shared norm and the unembedding still train."""
     for module in (model.tok_embeddings, *model.layers[:-1]):

@@ -32,7 +32,7 @@ from multitoken.training.evaluate import evaluate, format_eval_table
 from multitoken.training.optim import build_optimizer, get_lr
 from multitoken.training.run_lock import RunLock
 from multitoken.training.runtime import autocast_for, resolve_device
-from multitoken.training.surgery import freeze_trunk, init_from_checkpoint, model_config_for_init
+from multitoken.training.surgery import freeze_base, freeze_trunk, init_from_checkpoint, model_config_for_init
 
 
 @dataclass
@@ -67,6 +67,11 @@ class Trainer:
         self.init_note = init_from_checkpoint(self.model, cfg.init_from, self.tokenizer) if cfg.init_from else None
         if cfg.freeze == "trunk":
             freeze_trunk(self.model)
+        elif cfg.freeze == "base":
+            if cfg.model.n_future < 2:
+                raise ConfigError("--freeze base trains only the extra heads, and this model has none: set "
+                                  "--model.n_future 2 or more")
+            freeze_base(self.model)
         if cfg.compile:
             # Compile layer by layer: the head loop calls trunk and heads separately, and module-level compile keeps
             # the state-dict keys unchanged.

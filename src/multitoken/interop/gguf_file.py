@@ -1,0 +1,220 @@
+"""GGUF files (llama.cpp's format): the config from the metadata, the tensors dequantized one at a time, and the
+tokenizer the metadata describes, read through the `gguf` package (llama.cpp's own reader and dequantizers).
+
+Tensor layout: llama.cpp's converter permutes the rows of q and k within each attention head from transformers'
+rotate-half order to Meta's interleaved pairs, which is the order our model uses, so they are taken as they are
+(the tests compare logits with transformers' GGUF loader, which undoes the permutation, rather than trust this).
+GGUF lists dimensions innermost first; the reader's arrays already have numpy's (rows, columns) shape.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from multitoken.config import ModelConfig
+from multitoken.data.tokenizer import BPETokenizer, Tokenizer, require_tokenizers
+from multitoken.errors import CheckpointError
+from multitoken.interop.tensors import LazyTensor
+
+SUFFIX = ".gguf"
+ARCHITECTURES = ("llama",)
+# Quantizations read (the gguf package dequantizes each of them in numpy); others are refused up front.
+QUANT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+
+BLOCK_NAMES = {
+    "attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv", "attn_output": "attention.wo",
+    "ffn_gate": "feed_forward.w1", "ffn_up": "feed_forward.w3", "ffn_down": "feed_forward.w2",
+    "attn_norm": "attention_norm", "ffn_norm": "ffn_norm",
+}
+TOP_NAMES = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
+             "output.weight": "output.weight"}
+IGNORED = ("rope_freqs.weight",)  # checked in read_config, never a weight of ours
+
+# The split each `tokenizer.ggml.pre` names, where it is not GPT-2's own (the ByteLevel pre-tokenizer's regex).
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+PRE_SPLITS = {"llama3": LLAMA3_SPLIT, "llama-v3": LLAMA3_SPLIT, "llama-bpe": LLAMA3_SPLIT, "smaug-bpe": LLAMA3_SPLIT,
+              "qwen2": QWEN2_SPLIT}
+GPT2_PRES = ("default", "gpt2", "gpt-2", "smollm", "starcoder", "refact", "olmo")
+TOKEN_CONTROL, TOKEN_USER_DEFINED = 3, 4  # llama.cpp's token types
+
+
+def is_gguf(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() == SUFFIX
+
+
+def open_reader(path: Path):
+    try:
+        import gguf
+    except ImportError:
+        raise CheckpointError("reading GGUF files needs the gguf package: pip install 'multitoken[gguf]'") from None
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as e:  # the reader raises ValueError, struct errors or IndexError on damaged files
+        raise CheckpointError(f"{path} is not a readable GGUF file ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:100] if str(e) else 'truncated or damaged'}): "
+                              "download it again") from None
+
+
+def _value(reader, key: str, default=None):
+    field = reader.fields.get(key)
+    if field is None:
+        return default
+    return field.contents()
+
+
+def read_config(path: Path, reader, max_seq_len: int | None) -> tuple[ModelConfig, list[str]]:
+    arch = _value(reader, "general.architecture", "unknown")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported; multitoken reads "
+                              f"{', '.join(ARCHITECTURES)} GGUF files")
+    names = {t.name for t in reader.tensors}
+    if "rope_freqs.weight" in names:
+        raise CheckpointError(f"{path} scales its rotary frequencies with a rope_freqs tensor (Llama 3.1 style), "
+                              "which multitoken cannot read from GGUF: convert the model's Hugging Face folder")
+    scaling = None
+    if _value(reader, f"{arch}.rope.scaling.type", "none") not in ("none", None):
+        kind = _value(reader, f"{arch}.rope.scaling.type")
+        if kind != "linear":
+            raise CheckpointError(f"{path}: rotary scaling {kind!r} is not supported (multitoken reads linear)")
+        scaling = {"rope_type": "linear", "factor": float(_value(reader, f"{arch}.rope.scaling.factor"))}
+    try:
+        d_model = int(_value(reader, f"{arch}.embedding_length"))
+        n_head = int(_value(reader, f"{arch}.attention.head_count"))
+        n_kv = int(_value(reader, f"{arch}.attention.head_count_kv", n_head))
+        head_dim = int(_value(reader, f"{arch}.attention.key_length", _value(reader, f"{arch}.rope.dimension_count",
+                                                                               d_model // n_head)))
+        tokens = reader.fields.get("tokenizer.ggml.tokens")
+        vocab = int(_value(reader, f"{arch}.vocab_size", len(tokens.data) if tokens else 0))
+        context = int(_value(reader, f"{arch}.context_length", 2048))
+        config = ModelConfig(
+            vocab_size=vocab, d_model=d_model, n_layer=int(_value(reader, f"{arch}.block_count")), n_head=n_head,
+            n_kv_head=None if n_kv == n_head else n_kv, head_dim=None if head_dim * n_head == d_model else head_dim,
+            n_future=1, max_seq_len=max_seq_len or context,
+            ffn_hidden=int(_value(reader, f"{arch}.feed_forward_length")),
+            rope_theta=float(_value(reader, f"{arch}.rope.freq_base", 10000.0)), rope_scaling=scaling,
+            norm_eps=float(_value(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+            tie_embeddings="output.weight" not in names)
+    except TypeError:
+        raise CheckpointError(f"{path}: its metadata lacks the model's shape ({arch}.block_count, "
+                              f"{arch}.embedding_length, ...): not a complete GGUF model file") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path} describes a model multitoken cannot build: {e}") from None
+    return config, []
+
+
+def our_name(gguf_name: str) -> str | None:
+    if gguf_name in TOP_NAMES:
+        return TOP_NAMES[gguf_name]
+    m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.weight", gguf_name)
+    if m and m.group(2) in BLOCK_NAMES:
+        return f"layers.{m.group(1)}.{BLOCK_NAMES[m.group(2)]}.weight"
+    return None
+
+
+def read_tensors(path: Path, reader) -> dict[str, LazyTensor]:
+    """Every weight under our name, dequantized to float32 only when loaded. Unsupported types and unknown tensors
+    are refused here, before anything is read or written."""
+    from gguf import quants
+
+    out = {}
+    for t in reader.tensors:
+        if t.name in IGNORED:
+            continue
+        kind = t.tensor_type.name
+        if kind not in QUANT_TYPES:
+            raise CheckpointError(f"{path}: tensor {t.name} is stored as {kind}, which multitoken does not dequantize "
+                                  f"(it reads {', '.join(QUANT_TYPES)}): use a file quantized to one of those")
+        ours = our_name(t.name)
+        if ours is None:
+            raise CheckpointError(f"{path} has tensor {t.name}, which a llama model does not have: the file is not "
+                                  "a plain Llama (or it is damaged)")
+        shape = tuple(int(n) for n in reversed(t.shape.tolist()))
+        if len(shape) == 2 and shape[0] == 1 and t.name.endswith("norm.weight"):
+            shape = shape[1:]
+
+        def load(t=t, shape=shape) -> torch.Tensor:
+            values = quants.dequantize(np.asarray(t.data), t.tensor_type)
+            return torch.from_numpy(np.array(values, dtype=np.float32)).reshape(shape)  # a copy: the map is read-only
+
+        out[ours] = LazyTensor(shape, torch.float32, load)
+    return out
+
+
+def _byte_level_bpe(tokens: list[str], merges: list[str], pre: str):
+    tk = require_tokenizers()
+    model = tk.models.BPE(vocab={t: i for i, t in enumerate(tokens)},
+                          merges=[tuple(m.split(" ", 1)) for m in merges], fuse_unk=False)
+    tokenizer = tk.Tokenizer(model)
+    split = PRE_SPLITS.get(pre)
+    if split is not None:
+        tokenizer.pre_tokenizer = tk.pre_tokenizers.Sequence([
+            tk.pre_tokenizers.Split(tk.Regex(split), behavior="isolated"),
+            tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tokenizer.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = tk.decoders.ByteLevel()
+    return tokenizer
+
+
+def _sentencepiece_bpe(tokens: list[str], scores: list[float], unk_id: int | None):
+    """SentencePiece-style (`llama`) vocabularies: a BPE over '▁'-spelled pieces with byte fallback, the merges
+    recovered from the pieces' scores (a merge ranks as the piece it makes)."""
+    tk = require_tokenizers()
+    vocab = {t: i for i, t in enumerate(tokens)}
+    merges = []
+    for piece, score in zip(tokens, scores):
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                merges.append((score, vocab[left], vocab[right], left, right))
+    merges.sort(key=lambda m: (-m[0], m[1], m[2]))
+    model = tk.models.BPE(vocab=vocab, merges=[(m[3], m[4]) for m in merges], byte_fallback=True, fuse_unk=True,
+                          unk_token=tokens[unk_id] if unk_id is not None else None)
+    tokenizer = tk.Tokenizer(model)
+    tokenizer.normalizer = tk.normalizers.Sequence([tk.normalizers.Prepend("▁"),
+                                                    tk.normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = tk.decoders.Sequence([tk.decoders.Replace("▁", " "), tk.decoders.ByteFallback(),
+                                              tk.decoders.Fuse(), tk.decoders.Strip(" ", 1, 0)])
+    return tokenizer
+
+
+def read_tokenizer(path: Path, reader) -> Tokenizer:
+    kind = _value(reader, "tokenizer.ggml.model")
+    tokens = _value(reader, "tokenizer.ggml.tokens")
+    if kind is None or not tokens:
+        raise CheckpointError(f"{path} carries no tokenizer (tokenizer.ggml.*): pass --tokenizer with the model's "
+                              "tokenizer.json")
+    types = _value(reader, "tokenizer.ggml.token_type") or []
+    if kind == "gpt2":
+        merges = _value(reader, "tokenizer.ggml.merges") or []
+        pre = _value(reader, "tokenizer.ggml.pre", "default")
+        if pre not in PRE_SPLITS and pre not in GPT2_PRES:
+            raise CheckpointError(f"{path}: its tokenizer splits text the {pre!r} way, which multitoken does not know: "
+                                  "pass --tokenizer with the model's tokenizer.json")
+        tokenizer = _byte_level_bpe(tokens, merges, pre)
+    elif kind == "llama":
+        scores = _value(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)
+        tokenizer = _sentencepiece_bpe(tokens, scores, _value(reader, "tokenizer.ggml.unknown_token_id"))
+    else:
+        raise CheckpointError(f"{path}: tokenizer kind {kind!r} is not supported (multitoken reads gpt2 and llama "
+                              "vocabularies from GGUF): pass --tokenizer with the model's tokenizer.json")
+    tk = require_tokenizers()
+    special = [tk.AddedToken(t, special=True, normalized=False) for t, kind in zip(tokens, types) if kind == TOKEN_CONTROL]
+    tokenizer.add_special_tokens(special)
+    tokenizer.add_tokens([tk.AddedToken(t, normalized=False) for t, kind in zip(tokens, types)
+                          if kind == TOKEN_USER_DEFINED])
+    eos_id = _value(reader, "tokenizer.ggml.eos_token_id")
+    bos_id = _value(reader, "tokenizer.ggml.bos_token_id")
+    add_bos = bool(_value(reader, "tokenizer.ggml.add_bos_token", kind == "llama"))
+    if eos_id is None:
+        raise CheckpointError(f"{path}: its tokenizer names no end-of-sequence token (tokenizer.ggml.eos_token_id)")
+    return BPETokenizer(tokenizer, tokens[eos_id], source=str(path),
+                        bos_token=tokens[bos_id] if add_bos and bos_id is not None else None,
+                        chat_template=_value(reader, "tokenizer.chat_template"))

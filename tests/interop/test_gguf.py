@@ -1,0 +1,171 @@
+"""GGUF files (written here with the gguf package's own writer, as llama.cpp lays them out): multitoken's converted
+logits and tokenizer equal transformers' GGUF loader's on the same file, and bad files get one line and no output."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from multitoken.errors import CheckpointError
+from multitoken.interop.convert import convert
+from multitoken.training.checkpoint import load_model as load_checkpoint
+
+pytestmark = pytest.mark.skipif(sys.version_info < (3, 11), reason="transformers needs Python >= 3.11")
+gguf = pytest.importorskip("gguf")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")  # transformers' GGUF loader needs it
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+TEXT = "def add(x, y):\n    return x + y\n\nclass Point:\n    pass\n" * 20
+
+
+def byte_level_bpe(vocab_size: int):
+    tk = pytest.importorskip("tokenizers")
+    tok = tk.Tokenizer(tk.models.BPE())
+    tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tk.decoders.ByteLevel()
+    trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>",
+                                                                            "<|im_end|>"],
+                                     initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([TEXT], trainer)
+    return tok
+
+
+def llama_cpp_permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """transformers' q/k rows to llama.cpp's (convert_hf_to_gguf.py's permute)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(path, model, tok, qtype: str, tied: bool) -> None:
+    import json
+
+    c = model.config
+    q = gguf.GGMLQuantizationType[qtype]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(c.num_hidden_layers)
+    writer.add_context_length(c.max_position_embeddings)
+    writer.add_embedding_length(c.hidden_size)
+    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_head_count(c.num_attention_heads)
+    writer.add_head_count_kv(c.num_key_value_heads)
+    writer.add_rope_freq_base(c.rope_parameters["rope_theta"] if getattr(c, "rope_parameters", None) else c.rope_theta)
+    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+    writer.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+    writer.add_vocab_size(c.vocab_size)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("smollm")
+    vocab = tok.get_vocab(with_added_tokens=True)
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t.startswith("<|") else 1 for t in tokens])
+    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m
+                             for m in json.loads(tok.to_str())["model"]["merges"]])
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(vocab["<|im_end|>"])
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHATML)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    layer = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    for name, w in model.state_dict().items():
+        if name == "lm_head.weight" and tied:
+            continue
+        if name.startswith("model.layers."):
+            i, rest = name.split(".")[2], name.split(".", 3)[3].removesuffix(".weight")
+            out = f"blk.{i}.{layer[rest]}.weight"
+        else:
+            out = names[name]
+        if "q_proj" in name:
+            w = llama_cpp_permute(w, c.num_attention_heads)
+        elif "k_proj" in name:
+            w = llama_cpp_permute(w, c.num_key_value_heads)
+        data = w.float().numpy()
+        if data.ndim == 2:  # norms stay F32, as llama.cpp keeps them
+            writer.add_tensor(out, gguf.quants.quantize(data, q), raw_dtype=q)
+        else:
+            writer.add_tensor(out, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return byte_level_bpe(320)
+
+
+def make_gguf(folder, tokenizer, qtype="F32", tied=False):
+    from tests.interop.conftest import make_hf_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = make_hf_model(folder / "hf", vocab_size=tokenizer.get_vocab_size(), num_key_value_heads=2,
+                          tie_word_embeddings=tied)
+    path = folder / f"model-{qtype}.gguf"
+    write_gguf(path, model, tokenizer, qtype, tied)
+    return path
+
+
+@pytest.mark.parametrize("qtype,tied", [("F32", False), ("F16", True), ("BF16", False), ("Q8_0", False),
+                                        ("Q4_0", True), ("Q4_1", False)])
+def test_gguf_logits_equal_transformers_gguf_loader(tmp_path, tokenizer, qtype, tied):
+    path = make_gguf(tmp_path, tokenizer, qtype, tied)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name,
+                                                                  dtype=torch.float32).eval()
+    convert(path, tmp_path / "mt")
+    model, _, tok = load_checkpoint(tmp_path / "mt")
+    assert model.config.tie_embeddings == tied
+    idx = torch.randint(0, tokenizer.get_vocab_size(), (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (reference(idx).logits - model(idx)).abs().max().item() < 1e-4
+    # load_model reads the file directly, with the same weights
+    import multitoken
+
+    direct = multitoken.load_model(path)
+    with torch.no_grad():
+        assert torch.equal(direct(idx), model(idx))
+
+
+def test_gguf_tokenizer_and_chat_template_equal_transformers(tmp_path, tokenizer):
+    from multitoken.data.chat import encode_chat
+
+    path = make_gguf(tmp_path, tokenizer)
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    convert(path, tmp_path / "mt")
+    tok = load_checkpoint(tmp_path / "mt")[2]
+    for text in ["def add(x, y):\n    return x + y", "  spaces\tand tabs\n\n", "ünïcödé 123 !?"]:
+        assert tok.encode_prompt(text) == reference(text, add_special_tokens=True).input_ids
+        assert tok.decode(tok.encode(text)) == text
+    messages = [{"role": "user", "content": "add two numbers"}]
+    assert encode_chat(tok, messages) == reference.apply_chat_template(messages, add_generation_prompt=True,
+                                                                       tokenize=True, return_dict=False)
+    assert tok.eot_token == "<|im_end|>"
+
+
+def test_bad_gguf_files_get_one_line_and_nothing_written(tmp_path, tokenizer):
+    path = make_gguf(tmp_path, tokenizer, "Q8_0")
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(data[: len(data) // 2])
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"not a gguf file at all" * 10)
+    for bad, match in ((truncated, "not a readable GGUF|truncated"), (garbage, "not a readable GGUF")):
+        with pytest.raises(CheckpointError, match=match):
+            convert(bad, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+    other = tmp_path / "other.gguf"
+    writer = gguf.GGUFWriter(str(other), "mamba")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(CheckpointError, match="architecture 'mamba' is not supported"):
+        convert(other, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
