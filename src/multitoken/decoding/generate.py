@@ -51,14 +51,38 @@ def decode_one_token(model: MTPModel, token: torch.Tensor, pos: int | torch.Tens
     return model(token[:, None], start_pos=pos)[:, -1]
 
 
+STOP_CHECK_EVERY = 8  # plain decoding looks for finished rows every this many steps (each look is a host sync)
+
+
+def stop_hits(tokens: torch.Tensor, stop_ids: torch.Tensor | None) -> torch.Tensor:
+    """Which tokens are stop tokens (all False without any)."""
+    if stop_ids is None:
+        return torch.zeros_like(tokens, dtype=torch.bool)
+    return torch.isin(tokens, stop_ids)
+
+
+def pad_after_stop(out: torch.Tensor, stop_ids: torch.Tensor | None) -> torch.Tensor:
+    """Each row up to and including its first stop token, then that stop token repeated: what a row says after it
+    stopped is not decoded (or not kept), so every path returns the same tensor."""
+    if stop_ids is None or out.shape[1] == 0:
+        return out
+    hit = stop_hits(out, stop_ids)
+    after = (hit.cumsum(1) - hit.long()) > 0  # strictly after the first stop
+    first = out.gather(1, hit.long().argmax(1, keepdim=True)).expand_as(out)
+    return torch.where(after, first, out)
+
+
 @torch.no_grad()
 def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-             lengths: torch.Tensor | None = None, compile: bool = False) -> torch.Tensor:
+             lengths: torch.Tensor | None = None, compile: bool = False,
+             stop_ids: torch.Tensor | None = None) -> torch.Tensor:
     """New tokens (B, max_new_tokens) after each prompt. temperature 0 is greedy decoding.
 
     prompt: (B, T0) token ids, right-padded when `lengths` (B,) gives rows of different lengths. compile: run each
     step as a static-shape step compiled by `torch.compile` (`static.py`; the first call of a shape compiles it).
+    stop_ids: token ids that end a row (the model's end-of-sequence): decoding ends once every row has produced
+    one, and each row's tokens after its first stop token are that token repeated (`pad_after_stop`).
     """
     B, T0 = prompt.shape
     check_fits(model, T0, max_new_tokens)
@@ -77,14 +101,20 @@ def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, tempera
         setup = lambda: model.setup_caches(B, T0 + max_new_tokens, heads="next")  # noqa: E731
         step = lambda token, i: decode_one_token(model, token, T0 + i if aligned else lengths + i)  # noqa: E731
         teardown = model.clear_caches
+    stopped = torch.zeros(B, dtype=torch.bool, device=prompt.device)
     setup()
     try:
         logits = prefill(model, prompt, lengths)
         for i in range(max_new_tokens):
             token = sample(logits, temperature, top_k, top_p, generator)
             out[:, i] = token
+            if stop_ids is not None:
+                stopped |= stop_hits(token, stop_ids)
+                if i % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and bool(stopped.all()):
+                    out[:, i + 1:] = token[:, None]  # overwritten by pad_after_stop below
+                    break
             if i + 1 < max_new_tokens:
                 logits = step(token, i)
     finally:
         teardown()
-    return out
+    return pad_after_stop(out, stop_ids)

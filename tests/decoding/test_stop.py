@@ -1,0 +1,49 @@
+"""Stopping at end-of-sequence: every decoding path gives the plain greedy tokens up to each row's first stop token
+(kept), then that token repeated, and decoding ends early once every row has stopped."""
+
+import pytest
+import torch
+
+from multitoken.decoding.generate import generate, pad_after_stop
+from multitoken.decoding.speculative import speculative_generate
+from multitoken.decoding.tree import DraftTree
+from tests.conftest import sharp_model
+
+
+def test_pad_after_stop():
+    out = torch.tensor([[5, 2, 7, 2, 9], [1, 1, 1, 1, 1]])
+    assert pad_after_stop(out, torch.tensor([2])).tolist() == [[5, 2, 2, 2, 2], [1, 1, 1, 1, 1]]
+
+
+# The compiled paths run the same loops with compiled steps (the tree mode already goes through the static decoder
+# that compile captures), so they are left out here to keep the suite fast.
+@pytest.mark.parametrize("mode", ["plain", "chain", "tree"])
+def test_every_path_stops_like_plain_greedy(mode):
+    model = sharp_model(seed=3, n_future=3)
+    prompt = torch.tensor([[1, 2, 3, 4, 0, 0], [5, 6, 7, 8, 9, 10]])
+    lengths = torch.tensor([4, 6])
+    N = 30
+    full = generate(model, prompt, N, temperature=0.0, lengths=lengths)
+    # stop on a token both rows produce somewhere in the middle, so that rows stop at different places
+    common = [t for t in full[0, 3:].tolist() if t in full[1, 3:].tolist()]
+    assert common, "the fixture should make a shared token"
+    stop = torch.tensor([common[0]])
+    expected = pad_after_stop(full, stop)
+    kwargs = dict(temperature=0.0, lengths=lengths, stop_ids=stop)
+    if mode == "plain":
+        got = generate(model, prompt, N, **kwargs)
+    elif mode == "chain":
+        got = speculative_generate(model, prompt, N, **kwargs)[0]
+    else:
+        got = speculative_generate(model, prompt, N, tree=DraftTree.parse("(0,), (1,), (0, 0)"), **kwargs)[0]
+    assert torch.equal(got, expected)
+
+
+def test_speculative_stops_early():
+    model = sharp_model(seed=3, n_future=3)
+    prompt = torch.tensor([[1, 2, 3, 4]])
+    full = generate(model, prompt, 40, temperature=0.0)
+    stop = full[0, 2:3]
+    _, stats = speculative_generate(model, prompt, 40, temperature=0.0, stop_ids=stop)
+    _, unstopped = speculative_generate(model, prompt, 40, temperature=0.0)
+    assert stats.forwards < unstopped.forwards
