@@ -169,3 +169,30 @@ def test_bad_gguf_files_get_one_line_and_nothing_written(tmp_path, tokenizer):
     with pytest.raises(CheckpointError, match="architecture 'mamba' is not supported"):
         convert(other, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_generate_chat_stop_and_their_bad_inputs(tmp_path, tokenizer, capsys):
+    """generate --chat renders the template and prints only the answer, ending at end-of-sequence; --stop cuts the
+    text; a model without a template, an empty stop string or --system without --chat get one line."""
+    from multitoken.data.chat import encode_chat
+    from multitoken.decoding.generate import generate
+    from tests.cli.conftest import assert_one_line_error, run_cli
+
+    convert(make_gguf(tmp_path, tokenizer), tmp_path / "mt")
+    model, _, tok = load_checkpoint(tmp_path / "mt")
+    ids = encode_chat(tok, [{"role": "user", "content": "add two"}])
+    expected = generate(model, torch.tensor([ids]), 12, temperature=0.0)[0].tolist()
+    code, out, err = run_cli(capsys, "generate", "--ckpt", tmp_path / "mt", "--chat", "--prompt", "add two",
+                             "--temperature", 0, "--max-new-tokens", 12, "--ignore-eos")
+    assert code == 0 and out == tok.decode(expected) + "\n" and "12 tokens" in err
+    code, out, _ = run_cli(capsys, "generate", "--ckpt", tmp_path / "mt", "--prompt", "def", "--temperature", 0,
+                           "--max-new-tokens", 12, "--stop", '["a"]')
+    assert code == 0 and "a" not in out[len("def"):]
+    code, _, err = run_cli(capsys, "generate", "--ckpt", tmp_path / "mt", "--prompt", "x", "--stop", '[""]')
+    assert_one_line_error(code, err, "--stop has an empty string")
+    code, _, err = run_cli(capsys, "generate", "--ckpt", tmp_path / "mt", "--prompt", "x", "--system", "be brief")
+    assert_one_line_error(code, err, "--system only applies with --chat")
+    tok.chat_template = None
+    tok.save(tmp_path / "mt")  # the same checkpoint without a template
+    code, _, err = run_cli(capsys, "generate", "--ckpt", tmp_path / "mt", "--prompt", "x", "--chat")
+    assert_one_line_error(code, err, "no chat template")

@@ -72,6 +72,21 @@ def check_text(text: str, what: str) -> str:
     return text
 
 
+def check_stops(stops: list[str] | None) -> list[str]:
+    for stop in stops or []:
+        if stop == "":
+            raise ConfigError("--stop has an empty string, which would end the text before it starts: give each stop "
+                              "string at least one character")
+        check_text(stop, "--stop")
+    return list(stops or [])
+
+
+def cut_at_stops(text: str, stops: list[str], start: int = 0) -> str:
+    """text up to the first stop string found after position start (the prompt's own text is never cut)."""
+    ends = [i for i in (text.find(stop, start) for stop in stops) if i >= 0]
+    return text[:min(ends)] if ends else text
+
+
 def check_prompt_fits(n_tokens: int, max_new_tokens: int, context: int, what: str = "the prompt") -> None:
     if n_tokens == 0:
         raise ConfigError(f"{what} is empty: give it some text to continue")
@@ -86,7 +101,16 @@ def add_parser(subcommands) -> None:
     parser = new_parser("Generate text from a checkpoint with the next-token head (KV-cached); with --speculative the "
                         "extra heads draft tokens that the next-token head verifies (same output, fewer forwards).")
     add_ckpt_argument(parser)
-    parser.add_argument("--prompt", required=True, help="Text to continue.")
+    parser.add_argument("--prompt", required=True, help="Text to continue; with --chat, the user's message.")
+    parser.add_argument("--chat", action="store_true",
+                        help="Treat --prompt as a user message and format it with the model's chat template (models "
+                             "converted from Hugging Face folders or GGUF files carry one); print only the answer.")
+    parser.add_argument("--system", type=str | None, default=None,
+                        help="With --chat: a system message before the user's (default: the template's own, if any).")
+    parser.add_argument("--stop", type=list[str] | None, default=None,
+                        help="Strings that end the text (cut before the first one), e.g. --stop '[\"\\n\\n\"]'.")
+    parser.add_argument("--ignore_eos", action="store_true",
+                        help="Keep generating past the model's end-of-sequence token (default: stop there).")
     add_sampling_arguments(parser)
     parser.add_argument("--speculative", action="store_true",
                         help="Self-speculative decoding with the model's own heads; prints statistics after the text.")
@@ -108,11 +132,23 @@ def run(args: Namespace) -> int:
     model, _, tokenizer = load_model(args.ckpt, device)
     k = check_draft_len(model, args.draft_len) if args.speculative else None
     tree = parse_tree(args.tree, model, args.draft_len) if args.speculative else None
-    ids = tokenizer.encode_prompt(check_text(args.prompt, "--prompt"))  # with the model's beginning-of-text token, where it has one
+    stops = check_stops(args.stop)
+    if args.chat:
+        from multitoken.data.chat import encode_chat
+
+        messages = ([{"role": "system", "content": check_text(args.system, "--system")}] if args.system else []) + \
+            [{"role": "user", "content": check_text(args.prompt, "--prompt")}]
+        ids = encode_chat(tokenizer, messages)
+    elif args.system is not None:
+        raise ConfigError("--system only applies with --chat: add --chat, or put the text in --prompt")
+    else:  # with the model's beginning-of-text token, where it has one
+        ids = tokenizer.encode_prompt(check_text(args.prompt, "--prompt"))
     check_prompt_fits(len(ids), args.max_new_tokens, model.config.max_seq_len)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     prompt = torch.tensor([ids], device=device)
-    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator)
+    stop_ids = None if args.ignore_eos else torch.tensor([tokenizer.eot_id], device=device)
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator,
+                    stop_ids=stop_ids)
     start = time.perf_counter()
     if args.speculative:
         new, stats = speculative_generate(model, prompt, args.max_new_tokens, draft_len=k, tree=tree,
@@ -121,14 +157,19 @@ def run(args: Namespace) -> int:
     else:
         new = generate(model, prompt, args.max_new_tokens, compile=args.compile, **sampling)
     elapsed = time.perf_counter() - start
-    text_ids = ids[1:] if tokenizer.bos_id is not None else ids
-    print(tokenizer.decode(text_ids + new[0].tolist()))
-    rate = args.max_new_tokens / max(elapsed, 1e-9)
+    new_ids = new[0].tolist()
+    n_new = len(new_ids)
+    if stop_ids is not None and tokenizer.eot_id in new_ids:
+        new_ids = new_ids[:new_ids.index(tokenizer.eot_id)]  # the end-of-sequence token itself is not text
+        n_new = len(new_ids) + 1
+    text_ids = [] if args.chat else (ids[1:] if tokenizer.bos_id is not None else ids)
+    print(cut_at_stops(tokenizer.decode(text_ids + new_ids), stops, len(tokenizer.decode(text_ids))))
+    rate = n_new / max(elapsed, 1e-9)
     if args.speculative:
         acceptance = " ".join(f"{a:.0%}" for a in stats.acceptance_per_position)
-        print(f"[{args.max_new_tokens} tokens in {elapsed:.2f} s, {rate:.1f} tokens/s | speculative, draft length {k}: "
+        print(f"[{n_new} tokens in {elapsed:.2f} s, {rate:.1f} tokens/s | speculative, draft length {k}: "
               f"{stats.forwards} forwards, tau {stats.tau:.2f} tokens/forward, acceptance by draft position "
               f"{acceptance}]", file=sys.stderr)
     else:
-        print(f"[{args.max_new_tokens} tokens in {elapsed:.2f} s, {rate:.1f} tokens/s]", file=sys.stderr)
+        print(f"[{n_new} tokens in {elapsed:.2f} s, {rate:.1f} tokens/s]", file=sys.stderr)
     return 0
