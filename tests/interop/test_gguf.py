@@ -196,3 +196,34 @@ def test_generate_chat_stop_and_their_bad_inputs(tmp_path, tokenizer, capsys):
     tok.save(tmp_path / "mt")  # the same checkpoint without a template
     code, _, err = run_cli(capsys, "generate", "--ckpt", tmp_path / "mt", "--prompt", "x", "--chat")
     assert_one_line_error(code, err, "no chat template")
+
+
+def test_chat_keeps_history_and_answers_as_generate(tmp_path, tokenizer, capsys, monkeypatch):
+    """`multitoken chat` driven through stdin: each answer is plain greedy decoding of the whole conversation so
+    far (the earlier answers in it), with speculative decoding when the model has heads; /reset forgets."""
+    import io
+
+    from multitoken.data.chat import encode_chat
+    from multitoken.decoding.generate import generate
+    from tests.cli.conftest import assert_one_line_error, run_cli
+
+    convert(make_gguf(tmp_path, tokenizer), tmp_path / "mt")
+    model, _, tok = load_checkpoint(tmp_path / "mt")
+    stop = torch.tensor([tok.eot_id])
+
+    def answer(messages):
+        new = generate(model, torch.tensor([encode_chat(tok, messages)]), 10, temperature=0.0, stop_ids=stop)[0]
+        ids = new.tolist()
+        return tok.decode(ids[:ids.index(tok.eot_id)] if tok.eot_id in ids else ids)
+
+    first = answer([{"role": "user", "content": "add"}])
+    history = [{"role": "user", "content": "add"}, {"role": "assistant", "content": first},
+               {"role": "user", "content": "class"}]
+    expected = [first, answer(history), answer([{"role": "user", "content": "class"}])]
+    monkeypatch.setattr("sys.stdin", io.StringIO("add\nclass\n/reset\nclass\n"))
+    code, out, err = run_cli(capsys, "chat", "--ckpt", tmp_path / "mt", "--max-new-tokens", 10)
+    assert code == 0 and out == "".join(a + "\n" for a in expected) and "conversation reset" in err
+    tok.chat_template = None
+    tok.save(tmp_path / "mt")
+    code, _, err = run_cli(capsys, "chat", "--ckpt", tmp_path / "mt")
+    assert_one_line_error(code, err, "no chat template")
