@@ -41,9 +41,11 @@ def prefill(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor) -> tor
     """Run the padded prompts through the model, filling the caches; next-token logits (B, V) after each prompt.
 
     Pad positions write junk into the caches beyond a row's prompt; decoding overwrites each such slot before any
-    query may attend to it.
+    query may attend to it. Only each row's last position is unembedded: the prompt's other logits are never used,
+    and for a large vocabulary they cost more than the layers (transformers' generate keeps one position too).
     """
-    return last_positions(model(prompt, start_pos=0), lengths)
+    z = model.trunk(prompt, 0)
+    return model.unembed(last_positions(model.head(0, z, 0), lengths))
 
 
 def decode_one_token(model: MTPModel, token: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:

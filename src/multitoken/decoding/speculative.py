@@ -233,7 +233,7 @@ def _greedy_tree(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N
     log: list[torch.Tensor] = []  # per step: drafts accepted per row, -1 for a finished row (statistics at the end)
     decoder.attach()
     try:
-        last = last_positions(decoder.prefill(prompt), lengths)  # (B, heads, V)
+        last = decoder.prefill(prompt, lengths)  # (B, heads, V)
         tokens = draft_tokens(last[:, 0].argmax(-1), last[:, 1:], decoder.layout, tree.max_rank)
         while True:
             active = n_done < N

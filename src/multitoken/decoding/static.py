@@ -109,16 +109,20 @@ class StaticDecoder:
     def detach(self) -> None:
         self.model.clear_caches()
 
-    def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
+    def prefill(self, prompt: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Fill the caches with the right-padded prompts (slots = positions 0..T0-1; eager: its shape varies from call
-        to call). Logits (B, T0, V) of head 1, or (B, T0, heads, V) with a tree."""
+        to call). Logits at each row's last prompt position: (B, V) of head 1, or (B, heads, V) with a tree (only
+        those positions are unembedded)."""
+        from multitoken.decoding.generate import last_positions
+
         model = self.model
         z = model.trunk(prompt, 0)
         h1 = model.head(0, z, 0)
         if self.heads is None:
-            return model.unembed(h1)
+            return model.unembed(last_positions(h1, lengths))
         cos, sin = model.rope(prompt.shape[1], 0)
-        return model.unembed(torch.cat([h1[:, :, None], self.heads(z, cos, sin, 0)], dim=2))
+        hidden = torch.cat([h1[:, :, None], self.heads(z, cos, sin, 0)], dim=2)  # every head must fill its cache
+        return model.unembed(last_positions(hidden, lengths))
 
     def run_step(self, *args: torch.Tensor):
         """One step; the first call of a compiled step compiles it, and its time goes to compile_seconds."""
