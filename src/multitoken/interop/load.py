@@ -1,5 +1,5 @@
-"""`multitoken.load_model(path)`: a model from a multitoken checkpoint, a Hugging Face folder or a Meta folder, in
-one call, for notebooks and scripts."""
+"""`multitoken.load_model(path)`: a model from a multitoken checkpoint, a Hugging Face folder, a Meta folder or a
+GGUF file, in one call, for notebooks and scripts."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     """The model in eval mode, on device, in dtype (None: the dtype it is stored in).
 
     path: a multitoken run or checkpoint directory, a Hugging Face Llama/Mistral folder (config.json), or a Meta
-    folder (params.json). max_seq_len overrides an imported model's context.
+    folder (params.json), or a llama.cpp .gguf file. max_seq_len overrides an imported model's context.
     """
     from multitoken.interop.source import detect_format, read_model_folder
     from multitoken.training.checkpoint import load_model as load_checkpoint
