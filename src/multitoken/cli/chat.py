@@ -9,7 +9,7 @@ import time
 from jsonargparse import Namespace
 
 from multitoken.cli.common import add_ckpt_argument, add_device_argument, new_parser
-from multitoken.cli.generate import add_sampling_arguments, check_sampling, check_text
+from multitoken.cli.generate import add_sampling_arguments, check_sampling, check_text, until_eos
 from multitoken.errors import ConfigError
 
 HELP = "type a message and press Enter; /reset forgets the conversation, /exit (or an empty line at the end) quits"
@@ -80,11 +80,7 @@ def run(args: Namespace) -> int:
         else:
             new, stats = generate(model, prompt, min(args.max_new_tokens, room), **sampling), None
         elapsed = time.perf_counter() - start
-        answer = new[0].tolist()
-        n_new = len(answer)
-        if tokenizer.eot_id in answer:
-            answer = answer[:answer.index(tokenizer.eot_id)]
-            n_new = len(answer) + 1
+        answer, n_new = until_eos(new[0].tolist(), tokenizer.eot_id)
         text = tokenizer.decode(answer)
         print(text, flush=True)
         history.append({"role": "assistant", "content": text})

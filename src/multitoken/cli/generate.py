@@ -87,6 +87,14 @@ def cut_at_stops(text: str, stops: list[str], start: int = 0) -> str:
     return text[:min(ends)] if ends else text
 
 
+def until_eos(new_ids: list[int], eos_id: int | None) -> tuple[list[int], int]:
+    """The tokens of the text (up to the end-of-sequence token, which is not text) and how many were generated."""
+    if eos_id is None or eos_id not in new_ids:
+        return new_ids, len(new_ids)
+    end = new_ids.index(eos_id)
+    return new_ids[:end], end + 1
+
+
 def check_prompt_fits(n_tokens: int, max_new_tokens: int, context: int, what: str = "the prompt") -> None:
     if n_tokens == 0:
         raise ConfigError(f"{what} is empty: give it some text to continue")
@@ -157,11 +165,7 @@ def run(args: Namespace) -> int:
     else:
         new = generate(model, prompt, args.max_new_tokens, compile=args.compile, **sampling)
     elapsed = time.perf_counter() - start
-    new_ids = new[0].tolist()
-    n_new = len(new_ids)
-    if stop_ids is not None and tokenizer.eot_id in new_ids:
-        new_ids = new_ids[:new_ids.index(tokenizer.eot_id)]  # the end-of-sequence token itself is not text
-        n_new = len(new_ids) + 1
+    new_ids, n_new = until_eos(new[0].tolist(), None if args.ignore_eos else tokenizer.eot_id)
     text_ids = [] if args.chat else (ids[1:] if tokenizer.bos_id is not None else ids)
     print(cut_at_stops(tokenizer.decode(text_ids + new_ids), stops, len(tokenizer.decode(text_ids))))
     rate = n_new / max(elapsed, 1e-9)
