@@ -227,3 +227,51 @@ def test_chat_keeps_history_and_answers_as_generate(tmp_path, tokenizer, capsys,
     tok.save(tmp_path / "mt")
     code, _, err = run_cli(capsys, "chat", "--ckpt", tmp_path / "mt")
     assert_one_line_error(code, err, "no chat template")
+
+
+def write_sentencepiece_vocab(writer) -> list[str]:
+    """A small SentencePiece-style (`llama`) vocabulary as llama.cpp writes one: <unk> <s> </s>, the 256 byte
+    pieces, then '▁'-spelled pieces scored so that longer (later-merged) pieces score lower."""
+    words = ["def", "add", "return", "class", "point", "pass", "self", "x", "y"]
+    pieces = ["▁"] + sorted({c for w in words for c in w})
+    for w in words:  # every prefix of "▁word", so each piece is a merge of two earlier ones
+        spelled = "▁" + w
+        pieces += [spelled[:i] for i in range(2, len(spelled) + 1) if spelled[:i] not in pieces]
+    tokens = ["<unk>", "<s>", "</s>", *[f"<0x{b:02X}>" for b in range(256)], *pieces]
+    types = [2, 3, 3, *[6] * 256, *[1] * len(pieces)]
+    scores = [0.0, 0.0, 0.0, *[0.0] * 256, *[-float(i) for i in range(len(pieces))]]
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_scores(scores)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(True)
+    return tokens
+
+
+def test_sentencepiece_style_gguf_tokenizer_equals_transformers(tmp_path):
+    writer = gguf.GGUFWriter(str(tmp_path / "sp.gguf"), "llama")
+    tokens = write_sentencepiece_vocab(writer)
+    for key, value in (("block_count", 1), ("embedding_length", 32), ("feed_forward_length", 64),
+                       ("attention.head_count", 4), ("context_length", 64)):
+        writer.add_uint32(f"llama.{key}", value)
+    writer.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (len(tokens), 32), "output_norm.weight": (32,), "blk.0.attn_norm.weight": (32,),
+              "blk.0.ffn_norm.weight": (32,), "blk.0.attn_q.weight": (32, 32), "blk.0.attn_k.weight": (32, 32),
+              "blk.0.attn_v.weight": (32, 32), "blk.0.attn_output.weight": (32, 32),
+              "blk.0.ffn_gate.weight": (64, 32), "blk.0.ffn_up.weight": (64, 32), "blk.0.ffn_down.weight": (32, 64)}
+    for name, shape in shapes.items():
+        writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="sp.gguf")
+    convert(tmp_path / "sp.gguf", tmp_path / "mt")
+    tok = load_checkpoint(tmp_path / "mt")[2]
+    for text in ["def add self", "class point pass", "return x y", "unknown wörds\n"]:
+        assert tok.encode_prompt(text) == reference(text).input_ids, text
+        assert tok.decode(tok.encode(text)) == reference.decode(reference(text, add_special_tokens=False).input_ids)
