@@ -47,3 +47,26 @@ def test_speculative_stops_early():
     _, stats = speculative_generate(model, prompt, 40, temperature=0.0, stop_ids=stop)
     _, unstopped = speculative_generate(model, prompt, 40, temperature=0.0)
     assert stats.forwards < unstopped.forwards
+
+
+@pytest.mark.parametrize("mode", ["plain", "chain", "tree"])
+def test_on_tokens_streams_the_final_tokens(mode):
+    """Every path reports, step by step, a growing prefix of each row's final output."""
+    model = sharp_model(seed=3, n_future=3)
+    prompt = torch.tensor([[1, 2, 3, 4]])
+    seen = []
+
+    def record(out, n_done):
+        seen.append(out[0, :int(n_done[0])].tolist())
+
+    kwargs = dict(temperature=0.0, on_tokens=record)
+    if mode == "plain":
+        final = generate(model, prompt, 20, **kwargs)
+    elif mode == "chain":
+        final = speculative_generate(model, prompt, 20, **kwargs)[0]
+    else:
+        final = speculative_generate(model, prompt, 20, tree=DraftTree.parse("(0,), (1,), (0, 0)"), **kwargs)[0]
+    final = final[0].tolist()
+    assert seen and seen[-1] == final
+    assert all(later[:len(earlier)] == earlier and final[:len(earlier)] == earlier
+               for earlier, later in zip(seen, seen[1:]))

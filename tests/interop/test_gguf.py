@@ -185,6 +185,9 @@ def test_generate_chat_stop_and_their_bad_inputs(tmp_path, tokenizer, capsys):
     code, out, err = run_cli(capsys, "generate", "--ckpt", tmp_path / "mt", "--chat", "--prompt", "add two",
                              "--temperature", 0, "--max-new-tokens", 12, "--ignore-eos")
     assert code == 0 and out == tok.decode(expected) + "\n" and "12 tokens" in err
+    # streamed (the default: written as tokens are accepted) or all at once: the same text
+    assert run_cli(capsys, "generate", "--ckpt", tmp_path / "mt", "--chat", "--prompt", "add two", "--temperature", 0,
+                   "--max-new-tokens", 12, "--ignore-eos", "--stream", "false")[1] == out
     code, out, _ = run_cli(capsys, "generate", "--ckpt", tmp_path / "mt", "--prompt", "def", "--temperature", 0,
                            "--max-new-tokens", 12, "--stop", '["a"]')
     assert code == 0 and "a" not in out[len("def"):]

@@ -95,6 +95,43 @@ def until_eos(new_ids: list[int], eos_id: int | None) -> tuple[list[int], int]:
     return new_ids[:end], end + 1
 
 
+class TextStream:
+    """Writes the text to stdout as decoding accepts tokens (row 0): decoded cumulatively, so multi-byte characters
+    and merged pieces come out whole, ending at end-of-sequence or before a stop string. The last characters are
+    held back while they could still be the start of a stop string or of an unfinished character."""
+
+    def __init__(self, tokenizer, prefix_ids: list[int], eos_id: int | None, stops: list[str]):
+        self.tokenizer, self.prefix_ids, self.eos_id, self.stops = tokenizer, prefix_ids, eos_id, stops
+        self.start = len(tokenizer.decode(prefix_ids))
+        self.hold = max((len(stop) - 1 for stop in stops), default=0)
+        self.written = 0
+        self.done = False
+        self.text = ""
+
+    def __call__(self, out, n_done) -> None:
+        if not self.done:
+            self.update(out[0, :int(n_done[0])].tolist())
+
+    def update(self, new_ids: list[int], final: bool = False) -> None:
+        ids, _ = until_eos(new_ids, self.eos_id)
+        full = self.tokenizer.decode(self.prefix_ids + ids)
+        text = cut_at_stops(full, self.stops, self.start)[self.start:]
+        finished = final or len(ids) < len(new_ids) or len(text) < len(full) - self.start
+        ready = len(text) if finished else max(len(text) - self.hold, 0)
+        while ready > 0 and not finished and text[ready - 1] == "\ufffd":  # an unfinished multi-byte character
+            ready -= 1
+        if ready > self.written:
+            sys.stdout.write(text[self.written:ready])
+            sys.stdout.flush()
+            self.written = ready
+        self.text, self.done = text, finished
+
+    def close(self, new_ids: list[int]) -> None:
+        if not self.done:
+            self.update(new_ids, final=True)
+        sys.stdout.write("\n")
+
+
 def check_prompt_fits(n_tokens: int, max_new_tokens: int, context: int, what: str = "the prompt") -> None:
     if n_tokens == 0:
         raise ConfigError(f"{what} is empty: give it some text to continue")
@@ -117,6 +154,8 @@ def add_parser(subcommands) -> None:
                         help="With --chat: a system message before the user's (default: the template's own, if any).")
     parser.add_argument("--stop", type=list[str] | None, default=None,
                         help="Strings that end the text (cut before the first one), e.g. --stop '[\"\\n\\n\"]'.")
+    parser.add_argument("--stream", type=bool, default=True,
+                        help="Write the text as decoding accepts it (false: all at once at the end).")
     parser.add_argument("--ignore_eos", action="store_true",
                         help="Keep generating past the model's end-of-sequence token (default: stop there).")
     add_sampling_arguments(parser)
@@ -155,8 +194,11 @@ def run(args: Namespace) -> int:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     prompt = torch.tensor([ids], device=device)
     stop_ids = None if args.ignore_eos else torch.tensor([tokenizer.eot_id], device=device)
+    text_ids = [] if args.chat else (ids[1:] if tokenizer.bos_id is not None else ids)
+    stream = TextStream(tokenizer, text_ids, None if args.ignore_eos else tokenizer.eot_id, stops)
+    sys.stdout.write(tokenizer.decode(text_ids))
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator,
-                    stop_ids=stop_ids)
+                    stop_ids=stop_ids, on_tokens=stream if args.stream else None)
     start = time.perf_counter()
     if args.speculative:
         new, stats = speculative_generate(model, prompt, args.max_new_tokens, draft_len=k, tree=tree,
@@ -165,9 +207,8 @@ def run(args: Namespace) -> int:
     else:
         new = generate(model, prompt, args.max_new_tokens, compile=args.compile, **sampling)
     elapsed = time.perf_counter() - start
-    new_ids, n_new = until_eos(new[0].tolist(), None if args.ignore_eos else tokenizer.eot_id)
-    text_ids = [] if args.chat else (ids[1:] if tokenizer.bos_id is not None else ids)
-    print(cut_at_stops(tokenizer.decode(text_ids + new_ids), stops, len(tokenizer.decode(text_ids))))
+    stream.close(new[0].tolist())
+    n_new = until_eos(new[0].tolist(), None if args.ignore_eos else tokenizer.eot_id)[1]
     rate = n_new / max(elapsed, 1e-9)
     if args.speculative:
         acceptance = " ".join(f"{a:.0%}" for a in stats.acceptance_per_position)

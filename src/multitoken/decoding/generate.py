@@ -7,6 +7,8 @@ twin of this function and must produce the same greedy output.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from multitoken.decoding.sampling import sample
@@ -53,6 +55,8 @@ def decode_one_token(model: MTPModel, token: torch.Tensor, pos: int | torch.Tens
     return model(token[:, None], start_pos=pos)[:, -1]
 
 
+# A streaming callback: (the output tokens so far (B, >= N), how many of each row's are final (B,)).
+OnTokens = Callable[[torch.Tensor, torch.Tensor], None]
 STOP_CHECK_EVERY = 8  # plain decoding looks for finished rows every this many steps (each look is a host sync)
 
 
@@ -78,13 +82,15 @@ def pad_after_stop(out: torch.Tensor, stop_ids: torch.Tensor | None) -> torch.Te
 def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
              lengths: torch.Tensor | None = None, compile: bool = False,
-             stop_ids: torch.Tensor | None = None) -> torch.Tensor:
+             stop_ids: torch.Tensor | None = None, on_tokens: OnTokens | None = None) -> torch.Tensor:
     """New tokens (B, max_new_tokens) after each prompt. temperature 0 is greedy decoding.
 
     prompt: (B, T0) token ids, right-padded when `lengths` (B,) gives rows of different lengths. compile: run each
     step as a static-shape step compiled by `torch.compile` (`static.py`; the first call of a shape compiles it).
     stop_ids: token ids that end a row (the model's end-of-sequence): decoding ends once every row has produced
     one, and each row's tokens after its first stop token are that token repeated (`pad_after_stop`).
+    on_tokens(out, n_done): called after every step with the output so far and the tokens final per row (B,), for
+    streaming; each call costs a host sync.
     """
     B, T0 = prompt.shape
     check_fits(model, T0, max_new_tokens)
@@ -110,6 +116,8 @@ def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, tempera
         for i in range(max_new_tokens):
             token = sample(logits, temperature, top_k, top_p, generator)
             out[:, i] = token
+            if on_tokens is not None:
+                on_tokens(out, torch.full((B,), i + 1))
             if stop_ids is not None:
                 stopped |= stop_hits(token, stop_ids)
                 if i % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and bool(stopped.all()):

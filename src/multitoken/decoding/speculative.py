@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import torch
 
 from multitoken.decoding.fused_heads import FusedHeads
-from multitoken.decoding.generate import check_fits, generate, last_positions, pad_after_stop, stop_hits
+from multitoken.decoding.generate import (OnTokens, check_fits, generate, last_positions, pad_after_stop,
+                                          stop_hits)
 from multitoken.decoding.sampling import draw, probs_from_logits
 from multitoken.decoding.static import cache_slots, decoder_for
 from multitoken.decoding.tree import DraftTree, draft_tokens
@@ -166,13 +167,15 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
                          temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                          generator: torch.Generator | None = None, lengths: torch.Tensor | None = None,
                          fused: bool = True, tree: DraftTree | None = None,
-                         compile: bool = False, stop_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, DecodeStats]:
+                         compile: bool = False, stop_ids: torch.Tensor | None = None,
+                         on_tokens: OnTokens | None = None) -> tuple[torch.Tensor, DecodeStats]:
     """New tokens (B, max_new_tokens) and statistics; the same contract as `generate`, faster when heads agree.
 
     Greedy decoding verifies a draft tree per step (`tree`; default: the chain of draft_len drafts) in static-shape
     steps, compiled with `compile`. Sampling verifies a chain (speculative sampling; a tree falls back to its depth
     as a chain). fused=False runs the heads one by one through the model, as a chain (the reference path; any
-    duck-typed model; same output). stop_ids: as for `generate` (a row ends at its first stop token, kept).
+    duck-typed model; same output). stop_ids, on_tokens: as for `generate` (a row ends at its first stop token,
+    kept; on_tokens sees each step's accepted tokens).
     """
     start_time = time.perf_counter()
     k = check_draft_len(model, draft_len if tree is None or not tree.paths else tree.depth)
@@ -187,7 +190,7 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
         return torch.empty(B, 0, dtype=torch.long, device=device), stats
     if tree is not None and not tree.paths:  # the empty tree: plain decoding (what `auto` picks when nothing pays)
         out = generate(model, prompt, max_new_tokens, lengths=lengths, compile=compile, temperature=temperature,
-                       top_k=top_k, top_p=top_p, generator=generator, stop_ids=stop_ids)
+                       top_k=top_k, top_p=top_p, generator=generator, stop_ids=stop_ids, on_tokens=on_tokens)
         stats.forwards, stats.row_steps = max_new_tokens, B * max_new_tokens
         stats.accepted_tokens, stats.tree_nodes = B * max_new_tokens, 1
         stats.seconds, stats.new_tokens = time.perf_counter() - start_time, B * max_new_tokens
@@ -195,10 +198,10 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
     use_static = compile or (tree is not None and not tree.is_chain())  # eager chains: the cheaper dynamic path
     if temperature == 0 and fused and isinstance(model, MTPModel) and use_static:
         out, log, widths = _greedy_tree(model, prompt, lengths, max_new_tokens, tree or DraftTree.chain(k), compile,
-                                        stats, stop_ids)
+                                        stats, stop_ids, on_tokens)
     else:
         out, log, widths = _chain(model, prompt, lengths, max_new_tokens, k, (temperature, top_k, top_p), generator,
-                                  fused, stop_ids)
+                                  fused, stop_ids, on_tokens)
         stats.tree_nodes = k + 1
     _statistics(stats, log, widths, k)
     if device.type == "cuda":
@@ -220,7 +223,8 @@ def _stop_rows(out: torch.Tensor, before: torch.Tensor, after: torch.Tensor, N: 
 
 
 def _greedy_tree(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int, tree: DraftTree,
-                 compile: bool, stats: DecodeStats, stop_ids: torch.Tensor | None = None):
+                 compile: bool, stats: DecodeStats, stop_ids: torch.Tensor | None = None,
+                 on_tokens: OnTokens | None = None):
     """Greedy decoding with a draft tree per step, through the static decoder."""
     B, T0 = prompt.shape
     device = prompt.device
@@ -244,6 +248,8 @@ def _greedy_tree(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N
             # Keep the path: write all D + 1 slots at the row's next place; anything past its end is overwritten next.
             out.scatter_(1, torch.where(active, n_done, N)[:, None] + offsets, accepted)
             n_done = _stop_rows(out, n_done, n_done + torch.where(active, n_accepted + 1, 0), N, stop_ids)
+            if on_tokens is not None:
+                on_tokens(out, n_done.clamp(max=N))
             log.append(torch.where(active, n_accepted, -1))
     finally:
         decoder.detach()
@@ -253,7 +259,8 @@ def _greedy_tree(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N
 
 
 def _chain(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int, k: int, sampling: tuple,
-           generator: torch.Generator | None, fused: bool, stop_ids: torch.Tensor | None = None):
+           generator: torch.Generator | None, fused: bool, stop_ids: torch.Tensor | None = None,
+           on_tokens: OnTokens | None = None):
     """Chain drafts verified by `verify_chain` (greedy or speculative sampling), eager."""
     B, T0 = prompt.shape
     device = prompt.device
@@ -294,6 +301,8 @@ def _chain(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int,
             drafts, q = _draft(logits[rows, n_acc, 1:k + 1], greedy, sampling, generator)
             block = torch.cat([correction[:, None], drafts], dim=1)
             n_done = _stop_rows(out, n_done, n_done + torch.where(active, n_acc + 1, 0), N, stop_ids)
+            if on_tokens is not None:
+                on_tokens(out, n_done.clamp(max=N))
             accept_log[len(widths)] = torch.where(active, n_acc, -1)
             widths.append(width)
     finally:
