@@ -9,7 +9,7 @@ import time
 from jsonargparse import Namespace
 
 from multitoken.cli.common import add_ckpt_argument, add_device_argument, new_parser
-from multitoken.cli.generate import add_sampling_arguments, check_sampling, check_text, until_eos
+from multitoken.cli.generate import TextStream, add_sampling_arguments, check_sampling, check_text, until_eos
 from multitoken.errors import ConfigError
 
 HELP = "type a message and press Enter; /reset forgets the conversation, /exit (or an empty line at the end) quits"
@@ -17,8 +17,9 @@ HELP = "type a message and press Enter; /reset forgets the conversation, /exit (
 
 def add_parser(subcommands) -> None:
     parser = new_parser("Chat with a model that has a chat template (a model converted from a Hugging Face folder "
-                        "or a GGUF file). Reads one message per line from standard input and prints each answer; "
-                        "models with extra heads answer with self-speculative decoding (same text, fewer forwards).")
+                        "or a GGUF file). Reads one message per line from standard input and streams each answer "
+                        "as it is decoded; models with extra heads answer with self-speculative decoding (same text, "
+                        "fewer forwards).")
     add_ckpt_argument(parser)
     parser.add_argument("--system", type=str | None, default=None, help="A system message opening the conversation.")
     add_sampling_arguments(parser)
@@ -72,17 +73,17 @@ def run(args: Namespace) -> int:
                   "/reset to start again]", file=sys.stderr)
             continue
         prompt = torch.tensor([ids], device=device)
+        stream = TextStream(tokenizer, [], tokenizer.eot_id, [])
         sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator,
-                        stop_ids=stop_ids)
+                        stop_ids=stop_ids, on_tokens=stream)
         start = time.perf_counter()
         if speculative:
             new, stats = speculative_generate(model, prompt, min(args.max_new_tokens, room), **sampling)
         else:
             new, stats = generate(model, prompt, min(args.max_new_tokens, room), **sampling), None
         elapsed = time.perf_counter() - start
-        answer, n_new = until_eos(new[0].tolist(), tokenizer.eot_id)
-        text = tokenizer.decode(answer)
-        print(text, flush=True)
-        history.append({"role": "assistant", "content": text})
+        stream.close(new[0].tolist())
+        n_new = until_eos(new[0].tolist(), tokenizer.eot_id)[1]
+        history.append({"role": "assistant", "content": stream.text})
         detail = f", tau {stats.tau:.2f}" if stats is not None else ""
         print(f"[{n_new} tokens, {n_new / max(elapsed, 1e-9):.1f} tokens/s{detail}]", file=sys.stderr)
