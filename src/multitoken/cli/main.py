@@ -9,11 +9,12 @@ from __future__ import annotations
 import sys
 import warnings
 
-from multitoken.cli import bench, chat, convert, evaluate, experiment, export, generate, info, prepare, tokenizer, train
+from multitoken.cli import (bench, chat, convert, evaluate, experiment, export, generate, info, prepare, tokenizer,
+                            train)
 from multitoken.cli.common import new_parser, normalize_options
 
-COMMANDS = {"train": train, "generate": generate, "chat": chat, "eval": evaluate, "info": info, "bench": bench, "prepare": prepare,
-            "tokenizer": tokenizer, "convert": convert, "export": export, "experiment": experiment}
+COMMANDS = {"train": train, "generate": generate, "chat": chat, "eval": evaluate, "info": info, "bench": bench,
+            "prepare": prepare, "tokenizer": tokenizer, "convert": convert, "export": export, "experiment": experiment}
 
 
 def build_parser():

@@ -121,8 +121,7 @@ def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, tempera
             if stop_ids is not None:
                 stopped |= stop_hits(token, stop_ids)
                 if i % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and bool(stopped.all()):
-                    out[:, i + 1:] = token[:, None]  # overwritten by pad_after_stop below
-                    break
+                    break  # every row has stopped: pad_after_stop fills the slots not decoded
             if i + 1 < max_new_tokens:
                 logits = step(token, i)
     finally:

@@ -211,14 +211,15 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
     return pad_after_stop(out[:, :max_new_tokens], stop_ids), stats
 
 
-def _stop_rows(out: torch.Tensor, before: torch.Tensor, after: torch.Tensor, N: int,
-               stop_ids: torch.Tensor | None) -> torch.Tensor:
-    """n_done with rows that just kept a stop token (among out[:, before:after]) moved to N: they are finished."""
+def _advance(n_done: torch.Tensor, written: torch.Tensor, n_kept: torch.Tensor, N: int,
+             stop_ids: torch.Tensor | None) -> torch.Tensor:
+    """n_done after a step that kept the first n_kept (B,) of the tokens it wrote (B, W), with rows that kept a stop
+    token moved to N: they are finished. Only this step's tokens are looked at."""
+    after = n_done + n_kept
     if stop_ids is None:
         return after
-    slots = torch.arange(out.shape[1], device=out.device)
-    kept = (slots >= before[:, None]) & (slots < torch.minimum(after, torch.full_like(after, N))[:, None])
-    hit = (stop_hits(out, stop_ids) & kept).any(1)
+    kept = torch.arange(written.shape[1], device=written.device) < n_kept[:, None]
+    hit = (stop_hits(written, stop_ids) & kept).any(1)
     return torch.where(hit, torch.full_like(after, N), after)
 
 
@@ -247,7 +248,7 @@ def _greedy_tree(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N
             accepted, n_accepted, tokens = decoder.run_step(tokens, start)
             # Keep the path: write all D + 1 slots at the row's next place; anything past its end is overwritten next.
             out.scatter_(1, torch.where(active, n_done, N)[:, None] + offsets, accepted)
-            n_done = _stop_rows(out, n_done, n_done + torch.where(active, n_accepted + 1, 0), N, stop_ids)
+            n_done = _advance(n_done, accepted, torch.where(active, n_accepted + 1, 0), N, stop_ids)
             if on_tokens is not None:
                 on_tokens(out, n_done.clamp(max=N))
             log.append(torch.where(active, n_accepted, -1))
@@ -298,9 +299,9 @@ def _chain(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int,
             # Keep d_0..d_a: write the whole block at the row's next slots; anything past a is overwritten next step.
             write = torch.where(active, n_done, N + k)[:, None] + offsets[:width]
             out.scatter_(1, write, block[:, :width])
+            n_done = _advance(n_done, block[:, :width], torch.where(active, n_acc + 1, 0), N, stop_ids)
             drafts, q = _draft(logits[rows, n_acc, 1:k + 1], greedy, sampling, generator)
             block = torch.cat([correction[:, None], drafts], dim=1)
-            n_done = _stop_rows(out, n_done, n_done + torch.where(active, n_acc + 1, 0), N, stop_ids)
             if on_tokens is not None:
                 on_tokens(out, n_done.clamp(max=N))
             accept_log[len(widths)] = torch.where(active, n_acc, -1)

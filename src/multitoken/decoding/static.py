@@ -113,13 +113,13 @@ class StaticDecoder:
         """Fill the caches with the right-padded prompts (slots = positions 0..T0-1; eager: its shape varies from call
         to call). Logits at each row's last prompt position: (B, V) of head 1, or (B, heads, V) with a tree (only
         those positions are unembedded)."""
-        from multitoken.decoding.generate import last_positions
+        from multitoken.decoding.generate import last_positions, prefill
 
         model = self.model
+        if self.heads is None:
+            return prefill(model, prompt, lengths)
         z = model.trunk(prompt, 0)
         h1 = model.head(0, z, 0)
-        if self.heads is None:
-            return model.unembed(last_positions(h1, lengths))
         cos, sin = model.rope(prompt.shape[1], 0)
         hidden = torch.cat([h1[:, :, None], self.heads(z, cos, sin, 0)], dim=2)  # every head must fill its cache
         return model.unembed(last_positions(hidden, lengths))
