@@ -69,7 +69,7 @@ def _value(reader, key: str, default=None):
     return field.contents()
 
 
-def read_config(path: Path, reader, max_seq_len: int | None) -> tuple[ModelConfig, list[str]]:
+def read_config(path: Path, reader, max_seq_len: int | None) -> ModelConfig:
     arch = _value(reader, "general.architecture", "unknown")
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported; multitoken reads "
@@ -106,7 +106,7 @@ def read_config(path: Path, reader, max_seq_len: int | None) -> tuple[ModelConfi
                               f"{arch}.embedding_length, ...): not a complete GGUF model file") from None
     except ValueError as e:
         raise CheckpointError(f"{path} describes a model multitoken cannot build: {e}") from None
-    return config, []
+    return config
 
 
 def our_name(gguf_name: str) -> str | None:

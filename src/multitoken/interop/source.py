@@ -120,12 +120,14 @@ def _import_meta(folder: Path, max_seq_len: int | None) -> tuple[ModelConfig, di
     return config, tensors, notes
 
 
-def _import_gguf(path: Path, max_seq_len: int | None) -> tuple[ModelConfig, dict[str, LazyTensor], list[str], Tokenizer]:
+def _import_gguf(path: Path, max_seq_len: int | None,
+                 with_tokenizer: bool) -> tuple[ModelConfig, dict[str, LazyTensor], Tokenizer | None]:
+    """A GGUF file's config, tensors and (unless another is given) the tokenizer its metadata describes."""
     reader = gguf_file.open_reader(path)
-    config, notes = gguf_file.read_config(path, reader, max_seq_len)
+    config = gguf_file.read_config(path, reader, max_seq_len)
     tensors = gguf_file.read_tensors(path, reader)
     check_tensors(tensors, config, str(path), lambda n: n)
-    return config, tensors, notes, gguf_file.read_tokenizer(path, reader)
+    return config, tensors, gguf_file.read_tokenizer(path, reader) if with_tokenizer else None
 
 
 def read_model_folder(path: str | Path, tokenizer: str | None = None,
@@ -141,7 +143,8 @@ def read_model_folder(path: str | Path, tokenizer: str | None = None,
     if kind == "hf":
         config, tensors, notes, raw = _import_hf(path, max_seq_len)
     elif kind == "gguf":
-        config, tensors, notes, tok = _import_gguf(path, max_seq_len)
+        config, tensors, tok = _import_gguf(path, max_seq_len, with_tokenizer=tokenizer is None)
+        notes = []
     else:
         config, tensors, notes = _import_meta(path, max_seq_len)
     if tokenizer is not None:
