@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from multitoken.decoding.generate import generate, pad_prompts
+from multitoken.decoding.generate import generate, pad_after_stop, pad_prompts, stop_hits
 from multitoken.decoding.speculative import DecodeStats, speculative_generate
 from multitoken.model import MTPModel
 
@@ -47,15 +47,23 @@ def transformers_decoder(hf_model, max_new_tokens: int, pad_id: int) -> Callable
     return decode
 
 
+def generated_tokens(out: torch.Tensor, stop_ids: torch.Tensor | None) -> torch.Tensor:
+    """Tokens each row produced (B,): up to and including its first stop token, or all of it."""
+    hit = stop_hits(out, stop_ids)
+    return torch.where(hit.any(1), hit.long().argmax(1) + 1, out.shape[1])
+
+
 def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
                  draft_len: int | None = None, temperature: float = 0.0, repeats: int = 3, seed: int = 0,
                  device: torch.device | str = "cpu", reference: Callable | None = None, compile: bool = False,
-                 tree=None) -> dict:
+                 tree=None, stop_ids: torch.Tensor | None = None) -> dict:
     """reference: a decoder to compare plain decoding against (e.g. `transformers_decoder`), greedy only.
-    compile applies to both plain and speculative decoding, so that the speedup is over the best plain decoding."""
+    compile applies to both plain and speculative decoding, so that the speedup is over the best plain decoding.
+    stop_ids: rows end at their first stop token (the model's end-of-sequence), and tokens/s counts the tokens each
+    decoder produced up to it (the reference decodes all max_new_tokens: it is compared on plain decoding's tokens)."""
     from multitoken.decoding.static import total_compile_seconds
     batches = [pad_prompts(prompts[i:i + batch_size], device) for i in range(0, len(prompts), batch_size)]
-    sampling = dict(temperature=temperature)
+    sampling = dict(temperature=temperature, stop_ids=stop_ids)
     speculative_on = model.n_future > 1
 
     def plain(batch):
@@ -81,6 +89,8 @@ def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max
         compile_seconds[name] = total_compile_seconds(model) - before
     # Seconds per round and case: a shared machine drifts, so every round's rate is kept and the medians compared.
     seconds = [dict.fromkeys(cases, 0.0) for _ in range(repeats)]
+    tokens = [dict.fromkeys(cases, 0) for _ in range(repeats)]
+    plain_forwards = 0  # one per token of the batch's longest row (the prefill's gives the first)
     stats = DecodeStats()
     identical = dict.fromkeys(cases, True)
     names = list(cases)
@@ -91,13 +101,18 @@ def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max
             for name in order:
                 (out, call_stats), elapsed = _timed(lambda: cases[name](batch))
                 seconds[round_][name] += elapsed
+                # transformers is asked for all max_new_tokens (the comparison is per token decoded)
+                counts = generated_tokens(out, None if name == "transformers" else stop_ids)
+                tokens[round_][name] += int(counts.sum())
+                if name == "plain":
+                    plain_forwards += int(counts.max())
                 outputs[name] = out
                 if call_stats is not None:
                     stats.add(call_stats)
             for name in names[1:]:
-                identical[name] &= bool(torch.equal(outputs["plain"], outputs[name].to(outputs["plain"].device)))
-    tokens = len(prompts) * max_new_tokens  # per round
-    rounds = {name: [tokens / r[name] for r in seconds] for name in cases}
+                other = pad_after_stop(outputs[name].to(outputs["plain"].device), stop_ids)
+                identical[name] &= bool(torch.equal(outputs["plain"], other))
+    rounds = {name: [n[name] / r[name] for n, r in zip(tokens, seconds)] for name in cases}
     rates = {name: statistics.median(values) for name, values in rounds.items()}
     trunk = model.config.n_trunk_layers
     greedy = temperature == 0
@@ -110,7 +125,9 @@ def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max
         "num_prompts": len(prompts),
         "repeats": repeats,
         "temperature": temperature,
-        "forwards_plain": repeats * len(batches) * max_new_tokens,  # one per token (the prefill's gives the first)
+        "new_tokens": tokens[0]["plain"],  # per round, up to each row's stop token
+        "stop_at_eos": stop_ids is not None,
+        "forwards_plain": plain_forwards,
         "cpu_threads": torch.get_num_threads(),
         "compile": compile,
         "compile_seconds": compile_seconds,
@@ -158,8 +175,10 @@ def format_decode_table(result: dict) -> str:
     if result.get("compile"):
         compiled = ", compiled (" + ", ".join(f"{n} {s:.1f} s" for n, s in result["compile_seconds"].items()) + \
             " compiling, not counted)"
+    length = (f"up to {result['max_new_tokens']} new tokens each (or EOS: {result['new_tokens']} in all)"
+              if result.get("stop_at_eos") else f"{result['max_new_tokens']} new tokens each")
     footer = (f"({result['num_prompts']} prompts, median of {result['repeats']} rounds, batch size {result['batch_size']}, "
-              f"{result['max_new_tokens']} new tokens each, {result['device']}{compiled})")
+              f"{length}, {result['device']}{compiled})")
     if speculative:
         identical = result["identical"]
         lines += [f"speedup            {result['speedup']:.2f}x   (tau {result['tau']:.2f}; speedup / tau = "

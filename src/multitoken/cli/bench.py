@@ -23,7 +23,14 @@ def add_parser(subcommands) -> None:
                         "the outputs were identical.")
     add_ckpt_argument(decode)
     decode.add_argument("--prompts", type=str | None, default=None,
-                        help="Text file with one prompt per line; default: windows from the validation split.")
+                        help="A .jsonl file ({\"messages\": [...]} conversations or {\"prompt\": \"...\"} per "
+                             "line) or a text file with one prompt per line; default: windows from the validation "
+                             "split.")
+    decode.add_argument("--chat", action="store_true",
+                        help="Format each prompt with the model's chat template (conversations need it).")
+    decode.add_argument("--ignore_eos", action="store_true",
+                        help="Decode all --max-new-tokens even past the model's end-of-sequence token (default: a "
+                             "row ends there, and tokens/s counts the tokens up to it).")
     decode.add_argument("--data", type=str | list[str] | None, default=None,
                         help="Text the validation-split prompts (and --tree auto's measurements) come from: the "
                              "checkpoint's training data, named again; default: the built-in corpus, for checkpoints "
@@ -75,21 +82,15 @@ def add_parser(subcommands) -> None:
     inner.add_subcommand("train", train, help="Training memory and speed: next-token vs multi-token.")
 
 
-def _prompts_from_file(path: str, tokenizer) -> list[list[int]]:
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise ConfigError(f"cannot read prompt file {path}: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"prompt file {path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
-    prompts = [tokenizer.encode_prompt(line) for line in lines if line.strip()]
-    if not prompts:
-        raise ConfigError(f"prompt file {path} has no prompts: put one prompt per line")
-    return prompts
+def _prompts_from_file(path: str, tokenizer, chat: bool) -> list[list[int]]:
+    from multitoken.data.prompts import encode_prompt, read_prompts
+
+    return [encode_prompt(tokenizer, prompt, chat) for prompt in read_prompts(path)]
 
 
 def _run_decode(args: Namespace) -> int:
     import numpy as np
+    import torch
 
     from multitoken.bench.decode import bench_decode, format_decode_table
     from multitoken.decoding.speculative import check_draft_len
@@ -118,7 +119,11 @@ def _run_decode(args: Namespace) -> int:
         reference = _transformers_reference(ckpt, model, args.max_new_tokens, tokenizer.eot_id, device)
     context = model.config.max_seq_len
     if args.prompts is not None:
-        prompts, source = _prompts_from_file(args.prompts, tokenizer), args.prompts
+        prompts = _prompts_from_file(args.prompts, tokenizer, args.chat)
+        source = args.prompts + (" (chat template)" if args.chat else "")
+    elif args.chat:
+        raise ConfigError("--chat formats the prompts of a --prompts file: give one (a .jsonl of conversations, or "
+                          "one user message per line)")
     else:
         val = _validation_tokens(cfg, tokenizer, args)
         check_prompt_fits(min(args.prompt_len, len(val)), args.max_new_tokens, context, "--prompt-len")
@@ -146,7 +151,8 @@ def _run_decode(args: Namespace) -> int:
             print(f"  (choosing took {choosing['seconds']:.0f} s, {choosing['compile_seconds']:.0f} s of it compiling "
                   "steps the benchmark reuses; none of it counted in tokens/s)", flush=True)
         result = bench_decode(model, prompts, batch_size, args.max_new_tokens, k, args.temperature, args.repeats,
-                              device=device, reference=reference, compile=args.compile, tree=tree)
+                              device=device, reference=reference, compile=args.compile, tree=tree,
+                              stop_ids=None if args.ignore_eos else torch.tensor([tokenizer.eot_id], device=device))
         result.update(checkpoint=str(ckpt), prompts=source, tree_requested=args.tree)
         if choosing is not None:
             result["tree_choice"] = choosing

@@ -9,12 +9,13 @@ from __future__ import annotations
 import sys
 import warnings
 
-from multitoken.cli import (bench, chat, convert, evaluate, experiment, export, generate, info, prepare, tokenizer,
-                            train)
+from multitoken.cli import (bench, chat, convert, distill, evaluate, experiment, export, generate, info, prepare,
+                            tokenizer, train)
 from multitoken.cli.common import new_parser, normalize_options
 
 COMMANDS = {"train": train, "generate": generate, "chat": chat, "eval": evaluate, "info": info, "bench": bench,
-            "prepare": prepare, "tokenizer": tokenizer, "convert": convert, "export": export, "experiment": experiment}
+            "prepare": prepare, "distill": distill, "tokenizer": tokenizer, "convert": convert, "export": export,
+            "experiment": experiment}
 
 
 def build_parser():

@@ -82,7 +82,8 @@ def pad_after_stop(out: torch.Tensor, stop_ids: torch.Tensor | None) -> torch.Te
 def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
              lengths: torch.Tensor | None = None, compile: bool = False,
-             stop_ids: torch.Tensor | None = None, on_tokens: OnTokens | None = None) -> torch.Tensor:
+             stop_ids: torch.Tensor | None = None, on_tokens: OnTokens | None = None,
+             cache_len: int | None = None) -> torch.Tensor:
     """New tokens (B, max_new_tokens) after each prompt. temperature 0 is greedy decoding.
 
     prompt: (B, T0) token ids, right-padded when `lengths` (B,) gives rows of different lengths. compile: run each
@@ -90,7 +91,9 @@ def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, tempera
     stop_ids: token ids that end a row (the model's end-of-sequence): decoding ends once every row has produced
     one, and each row's tokens after its first stop token are that token repeated (`pad_after_stop`).
     on_tokens(out, n_done): called after every step with the output so far and the tokens final per row (B,), for
-    streaming; each call costs a host sync.
+    streaming; each call costs a host sync. cache_len (compiled): the cache length to decode with, at least
+    T0 + max_new_tokens; calls with one cache_len (and batch size) share one compiled step whatever their prompt
+    lengths (by default it is T0 + max_new_tokens, rounded up).
     """
     B, T0 = prompt.shape
     check_fits(model, T0, max_new_tokens)
@@ -102,7 +105,10 @@ def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, tempera
     if compile:  # static-shape steps, compiled once per shape and kept with the model
         from multitoken.decoding.static import cache_slots, decoder_for
 
-        decoder = decoder_for(model, B, cache_slots(model, T0 + max_new_tokens), None, compile=True)
+        if cache_len is not None and not T0 + max_new_tokens <= cache_len <= model.config.max_seq_len:
+            raise ValueError(f"cache_len {cache_len} must hold the prompt and the new tokens ({T0 + max_new_tokens}) "
+                             f"within the context ({model.config.max_seq_len})")
+        decoder = decoder_for(model, B, cache_len or cache_slots(model, T0 + max_new_tokens), None, compile=True)
         setup, step, teardown = decoder.attach, lambda token, i: decoder.run_step(token, lengths + i), decoder.detach
     else:
         aligned = bool((lengths == T0).all())  # one host check up front: aligned rows use the cheaper shared position
