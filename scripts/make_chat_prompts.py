@@ -5,6 +5,7 @@ The training file crosses request templates with topics; the held-out file asks 
 benchmark on it measures heads on conversations they never saw. Deterministic: the same files on every machine.
 
     python scripts/make_chat_prompts.py --out data/chat    # data/chat/train.jsonl (600), data/chat/heldout.jsonl (24)
+    python scripts/make_chat_prompts.py --train 320        # the first 32 training topics only (a faster distill)
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ def conversation(template: str, topic: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="data/chat", help="Folder for train.jsonl and heldout.jsonl.")
-    out = Path(parser.parse_args().out)
+    parser.add_argument("--train", type=int, default=len(TRAIN_TOPICS) * len(TEMPLATES),
+                        help="Training conversations: the first N (topic by topic, every template for each).")
+    args = parser.parse_args()
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train = [conversation(t, topic) for topic in TRAIN_TOPICS for t in TEMPLATES]
+    train = [conversation(t, topic) for topic in TRAIN_TOPICS for t in TEMPLATES][:args.train]
     # Each held-out topic with one template, in turn: every template appears, no held-out topic is in training.
     heldout = [conversation(TEMPLATES[i % len(TEMPLATES)], topic) for i, topic in enumerate(HELDOUT_TOPICS)]
     assert not set(TRAIN_TOPICS) & set(HELDOUT_TOPICS)

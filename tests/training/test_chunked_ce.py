@@ -58,10 +58,15 @@ def test_no_gradients_computed_without_autograd():
     with torch.no_grad():
         loss = chunked_linear_cross_entropy(h, w, t)
     torch.testing.assert_close(loss, _plain(h, w, t).detach())
-    loss_sum, correct = chunked_loss_sum_and_correct(h.detach(), w.detach(), t, 8)
+    loss_sum, correct, count = chunked_loss_sum_and_correct(h.detach(), w.detach(), t, 8)
     logits = h.detach() @ w.detach().t()
     torch.testing.assert_close(loss_sum, F.cross_entropy(logits, t, reduction="sum"))
-    assert correct == (logits.argmax(-1) == t).sum()
+    assert correct == (logits.argmax(-1) == t).sum() and count == len(t)
+    ignored = t.clone()
+    ignored[::3] = IGNORE_INDEX  # ignored targets are not scored
+    loss_sum, correct, count = chunked_loss_sum_and_correct(h.detach(), w.detach(), ignored, 8)
+    torch.testing.assert_close(loss_sum, F.cross_entropy(logits, ignored, reduction="sum"))
+    assert correct == (logits.argmax(-1) == ignored).sum() and count == int((ignored != IGNORE_INDEX).sum())
 
 
 def test_default_chunk_keeps_logits_near_hidden_size():

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from multitoken import MTPModel, mtp_forward_backward
+from multitoken.training.chunked_ce import IGNORE_INDEX
 from multitoken.training.loss import mtp_eval_batch, split_window
 from tests.conftest import tiny_model_config
 
@@ -134,14 +135,22 @@ def test_accumulated_micro_batches_equal_the_full_batch():
     _assert_grads_equal(_grads(accumulated), _grads(whole))
 
 
-def test_eval_batch_matches_training_losses():
+@pytest.mark.parametrize("masked", [False, True])
+def test_eval_batch_matches_training_losses(masked):
+    """Validation scores the training objective: with document masking on, only the targets training keeps."""
     torch.manual_seed(0)
-    model = MTPModel(tiny_model_config(n_future=2))
-    tokens = torch.randint(0, 64, (3, 12))
-    loss_sums, correct = mtp_eval_batch(model, tokens)
-    train_losses = mtp_forward_backward(model, tokens)
-    torch.testing.assert_close(loss_sums / (3 * 10), train_losses)
-    assert correct.shape == (2,) and (correct <= 30).all()
+    model = MTPModel(tiny_model_config(n_future=3))
+    tokens = torch.randint(1, 64, (3, 14))
+    tokens[0, 4] = tokens[1, 9] = tokens[2, 2] = 0  # document ends, id 0
+    eot_id = 0 if masked else None
+    loss_sums, correct, counts = mtp_eval_batch(model, tokens, eot_id)
+    train_losses = mtp_forward_backward(model, tokens, eot_id=eot_id)
+    torch.testing.assert_close(loss_sums / counts, train_losses)
+    kept = [int((y != IGNORE_INDEX).sum()) for y in split_window(tokens, 3, eot_id)[1]]
+    assert counts.tolist() == kept and (kept[2] < 3 * 11 if masked else kept == [33] * 3)
+    assert (correct <= counts).all()
+    if masked:  # a negative control: scoring every target gives another number
+        assert not torch.allclose(mtp_eval_batch(model, tokens)[0] / (3 * 11), train_losses)
 
 
 def test_unknown_strategy_and_wrong_weights_are_refused():

@@ -49,11 +49,12 @@ def run(args: Namespace) -> int:
         parts = [part for part in (data.train, data.val) if len(part) >= window] or [data.train]
         total = sum(len(part) for part in parts)
         if total == 0:
-            raise DataError(f"--data {' '.join(map(str, args.data))} holds no text to evaluate on")
+            raise DataError(f"--data {' '.join(map(str, paths))} holds no text to evaluate on")
         batches = [batch for part in parts for batch in
                    eval_batches(part, batch_size, window, max(1, round(num_batches * len(part) / total)))]
         source = str(args.data)
-    result = evaluate(model, batches, device, cfg.precision, byte_level=tokenizer.kind == "bytes")
+    result = evaluate(model, batches, device, cfg.precision, byte_level=tokenizer.kind == "bytes",
+                      eot_id=tokenizer.eot_id if cfg.data.mask_documents else None)
     result.update(checkpoint=str(ckpt), data=source)
     if args.json:
         print_json(result)

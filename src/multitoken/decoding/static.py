@@ -64,8 +64,9 @@ def compile_options(device: torch.device) -> dict:
     """
     if device.type == "cuda":
         return {"triton.cudagraphs": True}
-    return {"freezing": True, "max_autotune": True, "cpp_wrapper": True,
-            "autotune_num_choices_displayed": 0}  # the autotuner's per-kernel tables stay off the user's terminal
+    # The autotuner's per-kernel tables and statistics stay off the user's terminal.
+    return {"freezing": True, "max_autotune": True, "cpp_wrapper": True, "autotune_num_choices_displayed": 0,
+            "max_autotune_report_choices_stats": False}
 
 
 @dataclass(eq=False)

@@ -95,14 +95,17 @@ def chunked_linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets:
 
 @torch.no_grad()
 def chunked_loss_sum_and_correct(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                                 chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy and number of correct top-1 predictions, chunk by chunk (for evaluation)."""
+                                 chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy, number of correct top-1 predictions and number of scored positions, chunk by chunk
+    (for evaluation). Targets equal to IGNORE_INDEX are not scored, as in training."""
     chunk_rows = chunk_rows or default_chunk_rows(h.shape[0], weight.shape[0], weight.shape[1])
     loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
     correct = torch.zeros((), dtype=torch.long, device=h.device)
+    kept = targets != IGNORE_INDEX
     for start in range(0, h.shape[0], chunk_rows):
         logits = (h[start:start + chunk_rows] @ weight.t()).float()
-        t = targets[start:start + chunk_rows]
-        loss_sum += (torch.logsumexp(logits, -1) - logits.gather(1, t[:, None]).squeeze(1)).sum()
-        correct += (logits.argmax(-1) == t).sum()
-    return loss_sum, correct
+        t, keep = targets[start:start + chunk_rows], kept[start:start + chunk_rows]
+        losses = torch.logsumexp(logits, -1) - logits.gather(1, t.clamp(min=0)[:, None]).squeeze(1)
+        loss_sum += torch.where(keep, losses, 0.0).sum()
+        correct += ((logits.argmax(-1) == t) & keep).sum()
+    return loss_sum, correct, kept.sum()

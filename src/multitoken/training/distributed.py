@@ -79,9 +79,10 @@ class MTPObjective(nn.Module):
         """(total, per_head) of `mtp_loss`: call total.backward()."""
         return mtp_loss(self.model, tokens, self.strategy, self.head_weights, loss_scale, self.ce, self.eot_id)
 
-    def evaluate(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-head loss sums and top-1 hit counts (`mtp_eval_batch`); under FSDP2 gathers the weights first."""
-        return mtp_eval_batch(self.model, tokens)
+    def evaluate(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-head loss sums, top-1 hit counts and scored positions (`mtp_eval_batch`, the training objective's
+        targets); under FSDP2 gathers the weights first."""
+        return mtp_eval_batch(self.model, tokens, self.eot_id)
 
 
 def apply_parallel(objective: MTPObjective, mode: str, device: torch.device) -> nn.Module:

@@ -15,8 +15,11 @@ from multitoken.training.runtime import autocast_for
 
 @torch.no_grad()
 def evaluate(model: MTPModel, batches: Sequence[torch.Tensor], device: torch.device, precision: str = "auto",
-             byte_level: bool = True, batch_fn: Callable | None = None, counted: Sequence[bool] | None = None) -> dict:
+             byte_level: bool = True, batch_fn: Callable | None = None, counted: Sequence[bool] | None = None,
+             eot_id: int | None = None) -> dict:
     """Validation metrics per head (lists, head 1 first) over the given window batches.
+
+    eot_id: score only the targets training scores with document masking on (none in the next document).
 
     In a distributed run each rank passes its share of the batches and the sums are added over ranks. batch_fn
     replaces `mtp_eval_batch(model, tokens)` (FSDP2 needs the call to go through the sharded module); batches whose
@@ -25,20 +28,18 @@ def evaluate(model: MTPModel, batches: Sequence[torch.Tensor], device: torch.dev
     was_training = model.training
     model.eval()
     n = model.n_future
-    batch_fn = batch_fn or (lambda tokens: mtp_eval_batch(model, tokens))
+    batch_fn = batch_fn or (lambda tokens: mtp_eval_batch(model, tokens, eot_id))
     totals = torch.zeros(3, n, dtype=torch.float64, device=device)  # loss sums, top-1 hits, positions
     for j, tokens in enumerate(batches):
         tokens = tokens.to(device, non_blocking=True)
         with autocast_for(device, precision):
-            batch_loss, batch_correct = batch_fn(tokens)
+            batch_sums = batch_fn(tokens)
         if counted is None or counted[j]:
-            totals[0] += batch_loss
-            totals[1] += batch_correct
-            totals[2] += tokens.shape[0] * (tokens.shape[1] - n)
+            totals += torch.stack(batch_sums).to(totals.dtype)
     model.train(was_training)
     loss_sum, correct, count = all_reduce_(totals).tolist()  # the one host sync of the whole evaluation
     if count[0] == 0:
-        raise ValueError("no validation batches")
+        raise ValueError("no validation positions")
     losses = [s / c for s, c in zip(loss_sum, count)]
     acc = [h / c for h, c in zip(correct, count)]
     result = {"loss": losses, "acc": acc, "tokens": int(count[0]), "tau_sim": simulated_tau(acc)}

@@ -173,14 +173,18 @@ class _HeadLoop(torch.autograd.Function):
 
 
 @torch.no_grad()
-def mtp_eval_batch(model: MTPModel, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-head summed cross-entropy and count of correct top-1 predictions over one window batch, both (n_future,).
+def mtp_eval_batch(model: MTPModel, tokens: torch.Tensor,
+                   eot_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-head summed cross-entropy, count of correct top-1 predictions and count of scored positions over one
+    window batch, each (n_future,).
 
-    Sums rather than means so that batches of any size combine exactly. Heads run one at a time and the loss goes
-    chunk by chunk, as in training, so evaluation never holds even one head's full logits.
+    The training objective's targets (`split_window`, eot_id masking the ones in the next document), so that
+    validation measures what training optimizes. Sums rather than means so that batches of any size combine exactly.
+    Heads run one at a time and the loss goes chunk by chunk, as in training, so evaluation never holds even one
+    head's full logits.
     """
-    inputs, targets = split_window(tokens, model.n_future)
+    inputs, targets = split_window(tokens, model.n_future, eot_id)
     z = model.trunk(inputs)
     sums = [chunked_loss_sum_and_correct(model.norm(model.head(i, z)).flatten(0, 1), model.output.weight, y.flatten())
             for i, y in enumerate(targets)]
-    return torch.stack([s for s, _ in sums]), torch.stack([c for _, c in sums])
+    return tuple(torch.stack(column) for column in zip(*sums))

@@ -256,7 +256,8 @@ class Trainer:
         counted = [i < len(self.val_batches) for i in mine]
         batch_fn = self.wrapped.evaluate if self.parallel == "fsdp" else None
         result = evaluate(self.model, batches, self.device, self.cfg.precision,
-                          byte_level=self.tokenizer.kind == "bytes", batch_fn=batch_fn, counted=counted)
+                          byte_level=self.tokenizer.kind == "bytes", batch_fn=batch_fn, counted=counted,
+                          eot_id=self.objective.eot_id)
         self.state.last_val = result
         self._log({"step": self.state.step, "split": "val", **result})
         return result
