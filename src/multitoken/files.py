@@ -7,10 +7,25 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from multitoken.errors import ConfigError
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; callers go unguarded there
     fcntl = None
+
+
+def make_folder(path: Path, what: str) -> Path:
+    """mkdir -p, with a one-line error naming the setting (what) when the path, or a folder above it, is a file."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise ConfigError(f"{what} {blocker} is a file, not a folder: choose another path or move the file") from None
+    except PermissionError:
+        raise ConfigError(f"{what} {path} cannot be created (permission denied): choose a folder you can write")\
+            from None
+    return path
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -21,7 +21,7 @@ def test_eval_errors(trained_run, corpus, tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     code, _, err = run_cli(capsys, "eval", "--ckpt", trained_run, "--data", empty)
-    assert_one_line_error(code, err, "holds no text to evaluate on")
+    assert_one_line_error(code, err, f"--data {empty} holds no text")
     code, _, err = run_cli(capsys, "eval", "--ckpt", trained_run, "--data", corpus, "--batches", 0)
     assert_one_line_error(code, err, "--batches must be at least 1", "got 4 and 0")
     code, _, err = run_cli(capsys, "eval", "--ckpt", trained_run, "--data", "/dev/null")
@@ -121,3 +121,84 @@ def test_paths_inside_a_checkpoint_are_not_followed(trained_run, tmp_path, capsy
     code, out, _ = run_cli(capsys, "eval", "--ckpt", ckpt, "--data", private)
     assert code == 0 and not (tmp_path / ".." / "elsewhere").exists()
     assert any((Path(os.environ["MULTITOKEN_CACHE"]) / "tokens").iterdir())  # the user's cache, not the file's
+
+
+# --- the last rows of the fuzz: each fixed where it arises ----------------------------------------------------------
+
+def test_runs_too_large_for_the_machine_are_refused_up_front(tmp_path, capsys):
+    """An estimate of the memory a run needs, against what the machine has, before anything is allocated."""
+    import time
+
+    start = time.perf_counter()
+    code, _, err = run_cli(capsys, "train", *TINY, "--batch_size", 10 ** 9, "--out_dir", tmp_path / "a")
+    assert_one_line_error(code, err, "needs about", "available", "--batch_size")
+    code, _, err = run_cli(capsys, "train", *TINY, "--model.vocab_size", 10 ** 8, "--out_dir", tmp_path / "b")
+    assert_one_line_error(code, err, "needs about", "--model.vocab_size")
+    code, _, err = run_cli(capsys, "bench", "train", "--vocab-size", 10 ** 13)
+    assert_one_line_error(code, err, "bench train at --vocab-size 10000000000000 needs about", "--vocab-size")
+    assert time.perf_counter() - start < 60 and not (tmp_path / "a").exists()
+
+
+def test_a_checkpoint_named_by_its_checkpoints_folder_or_a_file_in_it(trained_run, tmp_path, capsys):
+    args = ["--prompt", "def", "--max-new-tokens", 4, "--temperature", 0]
+    expected = run_cli(capsys, "generate", "--ckpt", trained_run, *args)[1]
+    for ckpt in (trained_run / "checkpoints", newest(trained_run) / "model.safetensors"):
+        code, out, _ = run_cli(capsys, "generate", "--ckpt", ckpt, *args)
+        assert code == 0 and out == expected
+    (tmp_path / "notes.txt").write_text("x")
+    code, _, err = run_cli(capsys, "generate", "--ckpt", tmp_path / "notes.txt", *args)
+    assert_one_line_error(code, err, "is a file: pass the checkpoint folder")
+
+
+def test_damaged_checkpoint_files_are_named(trained_run, capsys):
+    ckpt = newest(trained_run)
+    config = (ckpt / "config.yaml").read_text()
+    (ckpt / "config.yaml").write_text("")
+    code, _, err = run_cli(capsys, "generate", "--ckpt", ckpt, "--prompt", "x")
+    assert_one_line_error(code, err, "config.yaml is empty")
+    (ckpt / "config.yaml").write_text(config)
+    (ckpt / "model.safetensors").rename(ckpt / "weights.bak")
+    code, _, err = run_cli(capsys, "generate", "--ckpt", ckpt, "--prompt", "x")
+    assert_one_line_error(code, err, "incomplete (missing model.safetensors)")
+
+
+def test_config_files_empty_or_with_a_key_twice(corpus, tmp_path, capsys):
+    (tmp_path / "empty.yaml").write_text("")
+    code, _, err = run_cli(capsys, "train", "--config", tmp_path / "empty.yaml")
+    assert_one_line_error(code, err, "empty.yaml is empty")
+    (tmp_path / "twice.yaml").write_text("model:\n  n_layer: 2\n  d_model: 32\n  n_layer: 3\n")
+    code, _, err = run_cli(capsys, "train", "--config", tmp_path / "twice.yaml")
+    assert_one_line_error(code, err, "twice.yaml line 4: 'n_layer' is given twice")
+
+
+def test_output_folders_that_are_files(corpus, tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    code, _, err = run_cli(capsys, "train", *TINY, "--data", corpus, "--out_dir", tmp_path / "file")
+    assert_one_line_error(code, err, f"--out_dir {tmp_path / 'file'} is a file, not a folder")
+    code, _, err = run_cli(capsys, "train", *TINY, "--data", corpus, "--data.cache_dir", tmp_path / "file",
+                           "--out_dir", tmp_path / "run")
+    assert_one_line_error(code, err, f"--data.cache_dir {tmp_path / 'file'} is a file, not a folder")
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_bench_decode_names_the_input_as_given(trained_run, corpus, tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    code, _, err = run_cli(capsys, "bench", "decode", "--ckpt", trained_run, "--data", tmp_path / "empty.txt")
+    assert_one_line_error(code, err, "--data", "empty.txt holds no text")
+    code, _, err = run_cli(capsys, "bench", "decode", "--ckpt", trained_run, "--data", corpus, "--prompt-len", 5000)
+    assert_one_line_error(code, err, "--prompt-len is 5000 tokens")
+
+
+def test_binary_and_empty_data_files(trained_run, tmp_path, capsys):
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(b"PK\x03\x04\x00\x00" * 100)
+    for argv in (["train", *TINY, "--data", binary, "--out_dir", tmp_path / "r"],
+                 ["eval", "--ckpt", trained_run, "--data", binary],
+                 ["prepare", "--data", binary, "--out", tmp_path / "p"],
+                 ["tokenizer", "train", "--data", binary, "--vocab-size", 300, "--out", tmp_path / "t"]):
+        code, _, err = run_cli(capsys, *argv)
+        assert_one_line_error(code, err, "blob.bin is binary")
+    (tmp_path / "empty.txt").write_text("")
+    code, _, err = run_cli(capsys, "prepare", "--data", tmp_path / "empty.txt", "--out", tmp_path / "p")
+    assert_one_line_error(code, err, "holds no text")
+    assert not (tmp_path / "p").exists() and not (tmp_path / "r").exists()

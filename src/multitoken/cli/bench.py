@@ -126,7 +126,13 @@ def _run_decode(args: Namespace) -> int:
                           "one user message per line)")
     else:
         val = _validation_tokens(cfg, tokenizer, args)
-        check_prompt_fits(min(args.prompt_len, len(val)), args.max_new_tokens, context, "--prompt-len")
+        check_prompt_fits(args.prompt_len, args.max_new_tokens, context, "--prompt-len")
+        if len(val) < args.prompt_len:
+            where = f"--data {args.data}" if args.data else "the built-in corpus"
+            raise ConfigError(f"the validation split of {where} holds {len(val)} tokens, fewer than --prompt-len "
+                              f"{args.prompt_len}: " + ("give more text with --data, or " if len(val) else
+                                                        "give text with --data, or ") +
+                              "a smaller --prompt-len, or your own prompts with --prompts FILE")
         starts = np.linspace(0, len(val) - args.prompt_len, args.num_prompts).astype(np.int64)
         prompts = [val[s:s + args.prompt_len].astype(np.int64).tolist() for s in starts]
         source = f"validation split, {args.num_prompts} windows of {args.prompt_len} tokens"
@@ -244,6 +250,7 @@ def _transformers_reference(ckpt, model, max_new_tokens: int, pad_id: int, devic
 def _run_train(args: Namespace) -> int:
     from multitoken.bench.train import format_train_table, measure, merge_rounds, plan, plot
     from multitoken.config import ModelConfig
+    from multitoken.training.memory import check_fits, training_estimate
     from multitoken.training.runtime import resolve_device
 
     vocab_sizes = int_list(args.vocab_size, "--vocab-size", "32000,128000")
@@ -253,11 +260,16 @@ def _run_train(args: Namespace) -> int:
         raise ConfigError(f"--cases takes a comma-separated subset of {','.join(CASES)} (got {args.cases!r})")
     n_futures = int_list(args.n_future, "--n-future")
     require_positive(args, "batch_size", "seq_len", "steps", "rounds")
-    for n in n_futures:  # validate every shape up front, with the config's own messages
-        ModelConfig(vocab_size=vocab_sizes[0], d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head,
-                    n_future=n, max_seq_len=args.seq_len)
-    _check_outputs(args.json, args.plot, plot_example="train.png")
     device = resolve_device(args.device)
+    for n in [1, *n_futures]:  # validate every shape up front, with the config's own messages and memory estimate
+        for vocab in vocab_sizes:
+            config = ModelConfig(vocab_size=vocab, d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head,
+                                 n_future=n, max_seq_len=args.seq_len)
+            naive = n > 1 and "mtp_naive" in cases
+            check_fits(training_estimate(config, args.batch_size, args.seq_len, chunked=False, all_heads_logits=naive),
+                       device, f"bench train at --vocab-size {vocab}" + (f", --n-future {n}" if n > 1 else ""),
+                       config, batch_flags="--batch-size / --seq-len", vocab_flag="--vocab-size")
+    _check_outputs(args.json, args.plot, plot_example="train.png")
     specs = plan(vocab_sizes, n_futures, cases, d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head,
                  batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps, device=str(device))
     if not specs:

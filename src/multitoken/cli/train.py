@@ -5,10 +5,14 @@ from __future__ import annotations
 import dataclasses
 import typing
 
+from pathlib import Path
+
+import yaml
 from jsonargparse import ActionConfigFile, Namespace
 
 from multitoken.cli.common import new_parser, normalize_options
 from multitoken.config import TrainConfig, from_dict
+from multitoken.errors import ConfigError
 
 DESCRIPTION = """Train a multi-token prediction model. With no arguments: the built-in default run, a byte-level
 n_future=4 model on this Python's standard library source (about 7 minutes on 2 CPU cores), saved under
@@ -33,9 +37,47 @@ def _bool_options(cls: type = TrainConfig, prefix: str = "--") -> tuple[str, ...
 BOOL_OPTIONS = _bool_options()
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (the YAML spec calls it an error; PyYAML would
+    keep the last value silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"{self.name} line {key_node.start_mark.line + 1}: {key!r} is given twice: keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def check_config_file(value: str) -> None:
+    """--config FILE: refuse an empty file and duplicate keys by name, before jsonargparse reads it."""
+    path = Path(value)
+    if not path.is_file():
+        return  # a missing file or inline YAML: jsonargparse's own message
+    text = path.read_text(encoding="utf-8", errors="replace")
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)
+    try:
+        values = loader.get_single_data()
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    finally:
+        loader.dispose()
+    if values is None:
+        raise ConfigError(f"--config {path} is empty: write settings in it (e.g. `max_steps: 100`) or drop --config")
+
+
+class CheckedConfigFile(ActionConfigFile):
+    def __call__(self, parser, cfg, values, option_string=None):
+        check_config_file(values)
+        super().__call__(parser, cfg, values, option_string)
+
+
 def add_parser(subcommands) -> None:
     parser = new_parser(DESCRIPTION)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the settings below.")
+    parser.add_argument("--config", action=CheckedConfigFile, help="YAML file with any of the settings below.")
     parser.add_class_arguments(TrainConfig, None, fail_untyped=True)
     subcommands.add_subcommand("train", parser, help="Train a model (default: the built-in byte-level run).")
 

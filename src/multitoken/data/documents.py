@@ -89,6 +89,11 @@ def find_document_sources(paths: list[str]) -> list[Source]:
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_file():
+            if _kind(path) == "text" and not _is_text(path):
+                shard = "if it is a token shard, pass the prepared folder that holds it; otherwise " \
+                    if path.suffix == ".bin" else ""
+                raise DataError(f"data file {path} is binary (a NUL byte in its first 8 KiB), not text: {shard}give "
+                                "text, .jsonl or .parquet files (folders skip binary files)")
             sources.append(_source(path, path.name))
         elif path.is_dir():
             found = [p for p in _walk(path, "*") if _kind(p) != "text" or _is_text(p)]
@@ -105,6 +110,9 @@ def find_document_sources(paths: list[str]) -> list[Source]:
         if (resolved := source.path.resolve()) not in seen:
             seen.add(resolved)
             unique.append(source)
+    if unique and not any(source.size for source in unique):
+        raise DataError(f"--data {' '.join(map(str, paths))} holds no text (every file is empty): give files with "
+                        "text in them")
     return unique
 
 

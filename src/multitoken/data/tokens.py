@@ -22,7 +22,7 @@ from multitoken.data.prepare import PrepareOptions, prepare_sources
 from multitoken.data.shards import TokenData, is_prepared, open_prepared
 from multitoken.data.tokenizer import ByteTokenizer, Tokenizer, build_tokenizer
 from multitoken.errors import ConfigError, DataError
-from multitoken.files import file_lock
+from multitoken.files import file_lock, make_folder
 
 CACHE_VERSION = 2  # 1: flat train.bin/val.bin caches of their own format; 2: prepared folders
 BYTES_EOT = ByteTokenizer.eot_id  # NUL separates byte-level documents (see ByteTokenizer)
@@ -42,7 +42,7 @@ def load_tokens(cfg: DataConfig, tokenizer: Tokenizer) -> TokenData:
                                      "val_fraction": cfg.val_fraction,
                                      "sources": [str(s.path.resolve()) for s in sources]}).encode())
     out = cache_root(cfg) / key.hexdigest()[:20]
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent, "--data.cache_dir" if cfg.cache_dir else "the token cache (--data.cache_dir)")
     # Ranks of one job, or two runs on the same text, prepare it once: the others wait, then find it up to date.
     with file_lock(out.parent / f".{out.name}.lock"):
         prepare_sources(sources, tokenizer, out, PrepareOptions(val_fraction=cfg.val_fraction))

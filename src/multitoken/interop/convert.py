@@ -7,6 +7,7 @@ optimizer state), so `generate`, `eval`, `info`, `bench decode` and `train --ini
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 import yaml
 
 from multitoken.config import TrainConfig, to_dict
+from multitoken.errors import ConfigError
 from multitoken.interop.folders import check_new_folder, new_folder
 from multitoken.interop.source import ImportedModel, read_model_folder
 from multitoken.interop.tensors import write_safetensors
@@ -33,12 +35,36 @@ class ConvertResult:
     bytes_written: int
 
 
+def check_resources(model: ImportedModel, dtype: torch.dtype, out: Path) -> None:
+    """Before writing: the disk under OUT holds the weights, and memory one tensor at a time (its stored form, fp32
+    while dequantized, and the output copy), with one-line refusals naming the sizes."""
+    import shutil
+
+    from multitoken.training.memory import available_bytes
+
+    def out_bytes(t) -> int:
+        return math.prod(t.shape) * (dtype if t.dtype.is_floating_point else t.dtype).itemsize
+
+    total = sum(out_bytes(t) for t in model.tensors.values())
+    parent = next(p for p in (out, *out.parents) if p.exists())
+    free = shutil.disk_usage(parent).free
+    if total > free:
+        raise ConfigError(f"the converted weights take {total / 1e9:,.1f} GB but {parent} has {free / 1e9:,.1f} GB "
+                          "free: free some space, choose another --out, or a smaller --dtype (bfloat16)")
+    largest = max((math.prod(t.shape) for t in model.tensors.values()), default=0) * 4 * 3
+    have = available_bytes("cpu")
+    if have is not None and largest > have:
+        raise ConfigError(f"converting needs about {largest / 1e9:,.1f} GB of memory for its largest tensor but the "
+                          f"machine has {have / 1e9:,.1f} GB available: convert on a machine with more memory")
+
+
 def convert(src: str | Path, out: str | Path, dtype: str | None = None, tokenizer: str | None = None,
             max_seq_len: int | None = None, progress: bool = False) -> ConvertResult:
     out = Path(out).expanduser()
     check_new_folder(out)
     model = read_model_folder(src, tokenizer, max_seq_len)  # everything checked before anything is written
     target = DTYPES[dtype] if dtype else model.source_dtype
+    check_resources(model, target, out)
     cfg = TrainConfig(model=model.config, out_dir=str(out), seq_len=min(model.config.max_seq_len, DEFAULT_WINDOW))
     with new_folder(out) as tmp:
         written = write_safetensors(tmp / "model.safetensors", model.tensors, target,

@@ -157,16 +157,32 @@ def sweep_debris(out_dir: str | Path) -> list[str]:
     return done
 
 
+def _looks_like_checkpoint(path: Path) -> bool:
+    """A checkpoint folder, complete or not: named like one, or holding one of its own files (a run directory holds a
+    config.yaml too, and its checkpoints/ folder)."""
+    if (path / "checkpoints").is_dir():
+        return False
+    return STEP_DIR.match(path.name) is not None or any((path / f).is_file() for f in REQUIRED_FILES
+                                                        if f != "config.yaml")
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (its newest checkpoint). Raises a one-line error otherwise."""
+    """A checkpoint directory, or a run directory or its checkpoints/ folder (the newest checkpoint), or a file
+    inside a checkpoint (its folder). Raises a one-line error otherwise."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist: pass a run directory (e.g. runs/default) or one "
                               "of its checkpoints/step_* directories")
-    if (path / "model.safetensors").exists() or STEP_DIR.match(path.name):
+    if path.is_file():
+        if not _looks_like_checkpoint(path.parent):
+            raise CheckpointError(f"--ckpt {path} is a file: pass the checkpoint folder that holds a model "
+                                  "(model.safetensors, config.yaml, ...) or a run directory")
+        path = path.parent  # a file of a checkpoint (model.safetensors, config.yaml): its folder
+    if _looks_like_checkpoint(path):
         ckpt = path
     else:
-        found = list_checkpoints(path)
+        # A run directory (RUN/checkpoints/step_*), or its checkpoints folder itself (RUN/checkpoints/step_*).
+        found = list_checkpoints(path) or (list_checkpoints(path.parent) if path.name == "checkpoints" else [])
         if not found:
             raise CheckpointError(f"no checkpoint in {path}: expected {path}/checkpoints/step_*; train first with "
                                   f"`multitoken train --out_dir {path}`")
@@ -180,8 +196,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def read_train_config(ckpt: Path) -> TrainConfig:
     try:
-        return from_dict(TrainConfig, yaml.safe_load((ckpt / "config.yaml").read_text()) or {})
-    except (yaml.YAMLError, TypeError, AttributeError) as e:
+        values = yaml.safe_load((ckpt / "config.yaml").read_text())
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{ckpt / 'config.yaml'} is corrupt ({type(e).__name__}): pick another "
+                              "checkpoint") from None
+    if values is None:
+        raise CheckpointError(f"{ckpt / 'config.yaml'} is empty: the checkpoint is damaged; restore the file or pick "
+                              "another checkpoint")
+    try:
+        return from_dict(TrainConfig, values)
+    except (TypeError, AttributeError) as e:
         raise CheckpointError(f"{ckpt / 'config.yaml'} is corrupt ({type(e).__name__}): pick another "
                               "checkpoint") from None
     except MultitokenError as e:

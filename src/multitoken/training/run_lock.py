@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 
 from multitoken.errors import ConfigError
-from multitoken.files import fcntl  # None on Windows: no flock, runs there go unguarded, as before
+from multitoken.files import fcntl, make_folder  # fcntl None on Windows: no flock, runs there go unguarded, as before
 
 LOCK_NAME = ".lock"
 
@@ -27,7 +27,7 @@ class RunLock:
         self._file = None
 
     def acquire(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path.parent, "--out_dir")
         f = self.path.open("a+")
         if fcntl is not None:
             try:

@@ -32,6 +32,7 @@ from multitoken.training.evaluate import evaluate, format_eval_table
 from multitoken.training.optim import build_optimizer, get_lr
 from multitoken.training.run_lock import RunLock
 from multitoken.training.runtime import autocast_for, resolve_device
+from multitoken.training.memory import check_fits, training_estimate
 from multitoken.training.surgery import freeze_base, freeze_trunk, init_from_checkpoint, model_config_for_init
 
 
@@ -55,6 +56,9 @@ class Trainer:
             raise ConfigError(f"seq_len ({cfg.seq_len}) exceeds the model's context of {cfg.model.max_seq_len}: "
                               f"use --seq_len {cfg.model.max_seq_len} or less")
         self.window = cfg.window_tokens + cfg.model.n_future
+        # Before any data or weights are allocated: a run the machine cannot hold is refused by name, not killed.
+        check_fits(training_estimate(cfg.model, cfg.batch_size, cfg.window_tokens, cfg.cross_entropy == "chunked",
+                                     cfg.loss_strategy == "naive"), self.device, "training", cfg.model)
         self.tokenizer, self.data = resolve_data(cfg.data)
         if self.tokenizer.vocab_size > cfg.model.vocab_size:
             raise ConfigError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "
