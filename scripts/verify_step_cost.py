@@ -1,0 +1,97 @@
+"""What one compiled decoding step costs on a real checkpoint: plain (one token) against a chain verify step of
+draft length k, with the extra heads unembedded in the same matrix product as head 1 ("one read") or after
+acceptance ("two reads"), at batch size 1 (docs/real-model.md).
+
+speedup = tau x plain step / verify step, so the ratio is what a model's heads must make up for. Steps are timed
+directly on the static decoder (no Python loop around them beyond the call), the cases alternating in rounds, and
+medians reported.
+
+    python scripts/verify_step_cost.py --ckpt runs/smol-heads --draft-len 3 --json verify-step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from multitoken.decoding.static import cache_slots, decoder_for
+from multitoken.decoding.tree import DraftTree
+from multitoken.training.checkpoint import load_model
+
+
+def make_cases(model, k: int, prompt_len: int, steps: int) -> dict:
+    """name -> (decoder, step arguments); every decoder prefilled with the same prompt."""
+    cache_len = cache_slots(model, prompt_len + steps * (k + 1) + k + 1)
+    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([prompt_len])
+    cases = {}
+    plain = decoder_for(model, 1, cache_len, None, compile=True)
+    cases["plain"] = (plain, lambda: (prompt[:, -1], lengths))
+    for name, one in (("verify one read", True), ("verify two reads", False)):
+        tree = DraftTree.chain(k)
+        # A distinct cache length keeps the two variants apart in decoder_for's table (each its own compiled step).
+        decoder = decoder_for(model, 1, cache_len + (0 if one else 1), tree, compile=True)
+        decoder.one_unembedding = one  # read when the step is traced, i.e. at its first call
+        tokens = prompt[:, -k - 1:].clone()
+        cases[name] = (decoder, lambda tokens=tokens: (tokens, lengths))
+    return cases, prompt, lengths
+
+
+def time_steps(decoder, args, steps: int) -> float:
+    """Median seconds of one step over `steps` calls (each call starts at the same position: same work)."""
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        decoder.run_step(*args)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--draft-len", type=int, default=3)
+    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=30, help="Timed steps per case and round.")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    model = load_model(args.ckpt)[0]
+    with torch.no_grad():
+        cases, prompt, lengths = make_cases(model, args.draft_len, args.prompt_len, args.steps)
+        compile_seconds = {}
+        for name, (decoder, get_args) in cases.items():
+            decoder.attach()
+            decoder.prefill(prompt, lengths)
+            start = time.perf_counter()
+            decoder.run_step(*get_args())  # compiles
+            compile_seconds[name] = time.perf_counter() - start
+            decoder.detach()
+            print(f"compiled {name} in {compile_seconds[name]:.0f} s", flush=True)
+        rounds = {name: [] for name in cases}
+        names = list(cases)
+        for r in range(args.rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                decoder, get_args = cases[name]
+                decoder.attach()
+                rounds[name].append(time_steps(decoder, get_args(), args.steps))
+                decoder.detach()
+    medians = {name: statistics.median(v) for name, v in rounds.items()}
+    result = {"checkpoint": args.ckpt, "draft_len": args.draft_len, "threads": torch.get_num_threads(),
+              "step_ms": {n: m * 1e3 for n, m in medians.items()},
+              "step_ms_rounds": {n: [x * 1e3 for x in v] for n, v in rounds.items()},
+              "ratio_to_plain": {n: m / medians["plain"] for n, m in medians.items()},
+              "compile_seconds": compile_seconds}
+    for name, ms in result["step_ms"].items():
+        print(f"{name:<18} {ms:7.2f} ms   {result['ratio_to_plain'][name]:.2f}x plain")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
