@@ -134,3 +134,25 @@ def test_pytorch_bin_only_folder_is_refused(tmp_path, capsys):
     (folder / "pytorch_model.bin").write_bytes(b"\0")
     code, err = run_cli(capsys, "convert", str(folder), "--out", str(tmp_path / "out"))
     assert_one_line_error(code, err, "pytorch_model", "safetensors")
+
+
+@needs_transformers
+def test_convert_checks_disk_and_memory_before_writing(tmp_path, capsys, monkeypatch):
+    """A conversion the disk or the memory cannot hold is refused with the sizes, before anything is written."""
+    import shutil
+    from collections import namedtuple
+
+    from tests.interop.conftest import make_hf_model
+
+    make_hf_model(tmp_path / "hf")
+    usage = namedtuple("usage", "total used free")
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 ** 6, 10 ** 6 - 100, 100))
+    code, err = run_cli(capsys, "convert", str(tmp_path / "hf"), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "the converted weights take", "GB free", "--dtype")
+    assert_nothing_written(tmp_path / "out")
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    monkeypatch.setattr("multitoken.training.memory.available_bytes", lambda device: 1000)
+    code, err = run_cli(capsys, "convert", str(tmp_path / "hf"), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "converting needs about", "of memory for its largest tensor")
+    assert_nothing_written(tmp_path / "out")
