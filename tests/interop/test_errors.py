@@ -156,3 +156,18 @@ def test_convert_checks_disk_and_memory_before_writing(tmp_path, capsys, monkeyp
     code, err = run_cli(capsys, "convert", str(tmp_path / "hf"), "--out", str(tmp_path / "out"))
     assert_one_line_error(code, err, "converting needs about", "of memory for its largest tensor")
     assert_nothing_written(tmp_path / "out")
+
+
+@needs_transformers
+def test_a_stop_string_the_tokenizer_cannot_write_is_refused(tmp_path, capsys):
+    from tests.interop.conftest import make_hf_model
+
+    make_hf_model(tmp_path / "hf")  # a word-level tokenizer: words outside its vocabulary cannot be written
+    code, err = run_cli(capsys, "convert", str(tmp_path / "hf"), "--out", str(tmp_path / "mt"))
+    assert code == 0, err
+    code, err = run_cli(capsys, "generate", "--ckpt", str(tmp_path / "mt"), "--prompt", "w1", "--stop",
+                        '["zebra"]')
+    assert_one_line_error(code, err, "--stop 'zebra' cannot occur in this model's output")
+    code, err = run_cli(capsys, "generate", "--ckpt", str(tmp_path / "mt"), "--prompt", "w1", "--stop", '["w5"]',
+                        "--max-new-tokens", "4")
+    assert code == 0

@@ -72,12 +72,17 @@ def check_text(text: str, what: str) -> str:
     return text
 
 
-def check_stops(stops: list[str] | None) -> list[str]:
+def check_stops(stops: list[str] | None, tokenizer=None) -> list[str]:
+    """--stop strings: non-empty, UTF-8, and writable by the model's tokenizer (a string its vocabulary cannot spell,
+    such as a character it has no piece for, would never end the text)."""
     for stop in stops or []:
         if stop == "":
             raise ConfigError("--stop has an empty string, which would end the text before it starts: give each stop "
                               "string at least one character")
         check_text(stop, "--stop")
+        if tokenizer is not None and stop not in tokenizer.decode(tokenizer.encode(stop)):
+            raise ConfigError(f"--stop {stop!r} cannot occur in this model's output: its tokenizer has no tokens that "
+                              "spell it; give a string the model can write")
     return list(stops or [])
 
 
@@ -179,7 +184,7 @@ def run(args: Namespace) -> int:
     model, _, tokenizer = load_model(args.ckpt, device)
     k = check_draft_len(model, args.draft_len) if args.speculative else None
     tree = parse_tree(args.tree, model, args.draft_len) if args.speculative else None
-    stops = check_stops(args.stop)
+    stops = check_stops(args.stop, tokenizer)
     if args.chat:
         from multitoken.data.chat import encode_chat
 

@@ -112,5 +112,9 @@ def run(args: Namespace) -> int:
     print(f"\nvalidation after {result['step']} steps ({result['tokens_seen']:,} tokens):")
     print(result["table"])
     print(f"\ncheckpoint: {result['checkpoint']}")
-    print(f"sample it:  multitoken generate --ckpt {cfg.out_dir} --prompt 'def '")
+    from multitoken.data.tokenizer import load_tokenizer
+
+    chat = bool(getattr(load_tokenizer(Path(result["checkpoint"])), "chat_template", None))
+    print(f"sample it:  multitoken generate --ckpt {cfg.out_dir} "
+          + ("--chat --prompt 'Hello!'" if chat else "--prompt 'def '"))
     return 0
