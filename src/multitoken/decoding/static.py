@@ -32,10 +32,12 @@ from multitoken.model import BlockPositions, KVCache, MTPModel
 SLOT_ROUNDING = 128  # cache lengths are rounded up to this, so that calls of similar lengths share a compiled step
 # A verify step unembeds head 1 at every tree node, then the extra heads at the accepted node: two reads of the
 # (V, d) unembedding, which in a memory-bound step on a real vocabulary cost as much as a fifth of the model. Up to
-# this many rows in all (batch x nodes x heads), the heads run on every node beside head 1 instead and one matrix
-# product unembeds them all: more arithmetic, one read (a few rows cost what one row costs while reading the weights
-# is what takes the time). Past it, the arithmetic of the rows never kept outweighs the second read.
-ONE_UNEMBEDDING_ROWS = 32
+# this many rows in all (batch x nodes x heads), the heads would run on every node beside head 1 instead and one
+# matrix product unembed them all: more arithmetic, one read. Measured on SmolLM2-135M (2 CPU cores, compiled, batch
+# 1, chain of 3; scripts/verify_step_cost.py, docs/real-model.md) it gained nothing: 2.37x a plain step against
+# 1.47x for two reads (medians of 5 rounds on a noisy machine; the fastest rounds 1.63x and 1.65x), so it is off
+# (0 rows); the path stays, tested equal to plain greedy, for devices where it may pay.
+ONE_UNEMBEDDING_ROWS = 0
 
 
 def block_positions(start: torch.Tensor, layout: dict[str, torch.Tensor], cache_len: int,
