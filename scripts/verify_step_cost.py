@@ -1,6 +1,5 @@
 """What one compiled decoding step costs on a real checkpoint: plain (one token) against a chain verify step of
-draft length k, with the extra heads unembedded in the same matrix product as head 1 ("one read") or after
-acceptance ("two reads"), at batch size 1 (docs/real-model.md).
+draft length k, at batch size 1 (docs/real-model.md).
 
 speedup = tau x plain step / verify step, so the ratio is what a model's heads must make up for. Steps are timed
 directly on the static decoder (no Python loop around them beyond the call), the cases alternating in rounds, and
@@ -31,13 +30,9 @@ def make_cases(model, k: int, prompt_len: int, steps: int) -> dict:
     cases = {}
     plain = decoder_for(model, 1, cache_len, None, compile=True)
     cases["plain"] = (plain, lambda: (prompt[:, -1], lengths))
-    for name, one in (("verify one read", True), ("verify two reads", False)):
-        tree = DraftTree.chain(k)
-        # A distinct cache length keeps the two variants apart in decoder_for's table (each its own compiled step).
-        decoder = decoder_for(model, 1, cache_len + (0 if one else 1), tree, compile=True)
-        decoder.one_unembedding = one  # read when the step is traced, i.e. at its first call
-        tokens = prompt[:, -k - 1:].clone()
-        cases[name] = (decoder, lambda tokens=tokens: (tokens, lengths))
+    verify = decoder_for(model, 1, cache_len, DraftTree.chain(k), compile=True)
+    tokens = prompt[:, -k - 1:].clone()
+    cases["verify"] = (verify, lambda: (tokens, lengths))
     return cases, prompt, lengths
 
 

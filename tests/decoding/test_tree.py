@@ -83,28 +83,6 @@ def test_tree_greedy_equals_plain_greedy_with_ragged_batches(seed):
     assert torch.equal(fast, generate(model, padded[:1, :1], 47))
 
 
-@pytest.mark.parametrize("rows", [0, 1000])
-def test_one_read_of_the_unembedding_or_two_give_plain_greedy(monkeypatch, rows):
-    """The verify step's two ways of unembedding the extra heads (on every node beside head 1, or after acceptance
-    on the kept path) both give plain greedy decoding, batch 1 and ragged batches, trees two and three deep."""
-    import multitoken.decoding.static as static
-
-    monkeypatch.setattr(static, "ONE_UNEMBEDDING_ROWS", rows)
-    static._decoders.clear()
-    model = sharp_model(5, 4)
-    prompts = [[1], [2, 3, 4, 5, 6, 7, 8, 9, 10], [11, 12, 13]]
-    padded, lengths = pad_prompts(prompts)
-    for batch, batch_lengths in ((padded[:1, :1], lengths[:1].clamp(max=1)), (padded, lengths)):
-        plain = generate(model, batch, 30, lengths=batch_lengths)
-        for tree in (WIDE, DraftTree.parse("(0,), (1,), (0, 0), (0, 0, 0)")):
-            decoder = static.decoder_for(model, batch.shape[0], static.cache_slots(model, batch.shape[1] + 30), tree,
-                                         compile=False)
-            assert decoder.one_unembedding == (rows > 0)
-            fast, _ = speculative_generate(model, batch, 30, lengths=batch_lengths, tree=tree)
-            assert torch.equal(fast, plain), tree
-    static._decoders.clear()
-
-
 def test_tree_deeper_than_the_heads_is_refused():
     with pytest.raises(ValueError, match="use 1..1"):
         speculative_generate(MTPModel(tiny_model_config(n_future=2)), torch.tensor([[1, 2]]), 4, tree=WIDE)

@@ -30,14 +30,6 @@ from multitoken.decoding.tree import DraftTree, accept_greedy, draft_tokens
 from multitoken.model import BlockPositions, KVCache, MTPModel
 
 SLOT_ROUNDING = 128  # cache lengths are rounded up to this, so that calls of similar lengths share a compiled step
-# A verify step unembeds head 1 at every tree node, then the extra heads at the accepted node: two reads of the
-# (V, d) unembedding, which in a memory-bound step on a real vocabulary cost as much as a fifth of the model. Up to
-# this many rows in all (batch x nodes x heads), the heads would run on every node beside head 1 instead and one
-# matrix product unembed them all: more arithmetic, one read. Measured on SmolLM2-135M (2 CPU cores, compiled, batch
-# 1, chain of 3; scripts/verify_step_cost.py, docs/real-model.md) it gained nothing: 2.37x a plain step against
-# 1.47x for two reads (medians of 5 rounds on a noisy machine; the fastest rounds 1.63x and 1.65x), so it is off
-# (0 rows); the path stays, tested equal to plain greedy, for devices where it may pay.
-ONE_UNEMBEDDING_ROWS = 0
 
 
 def block_positions(start: torch.Tensor, layout: dict[str, torch.Tensor], cache_len: int,
@@ -108,9 +100,6 @@ class StaticDecoder:
         if self.tree is not None:
             self.heads = FusedHeads(model, tree.depth, first=1)
             self.heads.cache = KVCache(tree.depth * B, c.kv_heads, self.slots, c.head_size, self.dtype, self.device)
-        # Plain ints and bools, decided here: the compiled step must not branch on tensors.
-        self.one_unembedding = self.tree is not None and \
-            B * tree.num_nodes * (tree.depth + 1) <= ONE_UNEMBEDDING_ROWS
         step = self._plain_step if self.tree is None else self._tree_step
         self.step = torch.compile(step, dynamic=False, fullgraph=True) if self.compile else step
 
@@ -168,23 +157,13 @@ class StaticDecoder:
         Two phases. The trunk and head 1 run on every node: head 1 verifies. The extra heads then run only on the
         accepted path (D + 1 tokens, not T): they must see every kept position (their caches), but no rejected one,
         and drafting needs them only at the path's last node. Their cost stays that of a chain however wide the tree.
-
-        With one_unembedding the extra heads run on every node too, beside head 1 and with the tree's mask (each
-        node sees only its ancestors, so on the accepted path they compute what the chain would), and all heads are
-        unembedded by one matrix product; their caches then move along the accepted path with the trunk's.
         """
         model, layout = self.model, self.layout
         B = tokens.shape[0]
         rows = torch.arange(B, device=tokens.device)
         where = block_positions(start, layout, self.slots, self.dtype)
         z = model.trunk(tokens, where)  # (B, T, d)
-        h1 = model.head(0, z, where)
-        if self.one_unembedding:
-            cos, sin = model.rope(tokens.shape[1], where)
-            logits = model.unembed(torch.cat([h1[:, :, None], self.heads(z, cos, sin, where)], dim=2))
-            target = logits[:, :, 0].argmax(-1)  # (B, T): head 1's greedy token after each node
-        else:
-            target = model.unembed(h1).argmax(-1)
+        target = model.unembed(model.head(0, z, where)).argmax(-1)  # (B, T): head 1's greedy token after each node
         best = accept_greedy(tokens, target, layout)  # (B,) deepest accepted node
         n_accepted = layout["depth"][best]
         path = layout["path"][best]  # (B, D + 1) nodes from the root to best, then best repeated
@@ -193,16 +172,11 @@ class StaticDecoder:
         chain_slots = start[:, None] + torch.arange(path.shape[1], device=start.device)
         for cache in self.caches:
             cache.move(start[:, None] + path, chain_slots)
-        if self.one_unembedding:  # the heads' cache rows are head-major (h * B + b): the path repeats per head
-            self.heads.cache.move((start[:, None] + path).repeat(self.depth, 1), chain_slots.repeat(self.depth, 1))
-            draft_logits = logits[rows, best, 1:]  # (B, D, V): heads 2..D+1 at the deepest accepted node
-        else:
-            chain = block_positions(start, self.chain_layout, self.slots, self.dtype)
-            z_path = z.gather(1, path[:, :, None].expand(-1, -1, z.shape[-1]))  # (B, D + 1, d)
-            cos, sin = model.rope(path.shape[1], chain)
-            hidden = self.heads(z_path, cos, sin, chain)[rows, n_accepted]  # (B, D, d): heads 2..D+1 at the last kept
-            draft_logits = model.unembed(hidden)
-        next_tokens = draft_tokens(target[rows, best], draft_logits, layout, self.max_rank)
+        chain = block_positions(start, self.chain_layout, self.slots, self.dtype)
+        z_path = z.gather(1, path[:, :, None].expand(-1, -1, z.shape[-1]))  # (B, D + 1, d)
+        cos, sin = model.rope(path.shape[1], chain)
+        hidden = self.heads(z_path, cos, sin, chain)[rows, n_accepted]  # (B, D, d): heads 2..D+1 at the last kept
+        next_tokens = draft_tokens(target[rows, best], model.unembed(hidden), layout, self.max_rank)
         return tokens.gather(1, path), n_accepted, next_tokens
 
 
