@@ -60,21 +60,19 @@ def main() -> None:
         cases, prompt, lengths = make_cases(model, args.draft_len, args.prompt_len, args.steps)
         compile_seconds = {}
         for name, (decoder, get_args) in cases.items():
-            decoder.attach()
-            decoder.prefill(prompt, lengths)
-            start = time.perf_counter()
-            decoder.run_step(*get_args())  # compiles
-            compile_seconds[name] = time.perf_counter() - start
-            decoder.detach()
+            with decoder.caches:
+                decoder.prefill(prompt, lengths)
+                start = time.perf_counter()
+                decoder.run_step(*get_args())  # compiles
+                compile_seconds[name] = time.perf_counter() - start
             print(f"compiled {name} in {compile_seconds[name]:.0f} s", flush=True)
         rounds = {name: [] for name in cases}
         names = list(cases)
         for r in range(args.rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 decoder, get_args = cases[name]
-                decoder.attach()
-                rounds[name].append(time_steps(decoder, get_args(), args.steps))
-                decoder.detach()
+                with decoder.caches:
+                    rounds[name].append(time_steps(decoder, get_args(), args.steps))
     medians = {name: statistics.median(v) for name, v in rounds.items()}
     result = {"checkpoint": args.ckpt, "draft_len": args.draft_len, "threads": torch.get_num_threads(),
               "step_ms": {n: m * 1e3 for n, m in medians.items()},

@@ -18,12 +18,8 @@ def test_steps_have_no_graph_breaks():
         pos = torch.tensor([5, 9])
         args = (torch.zeros(2, dtype=torch.long), pos) if tree is None else \
             (torch.zeros(2, tree.num_nodes, dtype=torch.long), pos)
-        decoder.attach()
-        try:
-            with torch.no_grad():
-                explanation = torch._dynamo.explain(decoder.step)(*args)
-        finally:
-            decoder.detach()
+        with decoder.caches, torch.no_grad():
+            explanation = torch._dynamo.explain(decoder.step)(*args)
         assert explanation.graph_break_count == 0 and explanation.graph_count == 1
 
 

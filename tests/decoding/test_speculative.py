@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
 
@@ -11,7 +9,7 @@ from multitoken import MTPModel
 from multitoken.decoding.generate import generate, pad_prompts
 from multitoken.decoding.sampling import probs_from_logits
 from multitoken.decoding.speculative import speculative_generate
-from tests.conftest import sharp_model, tiny_model_config
+from tests.conftest import counting_model, sharp_model, tiny_model_config
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -48,55 +46,27 @@ def test_generation_up_to_the_end_of_the_context():
     assert torch.equal(fast, generate(model, prompt, 38))
 
 
-# --- stub heads: acceptance counts we can predict -------------------------------------------------------------------
+# --- heads right or wrong by construction: acceptance counts we can predict --------------------------------------
 
-class StubModel:
-    """A model on the sequence x_{t+1} = x_t + 1 (mod V). Head 1 is always right; extra head i guesses x_t + i, wrong
-    by +1 where `wrong(position, head)` says so. It follows the decoder's contract: forward with all heads at given
-    start positions, and cache setup."""
-
-    def __init__(self, n_future: int, wrong, vocab: int = 32, max_seq_len: int = 128):
-        self.config = types.SimpleNamespace(n_future=n_future, vocab_size=vocab, max_seq_len=max_seq_len)
-        self.n_future, self.wrong, self.vocab = n_future, wrong, vocab
-
-    def setup_caches(self, *args, **kwargs):
-        pass
-
-    def clear_caches(self):
-        pass
-
-    def __call__(self, idx, return_all_heads=False, start_pos=0):
-        B, T = idx.shape
-        start = torch.as_tensor(start_pos).reshape(-1, 1).expand(B, 1)
-        positions = start + torch.arange(T)  # (B, T)
-        logits = torch.zeros(B, T, self.n_future, self.vocab)
-        for h in range(self.n_future):
-            guess = idx + h + 1
-            if h > 0:
-                guess = guess + torch.tensor([[int(self.wrong(int(p), h)) for p in row] for row in positions])
-            logits[:, :, h].scatter_(-1, (guess % self.vocab)[..., None], 10.0)
-        return logits if return_all_heads else logits[:, :, 0]
-
-
-def test_stub_heads_always_right_accept_every_draft():
-    stub = StubModel(4, wrong=lambda pos, head: False)
-    out, stats = speculative_generate(stub, torch.tensor([[5]]), 40)
+def test_heads_always_right_accept_every_draft():
+    model = counting_model(4)
+    out, stats = speculative_generate(model, torch.tensor([[5]]), 40)
     assert out[0].tolist() == [(6 + i) % 32 for i in range(40)]
     assert stats.tau == 4.0 and stats.acceptance_per_position == [1.0, 1.0, 1.0]
     assert stats.forwards == 10  # 40 tokens, 4 per forward
 
 
-def test_stub_heads_never_right_accept_nothing():
-    stub = StubModel(4, wrong=lambda pos, head: True)
-    out, stats = speculative_generate(stub, torch.tensor([[5]]), 20)
+def test_heads_never_right_accept_nothing():
+    model = counting_model(4, wrong_heads=frozenset({2, 3, 4}))
+    out, stats = speculative_generate(model, torch.tensor([[5]]), 20)
     assert out[0].tolist() == [(6 + i) % 32 for i in range(20)]  # still exact
     assert stats.tau == 1.0 and stats.acceptance_per_position == [0.0, 0.0, 0.0] and stats.forwards == 20
 
 
-def test_stub_heads_sometimes_right_give_the_expected_counts():
-    # Head 2 always right, head 3 never: every step accepts exactly draft 1, so 2 tokens per forward.
-    stub = StubModel(4, wrong=lambda pos, head: head >= 2)
-    out, stats = speculative_generate(stub, torch.tensor([[0]]), 30)
+def test_heads_sometimes_right_give_the_expected_counts():
+    # Head 2 always right, heads 3 and 4 never: every step accepts exactly draft 1, so 2 tokens per forward.
+    model = counting_model(4, wrong_heads=frozenset({3, 4}))
+    out, stats = speculative_generate(model, torch.tensor([[0]]), 30)
     assert out[0].tolist() == [(1 + i) % 32 for i in range(30)]
     assert stats.tau == 2.0 and stats.acceptance_per_position == [1.0, 0.0, 0.0] and stats.forwards == 15
 

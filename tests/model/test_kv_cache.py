@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from multitoken import MTPModel
+from multitoken.model import DecodeCaches
 from tests.conftest import tiny_model_config
 
 
@@ -14,11 +15,11 @@ def test_blockwise_cached_logits_equal_full_recompute(n_future, n_kv_head):
     idx = torch.randint(0, 64, (2, 20))
     with torch.no_grad():
         full = model(idx, return_all_heads=True)
-        model.setup_caches(batch_size=2, max_seq_len=20)
-        pieces, pos = [], 0
-        for size in (7, 1, 1, 4, 1, 6):  # a prefill, single steps and multi-token blocks
-            pieces.append(model(idx[:, pos:pos + size], return_all_heads=True, start_pos=pos))
-            pos += size
+        with DecodeCaches(model, batch_size=2, length=20) as caches:
+            pieces, pos = [], 0
+            for size in (7, 1, 1, 4, 1, 6):  # a prefill, single steps and multi-token blocks
+                pieces.append(model(idx[:, pos:pos + size], return_all_heads=True, where=caches.at(pos, size)))
+                pos += size
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
@@ -30,19 +31,18 @@ def test_rewriting_positions_rolls_back_the_cache():
     wrong = torch.randint(0, 64, (1, 4))
     with torch.no_grad():
         full = model(idx, return_all_heads=True)
-        model.setup_caches(1, 12)
-        model(idx[:, :8], return_all_heads=True, start_pos=0)
-        model(wrong, return_all_heads=True, start_pos=8)  # a rejected draft
-        redo = model(idx[:, 8:], return_all_heads=True, start_pos=8)
+        with DecodeCaches(model, 1, 12) as caches:
+            model(idx[:, :8], return_all_heads=True, where=caches.at(0, 8))
+            model(wrong, return_all_heads=True, where=caches.at(8, 4))  # a rejected draft
+            redo = model(idx[:, 8:], return_all_heads=True, where=caches.at(8, 4))
     torch.testing.assert_close(redo, full[:, 8:], rtol=1e-5, atol=1e-5)
 
 
 def test_cache_is_not_in_the_state_dict_and_overflow_is_refused():
     model = MTPModel(tiny_model_config())
-    model.setup_caches(1, 8)
-    assert not any("cache" in k for k in model.state_dict())
-    with pytest.raises(ValueError, match="KV cache holds 8"):
-        model(torch.zeros(1, 9, dtype=torch.long), start_pos=0)
-    model.clear_caches()
-    with pytest.raises(RuntimeError, match="setup_caches"):
-        model(torch.zeros(1, 2, dtype=torch.long), start_pos=0)
+    with DecodeCaches(model, 1, 8) as caches:
+        assert not any("cache" in k for k in model.state_dict())
+        with pytest.raises(ValueError, match="KV cache holds 8"):
+            model(torch.zeros(1, 9, dtype=torch.long), where=caches.at(0, 9))
+    with pytest.raises(RuntimeError, match="DecodeCaches"):  # detached on leaving the block
+        model(torch.zeros(1, 2, dtype=torch.long), where=caches.at(0, 2))

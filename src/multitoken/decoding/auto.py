@@ -80,19 +80,15 @@ def _step_time(model: MTPModel, batch_size: int, cache_len: int, tree: DraftTree
     else:
         args = (torch.zeros(batch_size, tree.num_nodes, dtype=torch.long, device=device), pos)
     times = []
-    decoder.attach()
-    try:
-        with torch.no_grad():
-            decoder.run_step(*args)  # compiles, the first time
-            for _ in range(rounds):
-                start = time.perf_counter()
-                for _ in range(steps):
-                    decoder.run_step(*args)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times.append((time.perf_counter() - start) / steps * 1e6)
-    finally:
-        decoder.detach()
+    with decoder.caches, torch.no_grad():
+        decoder.run_step(*args)  # compiles, the first time
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(steps):
+                decoder.run_step(*args)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append((time.perf_counter() - start) / steps * 1e6)
     return statistics.median(times)
 
 

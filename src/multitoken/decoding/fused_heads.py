@@ -3,7 +3,7 @@
 Every head is a transformer layer reading the same trunk output z. Called one by one, m heads cost m layers' worth
 of small kernels per decoding step, which at small batch is launch/dispatch overhead, not arithmetic. Here their
 weights are stacked once so that each projection is a single `bmm` over the m heads, their KV caches form one cache
-of batch m * B, and attention is one SDPA call. Same math as `TransformerBlock` (the slow twin, tested equal).
+of batch m * B (`DecodeCaches.fused`, which this layer borrows), and attention is one SDPA call. Same math as `TransformerBlock` (the slow twin, tested equal).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from torch import nn
 
-from multitoken.model import BlockPositions, KVCache, MTPModel
+from multitoken.model import KVCache, MTPModel, Positions
 from multitoken.model.layers import apply_rope, rms_normalize
 
 
@@ -37,15 +37,11 @@ class FusedHeads(nn.Module):
         stack("w_2", lambda b: b.feed_forward.w2.weight.t())
         stack("attention_norm", lambda b: b.attention_norm.weight[None, :])  # (m, 1, d)
         stack("ffn_norm", lambda b: b.ffn_norm.weight[None, :])
-        self.cache: KVCache | None = None
 
-    def setup_cache(self, batch_size: int, max_seq_len: int) -> None:
-        w = self.w_qkv
-        self.cache = KVCache(self.m * batch_size, self.n_kv_head, max_seq_len, self.head_dim, w.dtype, w.device)
-
-    def forward(self, z: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                 start_pos: int | torch.Tensor | BlockPositions) -> torch.Tensor:
-        """z (B, T, d) -> every head's hidden state (B, T, m, d), before the shared final norm."""
+    def forward(self, z: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, where: Positions,
+                cache: KVCache) -> torch.Tensor:
+        """z (B, T, d) -> every head's hidden state (B, T, m, d), before the shared final norm. cache: the heads'
+        one cache of m * B rows (`DecodeCaches(..., fused=m).fused`)."""
         m, H, Hkv, hd = self.m, self.n_head, self.n_kv_head, self.head_dim
         B, T, d = z.shape
         x = z.reshape(1, B * T, d)
@@ -55,8 +51,7 @@ class FusedHeads(nn.Module):
         k = apply_rope(k.reshape(m, B, T, Hkv, hd), cos, sin).reshape(m * B, T, Hkv, hd).transpose(1, 2)
         v = v.reshape(m * B, T, Hkv, hd).transpose(1, 2)
         # The cache stacks the heads over the batch (row h * B + b): every row's layout repeats once per head.
-        per_row_start = start_pos if isinstance(start_pos, int) else start_pos.repeat(m)
-        keys, values, mask = self.cache.update(per_row_start, k, v)
+        keys, values, mask = cache.update(where.repeat(m), k, v)
         if Hkv != H:
             keys, values = keys.repeat_interleave(H // Hkv, dim=1), values.repeat_interleave(H // Hkv, dim=1)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (m*B, H, T, hd)

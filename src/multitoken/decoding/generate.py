@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from multitoken.decoding.sampling import sample
-from multitoken.model import MTPModel
+from multitoken.model import DecodeCaches, MTPModel, Positions
 
 
 def pad_prompts(prompts: list[list[int]], device: torch.device | str = "cpu",
@@ -46,13 +46,14 @@ def prefill(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor) -> tor
     query may attend to it. Only each row's last position is unembedded: the prompt's other logits are never used,
     and for a large vocabulary they cost more than the layers (transformers' generate keeps one position too).
     """
-    z = model.trunk(prompt, 0)
-    return model.unembed(last_positions(model.head(0, z, 0), lengths))
+    where = Positions.aligned(0, prompt.shape[1])
+    z = model.trunk(prompt, where)
+    return model.unembed(last_positions(model.head(0, z, where), lengths))
 
 
-def decode_one_token(model: MTPModel, token: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
-    """Feed one token per row (B,) at position pos (shared int or per-row (B,)); return the next logits (B, V)."""
-    return model(token[:, None], start_pos=pos)[:, -1]
+def decode_one_token(model: MTPModel, token: torch.Tensor, where: Positions) -> torch.Tensor:
+    """Feed one token per row (B,) where it goes; return the next logits (B, V)."""
+    return model(token[:, None], where=where)[:, -1]
 
 
 # A streaming callback: (the output tokens so far (B, >= N), how many of each row's are final (B,)).
@@ -109,15 +110,15 @@ def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, tempera
             raise ValueError(f"cache_len {cache_len} must hold the prompt and the new tokens ({T0 + max_new_tokens}) "
                              f"within the context ({model.config.max_seq_len})")
         decoder = decoder_for(model, B, cache_len or cache_slots(model, T0 + max_new_tokens), None, compile=True)
-        setup, step, teardown = decoder.attach, lambda token, i: decoder.run_step(token, lengths + i), decoder.detach
+        caches, step = decoder.caches, lambda token, i: decoder.run_step(token, lengths + i)
     else:
         aligned = bool((lengths == T0).all())  # one host check up front: aligned rows use the cheaper shared position
-        setup = lambda: model.setup_caches(B, T0 + max_new_tokens, heads="next")  # noqa: E731
-        step = lambda token, i: decode_one_token(model, token, T0 + i if aligned else lengths + i)  # noqa: E731
-        teardown = model.clear_caches
+        caches = DecodeCaches(model, B, T0 + max_new_tokens, heads="next")
+
+        def step(token: torch.Tensor, i: int) -> torch.Tensor:
+            return decode_one_token(model, token, caches.at(T0 + i if aligned else lengths + i, 1))
     stopped = torch.zeros(B, dtype=torch.bool, device=prompt.device)
-    setup()
-    try:
+    with caches:
         logits = prefill(model, prompt, lengths)
         for i in range(max_new_tokens):
             token = sample(logits, temperature, top_k, top_p, generator)
@@ -130,6 +131,4 @@ def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, tempera
                     break  # every row has stopped: pad_after_stop fills the slots not decoded
             if i + 1 < max_new_tokens:
                 logits = step(token, i)
-    finally:
-        teardown()
     return pad_after_stop(out, stop_ids)

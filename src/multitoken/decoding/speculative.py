@@ -31,7 +31,7 @@ from multitoken.decoding.sampling import draw, probs_from_logits
 from multitoken.decoding.static import cache_slots, decoder_for
 from multitoken.decoding.tree import DraftTree, draft_tokens
 from multitoken.errors import ConfigError
-from multitoken.model import MTPModel
+from multitoken.model import DecodeCaches, MTPModel, Positions
 
 
 @dataclass
@@ -130,23 +130,23 @@ def verify_chain(block: torch.Tensor, logits: torch.Tensor, q: torch.Tensor | No
 
 
 def _all_heads_forward(model: MTPModel, num_heads: int, batch_size: int, cache_len: int, fused: bool):
-    """Set up caches and return forward(block, start_pos) -> logits (B, T, >= num_heads, V) of heads 1..num_heads.
+    """The caches for a chain decode, and forward(block, where) -> logits (B, T, >= num_heads, V) of heads
+    1..num_heads.
 
-    fused: heads 1..num_heads as one batched layer (`FusedHeads`); otherwise the model's own per-head forward, which
-    is also what any duck-typed model (such as the tests' stubs) provides.
+    fused: heads 1..num_heads as one batched layer (`FusedHeads`); otherwise the model's own per-head forward (the
+    reference path).
     """
-    if not (fused and isinstance(model, MTPModel)):
-        model.setup_caches(batch_size, cache_len)
-        return lambda block, start: model(block, return_all_heads=True, start_pos=start)
+    if not fused:
+        caches = DecodeCaches(model, batch_size, cache_len, heads="all")
+        return caches, lambda block, where: model(block, return_all_heads=True, where=where)
     heads = FusedHeads(model, num_heads)
-    model.setup_caches(batch_size, cache_len, heads="none")
-    heads.setup_cache(batch_size, cache_len)
+    caches = DecodeCaches(model, batch_size, cache_len, heads="none", fused=num_heads)
 
-    def forward(block: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
-        cos, sin = model.rope(block.shape[1], start)
-        return model.unembed(heads(model.trunk(block, start), cos, sin, start))
+    def forward(block: torch.Tensor, where: Positions) -> torch.Tensor:
+        cos, sin = model.rope(block.shape[1], where)
+        return model.unembed(heads(model.trunk(block, where), cos, sin, where, caches.fused))
 
-    return forward
+    return caches, forward
 
 
 def _statistics(stats: DecodeStats, log: torch.Tensor, widths: list[int], k: int) -> None:
@@ -173,8 +173,8 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
 
     Greedy decoding verifies a draft tree per step (`tree`; default: the chain of draft_len drafts) in static-shape
     steps, compiled with `compile`. Sampling verifies a chain (speculative sampling; a tree falls back to its depth
-    as a chain). fused=False runs the heads one by one through the model, as a chain (the reference path; any
-    duck-typed model; same output). stop_ids, on_tokens: as for `generate` (a row ends at its first stop token,
+    as a chain). fused=False runs the heads one by one through the model, as a chain (the reference path; same
+    output). stop_ids, on_tokens: as for `generate` (a row ends at its first stop token,
     kept; on_tokens sees each step's accepted tokens).
     """
     start_time = time.perf_counter()
@@ -196,7 +196,7 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
         stats.seconds, stats.new_tokens = time.perf_counter() - start_time, B * max_new_tokens
         return out, stats
     use_static = compile or (tree is not None and not tree.is_chain())  # eager chains: the cheaper dynamic path
-    if temperature == 0 and fused and isinstance(model, MTPModel) and use_static:
+    if temperature == 0 and fused and use_static:
         out, log, widths = _greedy_tree(model, prompt, lengths, max_new_tokens, tree or DraftTree.chain(k), compile,
                                         stats, stop_ids, on_tokens)
     else:
@@ -236,8 +236,7 @@ def _greedy_tree(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N
     n_done = torch.zeros(B, dtype=torch.long, device=device)  # tokens finalized per row
     offsets = torch.arange(D + 1, device=device)
     log: list[torch.Tensor] = []  # per step: drafts accepted per row, -1 for a finished row (statistics at the end)
-    decoder.attach()
-    try:
+    with decoder.caches:
         last = decoder.prefill(prompt, lengths)  # (B, heads, V)
         tokens = draft_tokens(last[:, 0].argmax(-1), last[:, 1:], decoder.layout, tree.max_rank)
         while True:
@@ -252,8 +251,6 @@ def _greedy_tree(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N
             if on_tokens is not None:
                 on_tokens(out, n_done.clamp(max=N))
             log.append(torch.where(active, n_accepted, -1))
-    finally:
-        decoder.detach()
     stats.compile_seconds = decoder.compile_seconds - compiled_before
     stats.tree_nodes = tree.num_nodes
     return out, torch.stack(log), [D + 1] * len(log)
@@ -278,9 +275,9 @@ def _chain(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int,
     accept_log = torch.full((N, B), -1, dtype=torch.long, device=device)
     widths: list[int] = []
 
-    forward = _all_heads_forward(model, k + 1, B, cache_len, fused)
-    try:
-        last = last_positions(forward(prompt, 0), lengths)  # (B, heads, V)
+    caches, forward = _all_heads_forward(model, k + 1, B, cache_len, fused)
+    with caches:
+        last = last_positions(forward(prompt, caches.at(0, T0)), lengths)  # (B, heads, V)
         first = last[:, 0].argmax(-1) if greedy else draw(probs_from_logits(last[:, 0], *sampling), generator)
         drafts, q = _draft(last[:, 1:k + 1], greedy, sampling, generator)
         block = torch.cat([first[:, None], drafts], dim=1)  # (B, k + 1)
@@ -293,7 +290,7 @@ def _chain(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int,
                 break
             width = min(k + 1, cache_len - furthest)  # near the end of the context, verify fewer drafts
             start = furthest if B == 1 else torch.where(active, pos, 0)  # finished rows idle at position 0
-            logits = forward(block[:, :width], start)  # (B, width, heads, V)
+            logits = forward(block[:, :width], caches.at(start, width))  # (B, width, heads, V)
             n_acc, correction = verify_chain(block[:, :width], logits[:, :, 0], q, sampling, generator) if not greedy \
                 else verify_chain(block[:, :width], logits[:, :, 0])
             # Keep d_0..d_a: write the whole block at the row's next slots; anything past a is overwritten next step.
@@ -306,6 +303,4 @@ def _chain(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int,
                 on_tokens(out, n_done.clamp(max=N))
             accept_log[len(widths)] = torch.where(active, n_acc, -1)
             widths.append(width)
-    finally:
-        model.clear_caches()
     return out, accept_log[:len(widths)], widths

@@ -2,7 +2,7 @@
 
 Every step of a call has the same shapes: the KV caches are allocated once with room for the whole call, a block
 always has the same number of tokens, and attention always spans every cache slot under a mask built from the rows'
-positions (`BlockPositions`). So a compiled step is traced once and then only replayed: no per-step allocation, no
+positions (`Positions`). So a compiled step is traced once and then only replayed: no per-step allocation, no
 shape change, no graph break, no host sync inside the step. What depends on data (when to stop) is decided outside,
 once per step.
 
@@ -27,13 +27,13 @@ import torch
 
 from multitoken.decoding.fused_heads import FusedHeads
 from multitoken.decoding.tree import DraftTree, accept_greedy, draft_tokens
-from multitoken.model import BlockPositions, KVCache, MTPModel
+from multitoken.model import DecodeCaches, MTPModel, Positions
 
 SLOT_ROUNDING = 128  # cache lengths are rounded up to this, so that calls of similar lengths share a compiled step
 
 
 def block_positions(start: torch.Tensor, layout: dict[str, torch.Tensor], cache_len: int,
-                    dtype: torch.dtype) -> BlockPositions:
+                    dtype: torch.dtype) -> Positions:
     """Where a tree block goes for rows starting at start (B,): node j in slot start + j at position start + depth_j,
     attending to every slot before start and to its own ancestors in the block."""
     depth, ancestors = layout["depth"], layout["ancestors"]
@@ -43,7 +43,7 @@ def block_positions(start: torch.Tensor, layout: dict[str, torch.Tensor], cache_
     in_block = ancestors[:, relative.clamp(0, T - 1)].transpose(0, 1)  # (B, T, L): that slot's node is an ancestor
     allowed = (relative < 0)[:, None, :] | ((relative < T)[:, None, :] & in_block)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=start.device).masked_fill(~allowed, float("-inf"))
-    return BlockPositions(start[:, None] + offsets, start[:, None] + depth, mask[:, None])
+    return Positions(T, slots=start[:, None] + offsets, positions=start[:, None] + depth, mask=mask[:, None])
 
 
 def cache_slots(model: MTPModel, needed: int) -> int:
@@ -82,7 +82,7 @@ class StaticDecoder:
     _compiled: bool = False
 
     def __post_init__(self) -> None:
-        model, c = self.model, self.model.config
+        model = self.model
         weight = model.output.weight
         self.device, self.dtype = weight.device, weight.dtype
         B = self.batch_size
@@ -93,22 +93,14 @@ class StaticDecoder:
         self.chain_layout = DraftTree.chain(tree.depth).tensors(self.device)
         # A last tree may reach past the final kept position: room for it, so that shapes never change.
         self.slots = self.cache_len + tree.num_nodes - 1
-        # Trunk and head 1 keep their caches in the model's layers; a tree's extra heads run fused, with one cache.
-        # Caches live as long as the decoder: a compiled step is specialised to these very tensors.
-        self.caches = [KVCache(B, c.kv_heads, self.slots, c.head_size, self.dtype, self.device) for _ in model.layers]
-        self.heads = None
-        if self.tree is not None:
-            self.heads = FusedHeads(model, tree.depth, first=1)
-            self.heads.cache = KVCache(tree.depth * B, c.kv_heads, self.slots, c.head_size, self.dtype, self.device)
+        # Trunk and head 1 decode in the model's layers; a tree's extra heads run fused, with one cache. The caches
+        # live as long as the decoder (a compiled step is specialised to these very tensors); a call decodes
+        # `with decoder.caches:`, which attaches them into the model's layers for its duration.
+        self.heads = FusedHeads(model, tree.depth, first=1) if self.tree is not None else None
+        self.caches = DecodeCaches(model, B, self.slots, heads="next", fused=tree.depth if self.tree else 0,
+                                   dtype=self.dtype)
         step = self._plain_step if self.tree is None else self._tree_step
         self.step = torch.compile(step, dynamic=False, fullgraph=True) if self.compile else step
-
-    def attach(self) -> None:
-        for layer, cache in zip(self.model.layers, self.caches):
-            layer.attention.kv_cache = cache
-
-    def detach(self) -> None:
-        self.model.clear_caches()
 
     def prefill(self, prompt: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Fill the caches with the right-padded prompts (slots = positions 0..T0-1; eager: its shape varies from call
@@ -119,10 +111,11 @@ class StaticDecoder:
         model = self.model
         if self.heads is None:
             return prefill(model, prompt, lengths)
-        z = model.trunk(prompt, 0)
-        h1 = model.head(0, z, 0)
-        cos, sin = model.rope(prompt.shape[1], 0)
-        hidden = torch.cat([h1[:, :, None], self.heads(z, cos, sin, 0)], dim=2)  # every head must fill its cache
+        where = Positions.aligned(0, prompt.shape[1])
+        z = model.trunk(prompt, where)
+        h1 = model.head(0, z, where)
+        cos, sin = model.rope(prompt.shape[1], where)
+        hidden = torch.cat([h1[:, :, None], self.heads(z, cos, sin, where, self.caches.fused)], dim=2)  # fill every cache
         return model.unembed(last_positions(hidden, lengths))
 
     def run_step(self, *args: torch.Tensor):
@@ -145,7 +138,7 @@ class StaticDecoder:
     def _plain_step(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """token (B,) at positions pos (B,) -> head 1's logits (B, V) for the token after it."""
         where = block_positions(pos, self.layout, self.slots, self.dtype)
-        return self.model(token[:, None], start_pos=where)[:, 0]
+        return self.model(token[:, None], where=where)[:, 0]
 
     def _tree_step(self, tokens: torch.Tensor, start: torch.Tensor):
         """Verify one tree per row and draft the next.
@@ -170,12 +163,11 @@ class StaticDecoder:
         # Gather the accepted path's cache entries into slots start .. start + D (the tail past the accepted depth is
         # junk that the next block overwrites before anyone may attend to it).
         chain_slots = start[:, None] + torch.arange(path.shape[1], device=start.device)
-        for cache in self.caches:
-            cache.move(start[:, None] + path, chain_slots)
+        self.caches.move(start[:, None] + path, chain_slots)
         chain = block_positions(start, self.chain_layout, self.slots, self.dtype)
         z_path = z.gather(1, path[:, :, None].expand(-1, -1, z.shape[-1]))  # (B, D + 1, d)
         cos, sin = model.rope(path.shape[1], chain)
-        hidden = self.heads(z_path, cos, sin, chain)[rows, n_accepted]  # (B, D, d): heads 2..D+1 at the last kept
+        hidden = self.heads(z_path, cos, sin, chain, self.caches.fused)[rows, n_accepted]  # (B, D, d): heads 2..D+1 at the last kept
         next_tokens = draft_tokens(target[rows, best], model.unembed(hidden), layout, self.max_rank)
         return tokens.gather(1, path), n_accepted, next_tokens
 

@@ -1,4 +1,4 @@
-"""A preallocated key/value cache for one attention layer, and where a decoding block goes in it.
+"""Preallocated key/value caches: one attention layer's (`KVCache`), and the one owner of a decode's (`DecodeCaches`).
 
 Decoding writes each new block of positions in place, so the hot loop never grows a tensor with `torch.cat`. The
 cache holds no length of its own: the caller says where a block goes, so rolling back rejected positions (for
@@ -7,29 +7,15 @@ speculative decoding) costs nothing: the next write at an earlier position simpl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
+from multitoken.model.positions import Positions
 
-@dataclass
-class BlockPositions:
-    """Where a decoding block of T tokens per row goes: the static-shape form that `torch.compile` captures whole.
-
-    A token's cache slot and its position in the text differ for tree drafts: the nodes of a tree take consecutive
-    slots, but siblings share a position (their depth), and each node may attend only to the past and to its own
-    ancestors. Plain and chain blocks are the special case slot == position, attending to every slot up to its own.
-    """
-
-    slots: torch.Tensor  # (B, T) cache slot each token's key and value are written to
-    positions: torch.Tensor  # (B, T) position in the sequence, for rotary embeddings
-    mask: torch.Tensor  # (B, 1, T, L) additive attention mask over all L cache slots: 0 = attend, -inf = not
-
-    def repeat(self, times: int) -> BlockPositions:
-        """The same layout for a batch stacked `times` over (the fused heads' cache holds heads x rows)."""
-        return BlockPositions(self.slots.repeat(times, 1), self.positions.repeat(times, 1),
-                              self.mask.repeat(times, 1, 1, 1))
+if TYPE_CHECKING:
+    from multitoken.model.mtp import MTPModel
 
 
 class KVCache(nn.Module):
@@ -45,41 +31,30 @@ class KVCache(nn.Module):
     def max_seq_len(self) -> int:
         return self.k.shape[2]
 
-    def update(self, start_pos: int | torch.Tensor | BlockPositions, k: torch.Tensor,
+    def update(self, where: Positions, k: torch.Tensor,
                v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Write k, v (B, H, T, hd) for a block and return (keys, values, mask) to attend to.
 
-        start_pos is an int (all rows aligned: keys are sliced to the block's end, and a single query needs no mask),
-        a (B,) tensor of per-row starts (every row's block lands at its own position, keys span the whole cache and a
-        (B, 1, T, L) mask lets query i see keys <= start + i), or a `BlockPositions` (slots and mask given: shapes
-        never change from step to step, so a compiled step is captured once).
+        Aligned blocks write a slice and attend to the keys up to the block's end (a single query needs no mask);
+        any other block writes its slots and attends to every slot under its mask, so that the shapes stay the same
+        from step to step.
         """
-        T = k.shape[2]
-        if isinstance(start_pos, BlockPositions):
-            # Indexed assignment (index_put_), not scatter_: torch.compile writes it in place, where a scatter_
-            # becomes a copy of the whole cache per step.
-            slots = start_pos.slots
-            rows = torch.arange(slots.shape[0], device=slots.device)[:, None]
-            self.k[rows, :, slots] = k.transpose(1, 2)
-            self.v[rows, :, slots] = v.transpose(1, 2)
-            return self.k, self.v, start_pos.mask
-        if isinstance(start_pos, int):
-            end = start_pos + T
+        if where.is_aligned:
+            T, end = k.shape[2], where.start + k.shape[2]
             if end > self.max_seq_len:
                 raise ValueError(f"KV cache holds {self.max_seq_len} positions, asked to write up to {end}")
-            self.k[:, :, start_pos:end] = k
-            self.v[:, :, start_pos:end] = v
+            self.k[:, :, where.start:end] = k
+            self.v[:, :, where.start:end] = v
             # Additive mask (0 = attend, -inf = not): SDPA on CPU runs about twice as fast with it as with a bool one.
             mask = None if T == 1 else torch.full((T, end), float("-inf"), dtype=k.dtype, device=k.device).triu(
-                start_pos + 1)
+                where.start + 1)
             return self.k[:, :, :end], self.v[:, :, :end], mask
-        positions = start_pos[:, None] + torch.arange(T, device=k.device)  # (B, T)
-        index = positions[:, None, :, None].expand_as(k)  # (B, H, T, hd)
-        self.k.scatter_(2, index, k)
-        self.v.scatter_(2, index, v)
-        keys = torch.arange(self.max_seq_len, device=k.device)
-        mask = keys[None, None, None, :] <= positions[:, None, :, None]  # (B, 1, T, L)
-        return self.k, self.v, mask
+        # Indexed assignment (index_put_), not scatter_: torch.compile writes it in place, where a scatter_ becomes a
+        # copy of the whole cache per step.
+        rows = torch.arange(where.slots.shape[0], device=k.device)[:, None]
+        self.k[rows, :, where.slots] = k.transpose(1, 2)
+        self.v[rows, :, where.slots] = v.transpose(1, 2)
+        return self.k, self.v, where.mask
 
     def move(self, source: torch.Tensor, target: torch.Tensor) -> None:
         """Copy the entries at slots source (B, P) to slots target (B, P): an accepted tree path, gathered into the
@@ -87,3 +62,58 @@ class KVCache(nn.Module):
         rows = torch.arange(source.shape[0], device=source.device)[:, None]
         self.k[rows, :, target] = self.k[rows, :, source]
         self.v[rows, :, target] = self.v[rows, :, source]
+
+
+class DecodeCaches:
+    """Every KV cache of one decode: allocated once, attached into the model's layers while decoding, cleared after.
+
+    `heads` says which of the model's own blocks decode with a cache: "all" (trunk and every head, run one by one),
+    "next" (trunk and head 1: plain decoding) or "none" (the trunk only). `fused` adds one cache for that many heads
+    run as one batched layer (`decoding/fused_heads.py`), rows stacked head-major (head h, row b at h * B + b), which
+    the fused layer borrows as `self.fused`. A cache may hold more slots than the context (scratch room for draft
+    nodes past its end); positions stay within the context. Use as a context manager, or attach() / detach().
+    """
+
+    def __init__(self, model: MTPModel, batch_size: int, length: int | None = None,
+                 heads: Literal["all", "next", "none"] = "all", fused: int = 0,
+                 dtype: torch.dtype | None = None) -> None:
+        c = model.config
+        self.model, self.batch_size = model, batch_size
+        self.length = length or c.max_seq_len
+        self.dtype = dtype or model.output.weight.dtype
+        device = model.output.weight.device
+        blocks = {"all": [*model.layers, *model.extra_heads], "next": list(model.layers),
+                  "none": list(model.layers[:-1])}[heads]
+
+        def cache(rows: int) -> KVCache:
+            return KVCache(rows, c.kv_heads, self.length, c.head_size, self.dtype, device)
+
+        self.by_block = [(block, cache(batch_size)) for block in blocks]
+        self.fused = cache(fused * batch_size) if fused else None
+
+    def attach(self) -> DecodeCaches:
+        for block, cache in self.by_block:
+            block.attention.kv_cache = cache
+        return self
+
+    def detach(self) -> None:
+        for block in [*self.model.layers, *self.model.extra_heads]:
+            block.attention.kv_cache = None
+
+    def __enter__(self) -> DecodeCaches:
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def at(self, start: int | torch.Tensor, length: int) -> Positions:
+        """Where a block of `length` tokens per row goes that starts at start: a host int shared by all rows, or one
+        start per row (B,)."""
+        if isinstance(start, int):
+            return Positions.aligned(start, length)
+        return Positions.per_row(start, length, self.length, self.dtype)
+
+    def move(self, source: torch.Tensor, target: torch.Tensor) -> None:
+        """Move the entries at slots source to target (B, P) in the model blocks' caches (see `KVCache.move`)."""
+        for _, cache in self.by_block:
+            cache.move(source, target)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from multitoken.config import ModelConfig
-from multitoken.model.kv_cache import BlockPositions, KVCache
+from multitoken.model.kv_cache import KVCache
+from multitoken.model.positions import Positions
 
 
 def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -84,8 +85,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(config.n_head * config.head_size, config.d_model, bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                start_pos: int | torch.Tensor | BlockPositions | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, where: Positions | None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -93,13 +93,12 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
 
-        if start_pos is None:  # training / full recompute: plain causal attention over the T positions
+        if where is None:  # training / full recompute: plain causal attention over the T positions
             mask, is_causal = None, True
-        else:  # decoding: write this block into the cache, attend to everything cached up to it
+        else:  # decoding: write this block into the cache, attend to what the block's mask allows
             if self.kv_cache is None:
-                raise RuntimeError("start_pos given but no KV cache: call model.setup_caches() first")
-            # Query i sits at absolute position start_pos + i and may see keys 0..start_pos + i.
-            k, v, mask = self.kv_cache.update(start_pos, k, v)
+                raise RuntimeError("positions given but no KV cache: decode within `DecodeCaches(model, ...)`")
+            k, v, mask = self.kv_cache.update(where, k, v)
             is_causal = False
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
@@ -132,6 +131,6 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                start_pos: int | torch.Tensor | BlockPositions | None = None) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin, start_pos)
+                where: Positions | None = None) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, where)
         return x + self.feed_forward(self.ffn_norm(x))

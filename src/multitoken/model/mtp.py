@@ -14,13 +14,11 @@ that seam to detach z and run each head's forward and backward in turn.
 from __future__ import annotations
 
 import math
-from typing import Literal
-
 import torch
 from torch import nn
 
 from multitoken.config import ModelConfig
-from multitoken.model.kv_cache import BlockPositions, KVCache
+from multitoken.model.positions import Positions
 from multitoken.model.layers import RMSNorm, TransformerBlock, rope_cache
 
 
@@ -86,70 +84,39 @@ class MTPModel(nn.Module):
         """The transformer layer of head i (0-based here: 0 is the next-token head)."""
         return self.layers[-1] if i == 0 else self.extra_heads[i - 1]
 
-    def rope(self, T: int, start_pos: int | torch.Tensor | BlockPositions | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin for the block: (T, hd/2), or (B, T, hd/2) for per-row start positions."""
-        if isinstance(start_pos, BlockPositions):
-            # Static decoding may run draft nodes past the context (they are never kept: the caller stops at it);
-            # clamping keeps their table lookups in range without a data-dependent check.
-            positions = start_pos.positions.clamp_max(self.config.max_seq_len - 1)
-            return self.rope_cos[positions], self.rope_sin[positions]
-        if isinstance(start_pos, torch.Tensor):  # bounds are the caller's job here: checking would sync the device
-            positions = start_pos[:, None] + torch.arange(T, device=start_pos.device)
-            return self.rope_cos[positions], self.rope_sin[positions]
-        start = start_pos or 0
-        if start + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start + T} positions exceeds max_seq_len={self.config.max_seq_len}")
-        return self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+    def rope(self, T: int, where: Positions | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for a block of T tokens: (T, hd/2), or (B, T, hd/2) for rows at their own positions."""
+        return (where or Positions.aligned(0, T)).rope(self.rope_cos, self.rope_sin)
 
-    def trunk(self, idx: torch.Tensor, start_pos: int | torch.Tensor | BlockPositions | None = None) -> torch.Tensor:
+    def trunk(self, idx: torch.Tensor, where: Positions | None = None) -> torch.Tensor:
         """Shared trunk: token ids (B, T) -> hidden state z (B, T, d_model)."""
-        cos, sin = self.rope(idx.shape[1], start_pos)
+        cos, sin = self.rope(idx.shape[1], where)
         x = self.tok_embeddings(idx)
         for layer in self.layers[:-1]:
-            x = layer(x, cos, sin, start_pos)
+            x = layer(x, cos, sin, where)
         return x
 
-    def head(self, i: int, z: torch.Tensor, start_pos: int | torch.Tensor | BlockPositions | None = None) -> torch.Tensor:
+    def head(self, i: int, z: torch.Tensor, where: Positions | None = None) -> torch.Tensor:
         """Head i (0-based) applied to the trunk output z: (B, T, d_model) -> (B, T, d_model), before the norm."""
-        cos, sin = self.rope(z.shape[1], start_pos)
-        return self.head_block(i)(z, cos, sin, start_pos)
+        cos, sin = self.rope(z.shape[1], where)
+        return self.head_block(i)(z, cos, sin, where)
 
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
         """Shared final norm and unembedding: (..., d_model) -> (..., V)."""
         return self.output(self.norm(h))
 
     def forward(self, idx: torch.Tensor, return_all_heads: bool = False,
-                start_pos: int | torch.Tensor | BlockPositions | None = None) -> torch.Tensor:
+                where: Positions | None = None) -> torch.Tensor:
         """Logits (B, T, V) of the next-token head, or (B, T, n_future, V) of all heads.
 
-        start_pos=None computes causally over idx alone. Otherwise it decodes with the KV caches (see `setup_caches`):
-        idx is the block of tokens at positions start_pos..start_pos+T-1, where start_pos is an int shared by all
-        rows or a (B,) tensor with one start per row; or a `BlockPositions` that says each token's slot, position
-        and what it may attend to (static-shape and tree decoding).
+        where=None computes causally over idx alone (training). Otherwise it decodes with the KV caches attached by
+        a `DecodeCaches`: `where` says each token's cache slot, position and what it may attend to.
         """
-        z = self.trunk(idx, start_pos)
+        z = self.trunk(idx, where)
         if not return_all_heads:
-            return self.unembed(self.head(0, z, start_pos))
-        h = torch.stack([self.head(i, z, start_pos) for i in range(self.n_future)], dim=2)  # (B, T, n, d)
+            return self.unembed(self.head(0, z, where))
+        h = torch.stack([self.head(i, z, where) for i in range(self.n_future)], dim=2)  # (B, T, n, d)
         return self.unembed(h)
-
-    def setup_caches(self, batch_size: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None,
-                     heads: Literal["all", "next", "none"] = "all") -> None:
-        """Allocate KV caches of max_seq_len slots: the trunk's, and the heads' as asked. Each head is a full attention
-        layer over all past positions, so each needs its own cache: "all" heads, only the "next"-token head (plain
-        decoding), or "none" (the heads run elsewhere, e.g. fused for speculative decoding). A cache may hold more
-        slots than the context (scratch room for draft nodes past its end); positions stay within the context."""
-        max_seq_len = max_seq_len or self.config.max_seq_len
-        dtype = dtype or self.output.weight.dtype
-        device = self.output.weight.device
-        c = self.config
-        blocks = {"all": [*self.layers, *self.extra_heads], "next": list(self.layers), "none": list(self.layers[:-1])}
-        for block in blocks[heads]:
-            block.attention.kv_cache = KVCache(batch_size, c.kv_heads, max_seq_len, c.head_size, dtype, device)
-
-    def clear_caches(self) -> None:
-        for block in [*self.layers, *self.extra_heads]:
-            block.attention.kv_cache = None
 
     def num_params(self) -> dict[str, int]:
         """Parameter counts by part: embeddings (input and unembedding), trunk, heads, norm."""
