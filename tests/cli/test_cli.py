@@ -64,7 +64,9 @@ def test_shipped_default_config_is_the_builtin_default():
 
 
 def test_shipped_configs_are_valid():
-    for path in (REPO / "configs").glob("*.yaml"):
+    paths = sorted((REPO / "configs").glob("*.yaml"))
+    assert {p.name for p in paths} >= {"default.yaml", "gpu-byte-200m.yaml"}  # the folder is where it should be
+    for path in paths:
         from_dict(TrainConfig, yaml.safe_load(path.read_text()))
 
 
@@ -102,7 +104,8 @@ def test_bench_decode_table_and_json(trained_run, corpus, capsys, tmp_path):
 def test_bench_decode_sweep_plot(trained_run, corpus, capsys, tmp_path):
     plot, path = tmp_path / "out" / "decode.png", tmp_path / "sweep.json"
     code, out, _ = run_cli(capsys, "bench", "decode", "--ckpt", trained_run, "--data", corpus, "--num-prompts", 2,
-                           "--prompt-len", 8, "--max-new-tokens", 6, "--repeats", 2, "--batch-size", "1,2",
+                           "--prompt-len", 8, "--max-new-tokens", 6, "--repeats", 2, "--max-repeats", 2,
+                           "--batch-size", "1,2",
                            "--json", path, "--plot", plot)
     assert code == 0 and f"wrote {plot}" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 
@@ -53,18 +53,35 @@ def generated_tokens(out: torch.Tensor, stop_ids: torch.Tensor | None) -> torch.
     return torch.where(hit.any(1), hit.long().argmax(1) + 1, out.shape[1])
 
 
-def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
-                 draft_len: int | None = None, temperature: float = 0.0, repeats: int = 3, seed: int = 0,
-                 device: torch.device | str = "cpu", reference: Callable | None = None, compile: bool = False,
-                 tree=None, stop_ids: torch.Tensor | None = None) -> dict:
-    """reference: a decoder to compare plain decoding against (e.g. `transformers_decoder`), greedy only.
-    compile applies to both plain and speculative decoding, so that the speedup is over the best plain decoding.
-    stop_ids: rows end at their first stop token (the model's end-of-sequence), and tokens/s counts the tokens each
-    decoder produced up to it (the reference decodes all max_new_tokens: it is compared on plain decoding's tokens)."""
-    from multitoken.decoding.static import total_compile_seconds
-    batches = [pad_prompts(prompts[i:i + batch_size], device) for i in range(0, len(prompts), batch_size)]
+STABLE_WITHIN = 0.02  # a median ratio that moves less than this when a round is added counts as settled
+
+
+@dataclass
+class Measurements:
+    """Every timed round of every case, and what the decoders said."""
+
+    seconds: list[dict[str, float]] = field(default_factory=list)  # per round: case -> seconds over all batches
+    tokens: list[dict[str, int]] = field(default_factory=list)  # per round: case -> tokens produced
+    stats: DecodeStats = field(default_factory=DecodeStats)  # speculative decoding's, over every call
+    identical: dict[str, bool] = field(default_factory=dict)  # case -> its outputs equal plain decoding's
+    plain_forwards: int = 0  # one per token of each batch's longest row, every round
+    speculative_calls: int = 0  # one prefill each
+
+    def rates(self) -> dict[str, list[float]]:
+        """tokens/s per case, one per round."""
+        return {name: [t[name] / s[name] for t, s in zip(self.tokens, self.seconds)] for name in self.seconds[0]}
+
+    def ratios(self, name: str) -> list[float]:
+        """Per round, case name's tokens/s over plain decoding's: the two ran in the same round, under the same
+        machine load, so the ratio's spread is the benchmark's own noise."""
+        rates = self.rates()
+        return [r / p for r, p in zip(rates[name], rates["plain"])]
+
+
+def _cases(model: MTPModel, max_new_tokens: int, draft_len: int | None, temperature: float, seed: int, device,
+           reference: Callable | None, compile: bool, tree, stop_ids: torch.Tensor | None) -> dict[str, Callable]:
+    """The decoders to compare: batch -> (new tokens, statistics or None)."""
     sampling = dict(temperature=temperature, stop_ids=stop_ids)
-    speculative_on = model.n_future > 1
 
     def plain(batch):
         return generate(model, batch[0], max_new_tokens, lengths=batch[1], compile=compile,
@@ -76,165 +93,140 @@ def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max
                                     compile=compile, **sampling)
 
     cases = {"plain": plain}
-    if speculative_on:
+    if model.n_future > 1:
         cases["speculative"] = speculative
     if reference is not None:
         cases["transformers"] = lambda batch: (reference(batch), None)
+    return cases
+
+
+def _warm_up(model: MTPModel, cases: dict[str, Callable], batches: list) -> dict[str, float]:
+    """Run every case once on every batch shape, untimed (every shape compiles once, before timing); the seconds
+    each case spent compiling."""
+    from multitoken.decoding.static import total_compile_seconds
+
     compile_seconds = {}
-    shapes = {tuple(b[0].shape): b for b in batches}.values()  # every shape compiles once, before timing
-    for name, fn in cases.items():  # warm-up, untimed
+    shapes = {tuple(b[0].shape): b for b in batches}.values()
+    for name, fn in cases.items():
         before = total_compile_seconds(model)
         for batch in shapes:
             fn(batch)
         compile_seconds[name] = total_compile_seconds(model) - before
-    # Seconds per round and case: a shared machine drifts, so every round's rate is kept and the medians compared.
-    seconds = [dict.fromkeys(cases, 0.0) for _ in range(repeats)]
-    tokens = [dict.fromkeys(cases, 0) for _ in range(repeats)]
-    plain_forwards = 0  # one per token of the batch's longest row (the prefill's gives the first)
-    stats = DecodeStats()
-    identical = dict.fromkeys(cases, True)
+    return compile_seconds
+
+
+def _round(cases: dict[str, Callable], batches: list, measured: Measurements, stop_ids: torch.Tensor | None) -> None:
+    """One timed round: every case on every batch, the order rotating from round to round."""
     names = list(cases)
-    for round_ in range(repeats):
-        order = names[round_ % len(names):] + names[:round_ % len(names)]
-        for batch in batches:
-            outputs = {}
-            for name in order:
-                (out, call_stats), elapsed = _timed(lambda: cases[name](batch))
-                seconds[round_][name] += elapsed
-                # transformers is asked for all max_new_tokens (the comparison is per token decoded)
-                counts = generated_tokens(out, None if name == "transformers" else stop_ids)
-                tokens[round_][name] += int(counts.sum())
-                if name == "plain":
-                    plain_forwards += int(counts.max())
-                outputs[name] = out
-                if call_stats is not None:
-                    stats.add(call_stats)
-            for name in names[1:]:
-                other = pad_after_stop(outputs[name].to(outputs["plain"].device), stop_ids)
-                identical[name] &= bool(torch.equal(outputs["plain"], other))
-    rounds = {name: [n[name] / r[name] for n, r in zip(tokens, seconds)] for name in cases}
+    shift = len(measured.seconds) % len(names)
+    order = names[shift:] + names[:shift]
+    seconds, tokens = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0)
+    for batch in batches:
+        outputs = {}
+        for name in order:
+            (out, call_stats), elapsed = _timed(lambda: cases[name](batch))
+            seconds[name] += elapsed
+            # transformers is asked for all max_new_tokens (the comparison is per token decoded)
+            counts = generated_tokens(out, None if name == "transformers" else stop_ids)
+            tokens[name] += int(counts.sum())
+            if name == "plain":
+                measured.plain_forwards += int(counts.max())
+            outputs[name] = out
+            if call_stats is not None:
+                measured.stats.add(call_stats)
+                measured.speculative_calls += 1
+        for name in names[1:]:
+            other = pad_after_stop(outputs[name].to(outputs["plain"].device), stop_ids)
+            measured.identical[name] = measured.identical.get(name, True) and torch.equal(outputs["plain"], other)
+    measured.seconds.append(seconds)
+    measured.tokens.append(tokens)
+
+
+def settled(ratios: list[float]) -> bool:
+    """Whether the median of these per-round ratios stayed put (within STABLE_WITHIN) when the last round came in."""
+    if len(ratios) < 3:
+        return False
+    now, before = statistics.median(ratios), statistics.median(ratios[:-1])
+    return abs(now - before) <= STABLE_WITHIN * now
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
+                 draft_len: int | None = None, temperature: float = 0.0, repeats: int = 3, seed: int = 0,
+                 device: torch.device | str = "cpu", reference: Callable | None = None, compile: bool = False,
+                 tree=None, stop_ids: torch.Tensor | None = None, max_repeats: int | None = None) -> dict:
+    """Time the decoders side by side over `repeats` rounds, then add rounds (up to max_repeats, default twice
+    repeats) until every median ratio to plain decoding is settled; the result says whether it was.
+
+    reference: a decoder to compare plain decoding against (e.g. `transformers_decoder`), greedy only.
+    compile applies to both plain and speculative decoding, so that the speedup is over the best plain decoding.
+    stop_ids: rows end at their first stop token (the model's end-of-sequence), and tokens/s counts the tokens each
+    decoder produced up to it (the reference decodes all max_new_tokens: it is compared on plain decoding's tokens)."""
+    batches = [pad_prompts(prompts[i:i + batch_size], device) for i in range(0, len(prompts), batch_size)]
+    cases = _cases(model, max_new_tokens, draft_len, temperature, seed, device, reference, compile, tree, stop_ids)
+    compile_seconds = _warm_up(model, cases, batches)
+    measured = Measurements()
+    max_repeats = max(repeats, 2 * repeats if max_repeats is None else max_repeats)
+    compared = list(cases)[1:]
+    while len(measured.seconds) < repeats or (
+            len(measured.seconds) < max_repeats and not all(settled(measured.ratios(n)) for n in compared)):
+        _round(cases, batches, measured, stop_ids)
+    result = _summary(model, measured, compared, temperature, tree)
+    result.update(batch_size=batch_size, device=str(torch.device(device)), max_new_tokens=max_new_tokens,
+                  num_prompts=len(prompts), repeats=len(measured.seconds), repeats_asked=repeats,
+                  max_repeats=max_repeats, temperature=temperature, new_tokens=measured.tokens[0]["plain"],
+                  stop_at_eos=stop_ids is not None, cpu_threads=torch.get_num_threads(), compile=compile,
+                  compile_seconds=compile_seconds)
+    return result
+
+
+def _summary(model: MTPModel, measured: Measurements, compared: list[str], temperature: float, tree) -> dict:
+    """The medians, spreads and decoding statistics of a measurement, as the JSON record's fields."""
+    rounds = measured.rates()
     rates = {name: statistics.median(values) for name, values in rounds.items()}
-    trunk = model.config.n_trunk_layers
-    greedy = temperature == 0
-    result = {
-        "tokens_per_s_plain": rates["plain"],
-        "tokens_per_s_rounds": rounds,  # every round's rate; the tokens_per_s_* fields are their medians
-        "batch_size": batch_size,
-        "device": str(torch.device(device)),
-        "max_new_tokens": max_new_tokens,
-        "num_prompts": len(prompts),
-        "repeats": repeats,
-        "temperature": temperature,
-        "new_tokens": tokens[0]["plain"],  # per round, up to each row's stop token
-        "stop_at_eos": stop_ids is not None,
-        "forwards_plain": plain_forwards,
-        "cpu_threads": torch.get_num_threads(),
-        "compile": compile,
-        "compile_seconds": compile_seconds,
-        "tree_nodes": 1,
-    }
-    if speculative_on:
-        drafting = tree is None or bool(tree.paths)  # an empty tree: --tree auto chose plain decoding
-        acceptance = stats.acceptance_per_position if drafting else []
-        k = len(acceptance)
-        result.update({
-            "tokens_per_s_speculative": rates["speculative"],
-            "speedup": rates["speculative"] / rates["plain"],
-            "tau": stats.tau,
-            "acceptance_per_position": acceptance,
-            # Under sampling the two decoders draw differently (same law, different random streams): not comparable.
-            "identical": identical["speculative"] if greedy else None,
-            "draft_len": k,
-            # speedup / tau is a plain step's time over a speculative step's. Where only reading weights costs
-            # (large models on a GPU), a plain step reads trunk + head 1 and a speculative one trunk + k + 1 heads.
-            "memory_bound_limit": (trunk + 1) / (trunk + k + 1),
-            "forwards_speculative": stats.forwards + repeats * len(batches),  # verification forwards + prefills
-            "tree_nodes": stats.tree_nodes,
-            "tree": "chain" if tree is None else (str(tree) or "plain"),
-        })
-    if reference is not None:
+    result = {"tokens_per_s_plain": rates["plain"],
+              "tokens_per_s_rounds": rounds,  # every round's rate; the tokens_per_s_* fields are their medians
+              "tokens_per_s_spread": {name: spread(values) for name, values in rounds.items()},
+              "forwards_plain": measured.plain_forwards, "tree_nodes": 1}
+    for name in compared:
+        ratios = measured.ratios(name)
+        # Told apart from 1.00x only when every round's ratio falls on the same side of it.
+        result[f"ratio_rounds_{name}"] = ratios
+        result[f"ratio_{name}_settled"] = settled(ratios)
+        result[f"ratio_{name}_beyond_noise"] = len(ratios) >= 2 and (min(ratios) > 1 or max(ratios) < 1)
+    if "speculative" in compared:
+        result.update(_speculative_fields(model, measured, rates, temperature, tree))
+    if "transformers" in compared:
         result.update({
             "tokens_per_s_transformers": rates["transformers"],
             "plain_vs_transformers": rates["plain"] / rates["transformers"],
-            "identical_to_transformers": identical["transformers"],
+            "identical_to_transformers": measured.identical["transformers"],
         })
     return result
 
 
-def format_decode_table(result: dict) -> str:
-    speculative, reference = "tokens_per_s_speculative" in result, "tokens_per_s_transformers" in result
-    rows = [("plain", result["tokens_per_s_plain"], result["forwards_plain"], 1.0)]
-    if speculative:
-        rows.append(("speculative", result["tokens_per_s_speculative"], result["forwards_speculative"], result["tau"]))
-    if reference:
-        rows.append(("transformers", result["tokens_per_s_transformers"], result["forwards_plain"], 1.0))
-    lines = [f"{'decoding':<14} {'tokens/s':>10} {'forwards':>9} {'tokens/forward':>15}"]
-    lines += [f"{name:<14} {rate:>10.1f} {forwards:>9} {tau:>15.2f}" for name, rate, forwards, tau in rows]
-    lines.append("")
-    compiled = ""
-    if result.get("compile"):
-        compiled = ", compiled (" + ", ".join(f"{n} {s:.1f} s" for n, s in result["compile_seconds"].items()) + \
-            " compiling, not counted)"
-    length = (f"up to {result['max_new_tokens']} new tokens each (or EOS: {result['new_tokens']} in all)"
-              if result.get("stop_at_eos") else f"{result['max_new_tokens']} new tokens each")
-    footer = (f"({result['num_prompts']} prompts, median of {result['repeats']} rounds, batch size {result['batch_size']}, "
-              f"{length}, {result['device']}{compiled})")
-    if speculative:
-        identical = result["identical"]
-        lines += [f"speedup            {result['speedup']:.2f}x   (tau {result['tau']:.2f}; speedup / tau = "
-                  f"{result['speedup'] / result['tau']:.2f}; memory-bound limit for this shape "
-                  f"{result['memory_bound_limit']:.2f})",
-                  f"draft tree         {result['tree']} ({result['tree_nodes']} token"
-                  f"{'s' if result['tree_nodes'] != 1 else ''} verified per step)",
-                  "acceptance by draft position  " + ("  ".join(
-                      f"{i + 1}: {a:.1%}" for i, a in enumerate(result["acceptance_per_position"]))
-                      or "none (plain decoding: no tree was worth its step here)"),
-                  f"identical outputs  {'n/a (sampling)' if identical is None else ('yes' if identical else 'NO')}"
-                  f"   {footer}"]
-    if reference:
-        lines.append(f"plain vs transformers  {result['plain_vs_transformers']:.2f}x   (same weights, greedy; "
-                     f"identical tokens: {'yes' if result['identical_to_transformers'] else 'NO'})")
-    if not speculative:
-        lines.append(footer)
-    return "\n".join(lines)
-
-
-def plot_decode(results: list[dict], path: str) -> None:
-    """Speedup of speculative over plain decoding against batch size (left) and both decoders' tokens/s (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    results = sorted(results, key=lambda r: r["batch_size"])
-    sizes = [r["batch_size"] for r in results]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    speedups = [r["speedup"] for r in results]
-    left.plot(sizes, speedups, "o-", color="#1f77b4", label="speculative / plain")
-    left.axhline(1.0, color="#888888", lw=1, ls="--", label="plain decoding")
-    for size, speedup, r in zip(sizes, speedups, results):
-        label = "plain chosen" if r.get("tree") == "plain" else f"tau {r['tau']:.2f}\n{r['tree_nodes']} nodes"
-        left.annotate(label, (size, speedup), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7)
-    left.set_xscale("log", base=2)
-    left.set_xticks(sizes, [str(s) for s in sizes])
-    left.set_ylim(0, max(speedups + [1.0]) * 1.3)
-    left.set_xlabel("batch size")
-    left.set_ylabel("speedup (median tokens/s ratio)")
-    left.legend(fontsize=8, loc="lower left")
-    right.plot(sizes, [r["tokens_per_s_plain"] for r in results], "o-", color="#888888", label="plain")
-    right.plot(sizes, [r["tokens_per_s_speculative"] for r in results], "o-", color="#1f77b4",
-               label="self-speculative")
-    right.set_xscale("log", base=2)
-    right.set_xticks(sizes, [str(s) for s in sizes])
-    right.set_xlabel("batch size")
-    right.set_ylabel("tokens/s (all rows)")
-    right.legend(fontsize=8)
-    first = results[0]
-    mode = "compiled" if first.get("compile") else "eager"
-    fig.suptitle(f"multitoken bench decode: {Path(first.get('checkpoint', '')).name or 'model'}, {mode}, "
-                 f"tree {first.get('tree_requested', first.get('tree', 'chain'))}, {first['device']}, "
-                 f"{first['max_new_tokens']} new tokens, "
-                 f"{'greedy' if first['temperature'] == 0 else 'T=' + str(first['temperature'])}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _speculative_fields(model: MTPModel, measured: Measurements, rates: dict[str, float], temperature: float,
+                        tree) -> dict:
+    stats = measured.stats
+    drafting = tree is None or bool(tree.paths)  # an empty tree: --tree auto chose plain decoding
+    acceptance = stats.acceptance_per_position if drafting else []
+    k = len(acceptance)
+    trunk = model.config.n_trunk_layers
+    return {
+        "tokens_per_s_speculative": rates["speculative"],
+        "speedup": rates["speculative"] / rates["plain"],
+        "tau": stats.tau,
+        "acceptance_per_position": acceptance,
+        # Under sampling the two decoders draw differently (same law, different random streams): not comparable.
+        "identical": measured.identical["speculative"] if temperature == 0 else None,
+        "draft_len": k,
+        # speedup / tau is a plain step's time over a speculative step's. Where only reading weights costs
+        # (large models on a GPU), a plain step reads trunk + head 1 and a speculative one trunk + k + 1 heads.
+        "memory_bound_limit": (trunk + 1) / (trunk + k + 1),
+        "forwards_speculative": stats.forwards + measured.speculative_calls,  # verification forwards + prefills
+        "tree_nodes": stats.tree_nodes,
+        "tree": "chain" if tree is None else (str(tree) or "plain"),
+    }

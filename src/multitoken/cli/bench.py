@@ -46,7 +46,14 @@ def add_parser(subcommands) -> None:
     add_speculative_arguments(decode, auto=True)
     decode.add_argument("--temperature", type=float, default=0.0,
                         help="0 (greedy, the default) checks identical outputs; > 0 measures speculative sampling.")
-    decode.add_argument("--repeats", type=int, default=3, help="Timed rounds over all prompts.")
+    decode.add_argument("--repeats", type=int, default=3,
+                        help="Timed rounds over all prompts, at least; each case's tokens/s is the median over "
+                             "rounds, shown with its min-max.")
+    decode.add_argument("--max_repeats", type=int | None, default=None,
+                        help="Rounds are added, up to this many (default: twice --repeats), until the median ratio "
+                             "to plain decoding moves less than 2%% when a round comes in; the table says whether it "
+                             "settled and whether every round's ratio fell on one side of 1.00x. Equal to --repeats: "
+                             "exactly that many rounds.")
     decode.add_argument("--against_transformers", action="store_true",
                         help="Also time transformers' generate (greedy) on the same weights, exported as a "
                              "LlamaForCausalLM: plain decoding's tokens/s against it, and whether the tokens agree. "
@@ -89,41 +96,77 @@ def _prompts_from_file(path: str, tokenizer, chat: bool) -> list[list[int]]:
 
 
 def _run_decode(args: Namespace) -> int:
-    import numpy as np
     import torch
 
-    from multitoken.bench.decode import bench_decode, format_decode_table
+    from multitoken.bench.decode import bench_decode
+    from multitoken.bench.decode_report import format_decode_table
     from multitoken.decoding.speculative import check_draft_len
-    from multitoken.decoding.static import total_compile_seconds
     from multitoken.training.checkpoint import load_model, resolve_checkpoint
     from multitoken.training.runtime import resolve_device
 
-    require_positive(args, "num_prompts", "prompt_len", "max_new_tokens", "repeats")
-    if args.temperature < 0:
-        raise ConfigError(f"--temperature must be >= 0 (got {args.temperature}); 0 is greedy")
-    batch_sizes = int_list(args.batch_size, "--batch-size", "1,2,4,8,16")
-    _check_outputs(args.json, args.plot)
+    batch_sizes = _check_decode_settings(args)
     device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.ckpt)
     model, cfg, tokenizer = load_model(ckpt, device)
     if model.n_future == 1 and not args.against_transformers:
         raise ConfigError(f"{ckpt} is a next-token-only model (no extra heads), so there is no speculative decoding "
-                          "to compare: add "
-                          "--against-transformers to time plain decoding against transformers, or give it heads "
-                          "(train --init-from it with --model.n_future 4 --freeze trunk)")
+                          "to compare: add --against-transformers to time plain decoding against transformers, or "
+                          "give it heads (train --init-from it with --model.n_future 4 --freeze base)")
     k = check_draft_len(model, args.draft_len) if model.n_future > 1 else None
     reference = None
     if args.against_transformers:
-        if args.temperature != 0:
-            raise ConfigError("--against-transformers compares greedy decoding: leave --temperature at 0")
         reference = _transformers_reference(ckpt, model, args.max_new_tokens, tokenizer.eot_id, device)
+    prompts, source = _decode_prompts(args, model, cfg, tokenizer)
+    if max(batch_sizes) > len(prompts):
+        raise ConfigError(f"--batch-size {max(batch_sizes)} exceeds the {len(prompts)} prompts: give at least as many "
+                          "prompts (--num-prompts, or lines in --prompts) as the largest batch")
+    tree = None
+    if model.n_future > 1 and args.tree != "auto":
+        tree = parse_tree(args.tree, model, args.draft_len)
+    print(f"benchmarking {ckpt} on {source}", flush=True)
+    stop_ids = None if args.ignore_eos else torch.tensor([tokenizer.eot_id], device=device)
+    results = []
+    for batch_size in batch_sizes:
+        choosing = None
+        if model.n_future > 1 and args.tree == "auto":
+            tree, choosing = _timed_auto_tree(model, cfg, tokenizer, batch_size, args, device)
+        result = bench_decode(model, prompts, batch_size, args.max_new_tokens, k, args.temperature, args.repeats,
+                              device=device, reference=reference, compile=args.compile, tree=tree,
+                              stop_ids=stop_ids, max_repeats=args.max_repeats)
+        result.update(checkpoint=str(ckpt), prompts=source, tree_requested=args.tree)
+        if choosing is not None:
+            result["tree_choice"] = choosing
+        print(format_decode_table(result), flush=True)
+        results.append(result)
+    _write_decode_results(results, args)
+    return 0
+
+
+def _check_decode_settings(args: Namespace) -> list[int]:
+    """The batch sizes, after refusing settings that cannot run (before any model is loaded)."""
+    require_positive(args, "num_prompts", "prompt_len", "max_new_tokens", "repeats")
+    if args.max_repeats is not None and args.max_repeats < args.repeats:
+        raise ConfigError(f"--max-repeats ({args.max_repeats}) must be at least --repeats ({args.repeats})")
+    if args.temperature < 0:
+        raise ConfigError(f"--temperature must be >= 0 (got {args.temperature}); 0 is greedy")
+    if args.against_transformers and args.temperature != 0:
+        raise ConfigError("--against-transformers compares greedy decoding: leave --temperature at 0")
+    if args.chat and args.prompts is None:
+        raise ConfigError("--chat formats the prompts of a --prompts file: give one (a .jsonl of conversations, or "
+                          "one user message per line)")
+    batch_sizes = int_list(args.batch_size, "--batch-size", "1,2,4,8,16")
+    _check_outputs(args.json, args.plot)
+    return batch_sizes
+
+
+def _decode_prompts(args: Namespace, model, cfg, tokenizer) -> tuple[list[list[int]], str]:
+    """The benchmark's prompts (token lists) and where they came from: a --prompts file, or validation windows."""
+    import numpy as np
+
     context = model.config.max_seq_len
     if args.prompts is not None:
         prompts = _prompts_from_file(args.prompts, tokenizer, args.chat)
         source = args.prompts + (" (chat template)" if args.chat else "")
-    elif args.chat:
-        raise ConfigError("--chat formats the prompts of a --prompts file: give one (a .jsonl of conversations, or "
-                          "one user message per line)")
     else:
         val = _validation_tokens(cfg, tokenizer, args)
         check_prompt_fits(args.prompt_len, args.max_new_tokens, context, "--prompt-len")
@@ -138,32 +181,25 @@ def _run_decode(args: Namespace) -> int:
         source = f"validation split, {args.num_prompts} windows of {args.prompt_len} tokens"
     for i, ids in enumerate(prompts):
         check_prompt_fits(len(ids), args.max_new_tokens, context, f"prompt {i + 1}")
-    if max(batch_sizes) > len(prompts):
-        raise ConfigError(f"--batch-size {max(batch_sizes)} exceeds the {len(prompts)} prompts: give at least as many "
-                          "prompts (--num-prompts, or lines in --prompts) as the largest batch")
-    tree = None
-    if model.n_future > 1 and args.tree != "auto":
-        tree = parse_tree(args.tree, model, args.draft_len)
-    print(f"benchmarking {ckpt} on {source}", flush=True)
-    results = []
-    for batch_size in batch_sizes:
-        choosing = None
-        if model.n_future > 1 and args.tree == "auto":
-            start, compiled_before = time.perf_counter(), total_compile_seconds(model)
-            tree = _auto_tree(model, cfg, tokenizer, batch_size, args, device)
-            # The choice compiles the steps the benchmark then reuses: its time is reported here, apart.
-            choosing = {"seconds": time.perf_counter() - start,
-                        "compile_seconds": total_compile_seconds(model) - compiled_before}
-            print(f"  (choosing took {choosing['seconds']:.0f} s, {choosing['compile_seconds']:.0f} s of it compiling "
-                  "steps the benchmark reuses; none of it counted in tokens/s)", flush=True)
-        result = bench_decode(model, prompts, batch_size, args.max_new_tokens, k, args.temperature, args.repeats,
-                              device=device, reference=reference, compile=args.compile, tree=tree,
-                              stop_ids=None if args.ignore_eos else torch.tensor([tokenizer.eot_id], device=device))
-        result.update(checkpoint=str(ckpt), prompts=source, tree_requested=args.tree)
-        if choosing is not None:
-            result["tree_choice"] = choosing
-        print(format_decode_table(result), flush=True)
-        results.append(result)
+    return prompts, source
+
+
+def _timed_auto_tree(model, cfg, tokenizer, batch_size: int, args: Namespace, device):
+    """--tree auto's choice for this batch size, and how long choosing took (it compiles the steps the benchmark
+    then reuses: reported apart, never counted in tokens/s)."""
+    from multitoken.decoding.static import total_compile_seconds
+
+    start, compiled_before = time.perf_counter(), total_compile_seconds(model)
+    tree = _auto_tree(model, cfg, tokenizer, batch_size, args, device)
+    choosing = {"seconds": time.perf_counter() - start,
+                "compile_seconds": total_compile_seconds(model) - compiled_before}
+    print(f"  (choosing took {choosing['seconds']:.0f} s, {choosing['compile_seconds']:.0f} s of it compiling "
+          "steps the benchmark reuses; none of it counted in tokens/s)", flush=True)
+    return tree, choosing
+
+
+def _write_decode_results(results: list[dict], args: Namespace) -> None:
+    """A sweep's summary table, the JSON and the plot."""
     if len(results) > 1 and "speedup" in results[0]:
         print("\nbatch size  speedup  tau   tree nodes")
         for r in results:
@@ -173,11 +209,10 @@ def _run_decode(args: Namespace) -> int:
     if args.plot:
         if "speedup" not in results[0]:
             raise ConfigError("--plot draws speculative speedups, and this checkpoint has no extra heads")
-        from multitoken.bench.decode import plot_decode
+        from multitoken.bench.decode_report import plot_decode
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot_decode(results, args.plot)
         print(f"wrote {args.plot}")
-    return 0
 
 
 def _check_outputs(json_path: str | None, plot_path: str | None, plot_example: str = "decode.png") -> None:
