@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from tests.cli.conftest import assert_one_line_error, run_cli
 
 
+@pytest.mark.slow
 def test_bench_train_records_table_and_plot(capsys, tmp_path):
     out_json, out_png = tmp_path / "train.json", tmp_path / "train.png"
     code, out, _ = run_cli(capsys, "bench", "train", "--vocab-size", 600, "--d-model", 32, "--n-layer", 3,
@@ -29,6 +32,7 @@ def test_bench_train_bad_input(capsys, tmp_path):
     assert_one_line_error(code, err, f"--json {tmp_path} is a directory")
 
 
+@pytest.mark.slow
 def test_bench_train_selected_cases_rounds_and_flops(capsys, tmp_path):
     out_json = tmp_path / "train.json"
     code, out, _ = run_cli(capsys, "bench", "train", "--vocab-size", 600, "--d-model", 32, "--n-layer", 3,

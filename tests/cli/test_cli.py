@@ -200,6 +200,7 @@ def test_speculative_bad_input(trained_run, corpus, tmp_path, capsys):
     assert_one_line_error(code, err, "next-token-only model")
 
 
+@pytest.mark.slow
 def test_real_process_exit_code_and_no_traceback(tmp_path):
     """The installed entry point, in its own process: what a shell user sees."""
     env = {**os.environ, "MULTITOKEN_CACHE": str(tmp_path / "cache")}

@@ -119,6 +119,7 @@ def test_train_reads_a_distilled_dataset(heads_model):
     assert load_model(heads_model)[0].n_future == 3
 
 
+@pytest.mark.slow
 def test_bench_decode_chat_prompts_stop_at_eos(heads_model, tmp_path, capsys):
     """bench decode --prompts FILE.jsonl --chat: conversations through the template, rows ending at EOS (tokens/s
     counts what was produced), speculative output identical; bad prompt files get one line."""

@@ -16,6 +16,7 @@ from multitoken.data.tokens import BYTES_EOT, load_tokens
 from multitoken.errors import DataError
 
 
+@pytest.mark.slow
 def test_default_corpus_is_this_pythons_stdlib():
     sources = default_corpus_sources()
     keys = {s.key for s in sources}

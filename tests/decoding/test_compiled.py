@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from multitoken.decoding.generate import generate, pad_prompts
@@ -9,6 +10,8 @@ from multitoken.decoding.speculative import speculative_generate
 from multitoken.decoding.static import decoder_for
 from multitoken.decoding.tree import DraftTree
 from tests.conftest import sharp_model
+
+pytestmark = pytest.mark.slow  # every test here compiles decoding steps
 
 
 def test_steps_have_no_graph_breaks():

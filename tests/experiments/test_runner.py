@@ -3,6 +3,7 @@ case."""
 
 import json
 
+import pytest
 import torch
 
 from multitoken.experiments import induction
@@ -43,6 +44,7 @@ def test_word_tokenizer_maps_one_word_to_one_token():
     assert len(ids) == 4 and tok.eot_id == 0 and tok.decode(ids) == "the Ka zor ."
 
 
+@pytest.mark.slow
 def test_quick_grids_write_results_and_resume(tmp_path, capsys):
     out = tmp_path / "induction"
     code, printed, _ = run_cli(capsys, "experiment", "induction", "--quick", "--out", out)
@@ -92,6 +94,7 @@ def test_quick_grids_write_results_and_resume(tmp_path, capsys):
     assert f"| {100 * floor['in_domain']:.1f} |" in last and "most frequent answer" in printed
 
 
+@pytest.mark.slow
 def test_quick_byte_level_grid(tmp_path, capsys):
     out = tmp_path / "bytes"
     code, printed, _ = run_cli(capsys, "experiment", "bytes", "--quick", "--out", out)
@@ -111,6 +114,7 @@ def test_quick_byte_level_grid(tmp_path, capsys):
     assert merged[:4] == records and [(r["n_future"], r["seed"]) for r in merged[4:]] == [(1, 2)]
 
 
+@pytest.mark.slow
 def test_report_redraws_from_results_json_alone(tmp_path, capsys):
     out = tmp_path / "bytes"
     assert run_cli(capsys, "experiment", "bytes", "--quick", "--out", out)[0] == 0

@@ -22,6 +22,7 @@ def cli(capsys, *argv) -> str:
     return out + err
 
 
+@pytest.mark.slow
 def test_convert_use_add_heads_decode_export(tmp_path, corpus, capsys):
     transformers = pytest.importorskip("transformers")
     make_hf_model(tmp_path / "hf", num_key_value_heads=2, tie_word_embeddings=True)

@@ -24,7 +24,7 @@ from multitoken.training.checkpoint import list_checkpoints
 from multitoken.training.trainer import Trainer, train
 from tests.conftest import tiny_train_config
 
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")]
 
 B = 2  # per-rank batch
 

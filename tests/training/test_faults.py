@@ -55,6 +55,7 @@ def config(corpus, run: Path, **overrides):
 
 # --- one writer per run --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_free(corpus, tmp_path):
     run = tmp_path / "run"
     first = Trainer(config(corpus, run))  # holds the lock until closed
@@ -261,6 +262,7 @@ train(tiny_train_config(sys.argv[3], sys.argv[4], save_interval=2, keep_last=2, 
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where,step", [("save", 4), ("delete", 2), ("save", 6)])
 def test_kill_9_during_save_and_deletion_then_resume_is_bit_identical(corpus, tmp_path, straight, where, step):
     run = tmp_path / "killed"
