@@ -184,16 +184,9 @@ def distill(model, tokenizer, prompts: list[list[int]], keys: list[str], out: st
             generator = torch.Generator(device=model.output.weight.device).manual_seed(options.seed + index)
             answers, ended = _decode_batch(model, [prompts[i] for i in batch], options.batch_size, cache_len,
                                            tokenizer.eot_id, options, generator)
-            docs = [prompts[i] + a + ([] if e else [tokenizer.eot_id]) for i, a, e in zip(batch, answers, ended)]
-            parts[index] = {
-                "tokens": np.asarray([t for d in docs for t in d], dtype=np.int64),
-                "lengths": np.asarray([len(d) for d in docs], dtype=np.int64),
-                "val": np.asarray([is_validation(keys[i], options.val_fraction) for i in batch], dtype=bool),
-                "answer_lengths": np.asarray([len(a) for a in answers], dtype=np.int64),
-                "ended": np.asarray(ended, dtype=bool),
-            }
+            parts[index] = _part(batch, prompts, keys, answers, ended, tokenizer.eot_id, options.val_fraction)
             _save_part(_part_path(out, index), parts[index])
-            new_tokens += sum(len(a) for a in answers)
+            new_tokens += int(parts[index]["answer_lengths"].sum())
             bar.update(len(batch))
             bar.set_postfix_str(f"{new_tokens / max(time.perf_counter() - decode_start, 1e-9):,.0f} tokens/s")
     finally:
@@ -201,6 +194,20 @@ def distill(model, tokenizer, prompts: list[list[int]], keys: list[str], out: st
     manifest = _write_dataset(out, parts, tokenizer, key, model_id, options)
     return DistillResult(manifest, batches=len(batches), batches_reused=reused, new_tokens=new_tokens,
                          seconds=time.perf_counter() - start, stats=manifest["distilled"])
+
+
+def _part(batch: list[int], prompts: list[list[int]], keys: list[str], answers: list[list[int]], ended: list[bool],
+          eot_id: int, val_fraction: float) -> dict[str, np.ndarray]:
+    """One decoded batch as arrays: its prompt + answer documents (an end-of-text token closes each answer that
+    did not reach one), and per document its split and answer."""
+    docs = [prompts[i] + a + ([] if e else [eot_id]) for i, a, e in zip(batch, answers, ended)]
+    return {
+        "tokens": np.asarray([t for d in docs for t in d], dtype=np.int64),
+        "lengths": np.asarray([len(d) for d in docs], dtype=np.int64),
+        "val": np.asarray([is_validation(keys[i], val_fraction) for i in batch], dtype=bool),
+        "answer_lengths": np.asarray([len(a) for a in answers], dtype=np.int64),
+        "ended": np.asarray(ended, dtype=bool),
+    }
 
 
 def _write_dataset(out: Path, parts: list[dict], tokenizer, key: str, model_id: str, options: DistillOptions) -> dict:

@@ -87,6 +87,26 @@ def _first(value):
     return value[0] if isinstance(value, list) and value else value
 
 
+def _rope_settings(raw: dict, path: Path) -> tuple[float, dict | None]:
+    """The rotary base and scaling (ModelConfig's form) of a config.json."""
+    # transformers 5 writes rope settings under rope_parameters; older files have rope_theta / rope_scaling on top.
+    rope = raw.get("rope_parameters") or {}
+    theta = float(rope.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    scaling = {k: v for k, v in rope.items() if k != "rope_theta"} or raw.get("rope_scaling")
+    if not scaling:
+        return theta, None
+    scaling = dict(scaling)
+    kind = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
+    if kind == "default":
+        return theta, None
+    if kind == "llama3":
+        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        return theta, {"rope_type": "llama3", **{k: scaling[k] for k in keys if k in scaling}}
+    if kind == "linear":
+        return theta, {"rope_type": "linear", "factor": scaling.get("factor")}
+    raise CheckpointError(f"{path}: rotary scaling {kind!r} is not supported (multitoken reads llama3 and linear)")
+
+
 def read_config(folder: Path, max_seq_len: int | None = None) -> tuple[ModelConfig, list[str], dict]:
     """ModelConfig of a Hugging Face folder, notes for the user, and the raw config. One-line errors for anything
     this model cannot represent exactly."""
@@ -104,26 +124,7 @@ def read_config(folder: Path, max_seq_len: int | None = None) -> tuple[ModelConf
         if raw.get(key, ok) != ok:
             raise CheckpointError(f"{path}: {key} is {raw[key]!r}, but multitoken's Llama layers need {ok!r}")
     notes = []
-    # transformers 5 writes rope settings under rope_parameters; older files have rope_theta / rope_scaling on top.
-    rope = raw.get("rope_parameters") or {}
-    theta = float(rope.get("rope_theta", raw.get("rope_theta", 10000.0)))
-    scaling = {k: v for k, v in rope.items() if k != "rope_theta"} or raw.get("rope_scaling")
-    if scaling:
-        scaling = dict(scaling)
-        kind = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
-        scaling.pop("type", None)
-        if kind == "default":
-            scaling = None
-        elif kind == "llama3":
-            scaling = {"rope_type": "llama3", **{k: scaling[k] for k in ("factor", "low_freq_factor",
-                                                                         "high_freq_factor",
-                                                                         "original_max_position_embeddings")
-                                                 if k in scaling}}
-        elif kind == "linear":
-            scaling = {"rope_type": "linear", "factor": scaling.get("factor")}
-        else:
-            raise CheckpointError(f"{path}: rotary scaling {kind!r} is not supported (multitoken reads llama3 and "
-                                  "linear)")
+    theta, scaling = _rope_settings(raw, path)
     context = int(raw.get("max_position_embeddings", 2048))
     window = raw.get("sliding_window") if raw.get("use_sliding_window", True) else None
     if window is not None and window < context:
