@@ -202,3 +202,23 @@ def test_binary_and_empty_data_files(trained_run, tmp_path, capsys):
     code, _, err = run_cli(capsys, "prepare", "--data", tmp_path / "empty.txt", "--out", tmp_path / "p")
     assert_one_line_error(code, err, "holds no text")
     assert not (tmp_path / "p").exists() and not (tmp_path / "r").exists()
+
+
+def test_every_option_of_every_subcommand_has_its_dashed_twin():
+    """The spellings are declared on the parser (nothing rewrites the command line): walk every subcommand."""
+    import argparse
+
+    from multitoken.cli.main import build_parser
+    from multitoken.cli.spellings import _subparsers
+
+    seen, parsers = 0, [build_parser()]
+    while parsers:
+        parser = parsers.pop()
+        parsers += _subparsers(parser)
+        names = parser._option_string_actions
+        for name, action in names.items():
+            if name.startswith("--") and "_" in name and action.help is not argparse.SUPPRESS:
+                assert names.get(name.replace("_", "-")) is action, name
+                seen += 1
+        assert names["--debug"].dest == "debug"
+    assert seen > 80  # every subcommand was reached

@@ -51,7 +51,7 @@ def add_parser(subcommands) -> None:
                              "rounds, shown with its min-max.")
     decode.add_argument("--max_repeats", type=int | None, default=None,
                         help="Rounds are added, up to this many (default: twice --repeats), until the median ratio "
-                             "to plain decoding moves less than 2%% when a round comes in; the table says whether it "
+                             "to plain decoding moves less than 2 percent when a round comes in; the table says whether it "
                              "settled and whether every round's ratio fell on one side of 1.00x. Equal to --repeats: "
                              "exactly that many rounds.")
     decode.add_argument("--against_transformers", action="store_true",

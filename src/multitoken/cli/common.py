@@ -9,6 +9,8 @@ from typing import Any
 
 from jsonargparse import ArgumentParser, set_parsing_settings
 
+from multitoken.cli.spellings import OneNameHelpFormatter
+
 # The config dataclasses document each field in a docstring right below it; this makes those texts the --help.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
@@ -17,27 +19,7 @@ def new_parser(description: str, prog: str | None = None) -> ArgumentParser:
     # exit_on_error=False: parse errors come back as exceptions, and main() prints them as one line.
     # allow_abbrev=False: a misspelt key such as --model.n_futur must be an error, not a silent prefix match.
     return ArgumentParser(description=description, prog=prog, exit_on_error=False, allow_abbrev=False,
-                          env_prefix="MULTITOKEN", default_env=False)
-
-
-def normalize_options(argv: list[str], bool_options: tuple[str, ...] = ()) -> list[str]:
-    """One spelling for every option, whichever the user typed: options are declared with underscores
-    (`--max_new_tokens`, `--model.n_future`) and dashes are accepted for them (`--max-new-tokens`). Settings in
-    bool_options may be given bare (`--resume` for `--resume true`); a value after them is still read as one."""
-    out, options_done = [], False
-    for i, arg in enumerate(argv):
-        if arg == "--":
-            options_done = True
-        if options_done or not arg.startswith("--"):
-            out.append(arg)
-            continue
-        name, eq, value = arg[2:].partition("=")
-        arg = "--" + name.replace("-", "_") + eq + value
-        nxt = argv[i + 1] if i + 1 < len(argv) else None
-        if not eq and arg in bool_options and (nxt is None or nxt.startswith("-")):
-            arg += "=true"
-        out.append(arg)
-    return out
+                          env_prefix="MULTITOKEN", default_env=False, formatter_class=OneNameHelpFormatter)
 
 
 def add_command_group(subcommands, name: str, description: str, help: str):

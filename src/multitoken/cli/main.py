@@ -11,7 +11,8 @@ import warnings
 
 from multitoken.cli import (bench, chat, convert, distill, evaluate, experiment, export, generate, info, prepare,
                             tokenizer, train)
-from multitoken.cli.common import new_parser, normalize_options
+from multitoken.cli.common import new_parser
+from multitoken.cli.spellings import DEBUG_HELP, accept_spellings
 
 COMMANDS = {"train": train, "generate": generate, "chat": chat, "eval": evaluate, "info": info, "bench": bench,
             "prepare": prepare, "distill": distill, "tokenizer": tokenizer, "convert": convert, "export": export,
@@ -19,12 +20,14 @@ COMMANDS = {"train": train, "generate": generate, "chat": chat, "eval": evaluate
 
 
 def build_parser():
-    parser = new_parser("Train and serve multi-token prediction language models (Gloeckle et al. 2024).",
-                        prog="multitoken")
-    parser.add_argument("--debug", action="store_true", help="Show full tracebacks on errors.")
+    parser = new_parser("Train and serve multi-token prediction language models (Gloeckle et al. 2024). Every option "
+                        "takes dashes or underscores (--max-new-tokens, --max_new_tokens), and a true/false "
+                        "setting given bare means true.", prog="multitoken")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     subcommands = parser.add_subcommands(required=True, dest="command")
     for module in COMMANDS.values():
         module.add_parser(subcommands)
+    accept_spellings(parser)
     return parser
 
 
@@ -34,8 +37,7 @@ def _one_line(message: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    debug = "--debug" in argv  # read before parsing: a parse error shows its traceback too
     warnings.filterwarnings("ignore", module="jsonargparse")
     from jsonargparse import ArgumentError
 
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         parser = build_parser()
-        args = parser.parse_args(train.normalize_argv(argv) if argv[:1] == ["train"] else normalize_options(argv))
+        args = parser.parse_args(argv)
         return COMMANDS[args.command].run(args[args.command])
     except ArgumentError as e:
         if debug:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-
 from pathlib import Path
 
 import yaml
 from jsonargparse import ActionConfigFile, Namespace
 
-from multitoken.cli.common import new_parser, normalize_options
+from multitoken.cli.common import new_parser
+from multitoken.cli.spellings import shorthand
 from multitoken.config import TrainConfig, from_dict
 from multitoken.errors import ConfigError
 
@@ -19,22 +17,6 @@ n_future=4 model on this Python's standard library source (about 7 minutes on 2 
 runs/default. Settings come from the defaults, then --config FILE.yaml, then dotted overrides such as
 --model.n_future 2 --optim.lr 3e-4 --max_steps 100, in that order. Train on your own text with --data PATH
 (short for --data.path: a file, a folder, or a list '[a, b]'); continue a stopped run with --resume."""
-
-
-def _bool_options(cls: type = TrainConfig, prefix: str = "--") -> tuple[str, ...]:
-    """Every setting that takes true/false (nested ones too, e.g. --data.mask_documents): usable as a bare flag."""
-    hints = typing.get_type_hints(cls)
-    found: list[str] = []
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            found += _bool_options(hint, f"{prefix}{f.name}.")
-        elif hint is bool or bool in typing.get_args(hint):
-            found.append(prefix + f.name)
-    return tuple(found)
-
-
-BOOL_OPTIONS = _bool_options()
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -79,26 +61,15 @@ def add_parser(subcommands) -> None:
     parser = new_parser(DESCRIPTION)
     parser.add_argument("--config", action=CheckedConfigFile, help="YAML file with any of the settings below.")
     parser.add_class_arguments(TrainConfig, None, fail_untyped=True)
+    # `--data PATH` is short for `--data.path PATH` (jsonargparse would read `--data` as a YAML file for the group).
+    shorthand(parser, "--data", "--data.path")
     subcommands.add_subcommand("train", parser, help="Train a model (default: the built-in byte-level run).")
-
-
-def normalize_argv(argv: list[str]) -> list[str]:
-    """train's own shorthand on top of the shared spellings (see cli/common.py): `--data PATH` for `--data.path PATH`
-    (jsonargparse would otherwise read `--data` as a YAML file for the data group)."""
-    out = []
-    for arg in normalize_options(argv, BOOL_OPTIONS):
-        if arg == "--data":
-            arg = "--data.path"
-        elif arg.startswith("--data="):
-            arg = "--data.path=" + arg.removeprefix("--data=")
-        out.append(arg)
-    return out
 
 
 def config_from_args(args: Namespace) -> TrainConfig:
     values = args.as_dict()
-    values.pop("config", None)
-    values.pop("__path__", None)
+    for key in ("config", "__path__", "debug"):  # the parser's own options, not settings
+        values.pop(key, None)
     return from_dict(TrainConfig, values)
 
 
