@@ -14,7 +14,7 @@ import torch
 
 from multitoken.data.prompts import encode_prompt, read_prompts
 from multitoken.decoding.speculative import DecodeStats, speculative_generate
-from multitoken.training.checkpoint import load_model
+from multitoken.checkpoint import load_checkpoint
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--draft-len", type=int, default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    model, _, tokenizer = load_model(args.ckpt)
+    model, _, tokenizer = load_checkpoint(args.ckpt)
     stop = torch.tensor([tokenizer.eot_id])
     total = DecodeStats()
     for prompt in read_prompts(args.prompts):

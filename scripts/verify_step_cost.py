@@ -19,7 +19,7 @@ import torch
 
 from multitoken.decoding.static import cache_slots, decoder_for
 from multitoken.decoding.tree import DraftTree
-from multitoken.training.checkpoint import load_model
+from multitoken.checkpoint import load_checkpoint
 
 
 def make_cases(model, k: int, prompt_len: int, steps: int) -> dict:
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    model = load_model(args.ckpt)[0]
+    model = load_checkpoint(args.ckpt)[0]
     with torch.no_grad():
         cases, prompt, lengths = make_cases(model, args.draft_len, args.prompt_len, args.steps)
         compile_seconds = {}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from multitoken.interop.convert import convert
-from multitoken.training.checkpoint import load_model
+from multitoken.checkpoint import load_checkpoint
 from tests.cli.conftest import assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.skipif(sys.version_info < (3, 11), reason="transformers needs Python >= 3.11")
@@ -55,7 +55,7 @@ def test_documents_are_prompts_and_greedy_answers(chat_model, tmp_path, capsys):
 
     code, _, err = run_cli(capsys, *distill_args(chat_model, write_prompts(tmp_path / "p.jsonl"), tmp_path / "out"))
     assert code == 0 and "distilled 8 prompts (chat template)" in err
-    model, _, tok = load_model(chat_model)
+    model, _, tok = load_checkpoint(chat_model)
     keys = [p.key for p in read_prompts(tmp_path / "p.jsonl")]
     prompts = [encode_chat(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
     docs = []
@@ -80,7 +80,7 @@ def test_a_killed_distillation_resumes_to_the_same_dataset(chat_model, tmp_path,
     from multitoken.data.distill import DistillOptions, distill
     from multitoken.data.prompts import encode_prompt, read_prompts
 
-    model, _, tok = load_model(chat_model)
+    model, _, tok = load_checkpoint(chat_model)
     records = read_prompts(write_prompts(tmp_path / "p.jsonl"))
     prompts, keys = [encode_prompt(tok, p, True) for p in records], [p.key for p in records]
     options = DistillOptions(max_new_tokens=10, batch_size=3, temperature=1.0, seed=4, compile=False)
@@ -116,7 +116,7 @@ def heads_model(chat_model, tmp_path_factory):
 
 
 def test_train_reads_a_distilled_dataset(heads_model):
-    assert load_model(heads_model)[0].n_future == 3
+    assert load_checkpoint(heads_model)[0].n_future == 3
 
 
 @pytest.mark.slow

@@ -14,7 +14,8 @@ from multitoken.data.tokenizer import ByteTokenizer, load_tokenizer
 from multitoken.interop.convert import convert
 from multitoken.interop.export import export
 from multitoken.interop.meta import ffn_rule_for, ffn_width
-from multitoken.training.checkpoint import read_weights, save_checkpoint
+from multitoken.checkpoint import read_weights
+from multitoken.training.checkpoint import save_checkpoint
 
 SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
            "original_max_position_embeddings": 16}

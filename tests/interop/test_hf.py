@@ -11,7 +11,7 @@ import torch
 import multitoken
 from multitoken.interop import hf
 from multitoken.interop.convert import convert
-from multitoken.training.checkpoint import load_model as load_checkpoint
+from multitoken.checkpoint import load_checkpoint
 from tests.interop.conftest import VOCAB, make_hf_model
 
 pytestmark = pytest.mark.skipif(sys.version_info < (3, 11), reason="transformers needs Python >= 3.11")

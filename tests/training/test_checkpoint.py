@@ -6,7 +6,8 @@ import torch
 from multitoken import MTPModel, TrainConfig
 from multitoken.data.tokenizer import ByteTokenizer
 from multitoken.errors import CheckpointError
-from multitoken.training.checkpoint import (list_checkpoints, load_model, resolve_checkpoint, save_checkpoint)
+from multitoken.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
+from multitoken.training.checkpoint import save_checkpoint
 from tests.conftest import tiny_model_config
 
 
@@ -20,7 +21,7 @@ def test_round_trip_weights_config_and_outputs(tmp_path):
     model = MTPModel(tiny_model_config(vocab_size=256, n_future=3))
     ckpt = _save(tmp_path, 7, model)
     assert ckpt.name == "step_000007"
-    loaded, cfg, tokenizer = load_model(tmp_path)  # a run directory resolves to its newest checkpoint
+    loaded, cfg, tokenizer = load_checkpoint(tmp_path)  # a run directory resolves to its newest checkpoint
     assert cfg.model == model.config and tokenizer.kind == "bytes"
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
@@ -34,7 +35,7 @@ def test_tied_embeddings_are_stored_once_and_stay_tied(tmp_path):
     model = MTPModel(tiny_model_config(vocab_size=256, tie_embeddings=True))
     ckpt = _save(tmp_path, 1, model)
     assert "output.weight" not in load_file(ckpt / "model.safetensors")
-    loaded, _, _ = load_model(ckpt)
+    loaded, _, _ = load_checkpoint(ckpt)
     assert loaded.output.weight is loaded.tok_embeddings.weight
     assert torch.equal(loaded.output.weight, model.output.weight)
 
@@ -63,20 +64,20 @@ def test_corrupt_weights(tmp_path):
     data = (ckpt / "model.safetensors").read_bytes()
     (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        load_model(ckpt)
+        load_checkpoint(ckpt)
     (ckpt / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        load_model(ckpt)
+        load_checkpoint(ckpt)
 
 
 def test_incomplete_and_mismatched_checkpoints(tmp_path):
     ckpt = _save(tmp_path, 1, MTPModel(tiny_model_config(vocab_size=256)))
     (ckpt / "config.yaml").write_text((ckpt / "config.yaml").read_text().replace("d_model: 32", "d_model: 64"))
     with pytest.raises(CheckpointError, match="does not describe the weights .*d_model 32 -> 64"):
-        load_model(ckpt)
+        load_checkpoint(ckpt)
     (ckpt / "config.yaml").write_text("model: [unclosed")
     with pytest.raises(CheckpointError, match="corrupt"):
-        load_model(ckpt)
+        load_checkpoint(ckpt)
     (ckpt / "tokenizer_config.json").unlink()
     with pytest.raises(CheckpointError, match="incomplete"):
-        load_model(ckpt)
+        load_checkpoint(ckpt)

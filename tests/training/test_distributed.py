@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from multitoken.config import TrainConfig, from_dict, to_dict
-from multitoken.training.checkpoint import list_checkpoints
+from multitoken.checkpoint import list_checkpoints
 from multitoken.training.trainer import Trainer, train
 from tests.conftest import tiny_train_config
 

@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from multitoken.errors import CheckpointError, ConfigError, TrainingError
 from multitoken.training import checkpoint as checkpoint_module
-from multitoken.training.checkpoint import list_checkpoints, load_model, save_checkpoint, sweep_debris
+from multitoken.checkpoint import list_checkpoints, load_checkpoint
+from multitoken.training.checkpoint import save_checkpoint, sweep_debris
 from multitoken.training.run_lock import RunLock
 from multitoken.training.trainer import Trainer, train
 from tests.conftest import tiny_train_config
@@ -228,7 +229,7 @@ def test_divergence_stops_before_any_save_and_non_finite_weights_are_refused(cor
     state["norm.weight"][0] = float("nan")
     save_file(state, ckpt / "model.safetensors")
     with pytest.raises(CheckpointError, match="non-finite weights .*norm.weight"):
-        load_model(ckpt)
+        load_checkpoint(ckpt)
 
 
 # --- kill -9 in a real process, at the worst moments --------------------------------------------------------------------

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from multitoken import MTPModel, OptimConfig
-from multitoken.training.checkpoint import list_checkpoints
+from multitoken.checkpoint import list_checkpoints
 from multitoken.training.loss import mtp_loss
 from multitoken.training.optim import build_optimizer
 from multitoken.training.runtime import autocast_for

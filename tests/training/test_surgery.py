@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from multitoken.config import DataConfig, TrainConfig
 from multitoken.errors import CheckpointError, ConfigError
-from multitoken.training.checkpoint import list_checkpoints
+from multitoken.checkpoint import list_checkpoints
 from multitoken.training.trainer import Trainer, train
 from tests.conftest import tiny_model_config, tiny_train_config
 
@@ -97,7 +97,7 @@ def test_frozen_base_keeps_what_the_model_says(corpus, tmp_path, tied):
     plain greedy output are bit-identical to the source's, and speculative decoding gives exactly that output."""
     from multitoken.decoding.generate import generate
     from multitoken.decoding.speculative import speculative_generate
-    from multitoken.training.checkpoint import load_model
+    from multitoken.checkpoint import load_checkpoint
 
     source = tmp_path / "source"
     train(tiny_train_config(corpus, source, max_steps=3,
@@ -110,7 +110,7 @@ def test_frozen_base_keeps_what_the_model_says(corpus, tmp_path, tied):
     assert kept and all(torch.equal(after[k], before[k]) for k in kept if k in before)
     assert all(not torch.equal(after[k], after["layers.3." + k.split(".", 2)[2]])
                for k in after if k.startswith("extra_heads.") and k.endswith("wq.weight"))  # the heads did learn
-    old, new = load_model(source)[0], load_model(tmp_path / "heads")[0]
+    old, new = load_checkpoint(source)[0], load_checkpoint(tmp_path / "heads")[0]
     idx = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(old(idx), new(idx))

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from multitoken.errors import CheckpointError
-from multitoken.training.checkpoint import list_checkpoints
+from multitoken.checkpoint import list_checkpoints
 from multitoken.training.trainer import Trainer, train
 from tests.conftest import tiny_model_config, tiny_train_config
 

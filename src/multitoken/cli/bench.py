@@ -101,13 +101,13 @@ def _run_decode(args: Namespace) -> int:
     from multitoken.bench.decode import bench_decode
     from multitoken.bench.decode_report import format_decode_table
     from multitoken.decoding.speculative import check_draft_len
-    from multitoken.training.checkpoint import load_model, resolve_checkpoint
+    from multitoken.checkpoint import load_checkpoint, resolve_checkpoint
     from multitoken.training.runtime import resolve_device
 
     batch_sizes = _check_decode_settings(args)
     device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.ckpt)
-    model, cfg, tokenizer = load_model(ckpt, device)
+    model, cfg, tokenizer = load_checkpoint(ckpt, device)
     if model.n_future == 1 and not args.against_transformers:
         raise ConfigError(f"{ckpt} is a next-token-only model (no extra heads), so there is no speculative decoding "
                           "to compare: add --against-transformers to time plain decoding against transformers, or "

@@ -36,12 +36,12 @@ def run(args: Namespace) -> int:
     from multitoken.data.chat import encode_chat
     from multitoken.decoding import generate
     from multitoken.decoding.speculative import speculative_generate
-    from multitoken.training.checkpoint import load_model
+    from multitoken.checkpoint import load_checkpoint
     from multitoken.training.runtime import resolve_device
 
     check_sampling(args)
     device = resolve_device(args.device)
-    model, _, tokenizer = load_model(args.ckpt, device)
+    model, _, tokenizer = load_checkpoint(args.ckpt, device)
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(f"{args.ckpt}: this model's tokenizer has no chat template, so it has no chat format: use "
                           "`multitoken generate --prompt` to continue text instead")

@@ -80,7 +80,7 @@ def model_id(ckpt: Path) -> str:
 def run(args: Namespace) -> int:
     from multitoken.data.distill import DistillOptions, distill, remove_parts
     from multitoken.data.prompts import encode_prompt, read_prompts
-    from multitoken.training.checkpoint import load_model, resolve_checkpoint
+    from multitoken.checkpoint import load_checkpoint, resolve_checkpoint
     from multitoken.training.runtime import resolve_device
 
     options = DistillOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -88,7 +88,7 @@ def run(args: Namespace) -> int:
                              val_fraction=args.val_fraction)
     device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.ckpt)
-    model, _, tokenizer = load_model(ckpt, device)
+    model, _, tokenizer = load_checkpoint(ckpt, device)
     if args.prompt_tokens is not None:
         if args.chat == "true":
             raise ConfigError("--prompt-tokens cuts a text corpus into plain-text prompts: drop --chat true")

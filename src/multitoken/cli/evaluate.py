@@ -27,13 +27,13 @@ def run(args: Namespace) -> int:
     from multitoken.data.batches import eval_batches
     from multitoken.data.tokens import resolve_data, user_data_config
     from multitoken.errors import ConfigError, DataError
-    from multitoken.training.checkpoint import load_model, resolve_checkpoint
+    from multitoken.checkpoint import load_checkpoint, resolve_checkpoint
     from multitoken.training.evaluate import evaluate, format_eval_table
     from multitoken.training.runtime import resolve_device
 
     device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.ckpt)
-    model, cfg, tokenizer = load_model(ckpt, device)
+    model, cfg, tokenizer = load_checkpoint(ckpt, device)
     batch_size = cfg.batch_size if args.batch_size is None else args.batch_size
     num_batches = cfg.eval_batches if args.batches is None else args.batches
     if batch_size < 1 or num_batches < 1:

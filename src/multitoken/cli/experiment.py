@@ -8,6 +8,7 @@ from jsonargparse import Namespace
 
 from multitoken.cli.common import add_command_group, add_device_argument, int_list, new_parser
 from multitoken.errors import ConfigError
+from multitoken.files import read_json
 
 COMMON_HELP = ("Each run is an ordinary run directory under OUT/runs (trained by the ordinary trainer, resumable); "
                "re-running skips finished runs, resumes unfinished ones and evaluates only new checkpoints. Writes "
@@ -76,16 +77,10 @@ def _sizes(text: str, known: dict) -> dict:
 
 
 def _report(experiment: str, out) -> int:
-    import json
-
     from multitoken.experiments.runner import write_report
 
     path = out / "results.json"
-    try:
-        records = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read {path} ({type(e).__name__}): run the grid first, or point --out at its "
-                          "folder") from None
+    records = read_json(path, "run the grid first, or point --out at its folder", ConfigError, kind=list)
     print(write_report(experiment, records, out))
     print(f"wrote {out / 'results.md'} and {out / (experiment + '.png')}")
     return 0

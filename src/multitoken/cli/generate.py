@@ -176,12 +176,12 @@ def run(args: Namespace) -> int:
 
     from multitoken.decoding import generate
     from multitoken.decoding.speculative import check_draft_len, speculative_generate
-    from multitoken.training.checkpoint import load_model
+    from multitoken.checkpoint import load_checkpoint
     from multitoken.training.runtime import resolve_device
 
     check_sampling(args)
     device = resolve_device(args.device)
-    model, _, tokenizer = load_model(args.ckpt, device)
+    model, _, tokenizer = load_checkpoint(args.ckpt, device)
     k = check_draft_len(model, args.draft_len) if args.speculative else None
     tree = parse_tree(args.tree, model, args.draft_len) if args.speculative else None
     stops = check_stops(args.stop, tokenizer)

@@ -20,7 +20,7 @@ def run(args: Namespace) -> int:
     from multitoken.config import to_dict
     from multitoken.data.tokenizer import load_tokenizer
     from multitoken.model import MTPModel
-    from multitoken.training.checkpoint import read_meta, resolve_checkpoint, verified_train_config
+    from multitoken.checkpoint import read_meta, resolve_checkpoint, verified_train_config
 
     ckpt = resolve_checkpoint(args.ckpt)
     cfg = verified_train_config(ckpt)  # the weights' shapes agree with it, so the counts below are the weights'

@@ -34,7 +34,7 @@ from multitoken.data.corpus import is_validation
 from multitoken.data.prepare import MANIFEST, TOKENIZER_DIR, VERSION, hold_out_tail, read_manifest, resolve_dtype
 from multitoken.decoding.static import cache_slots
 from multitoken.errors import ConfigError, DataError
-from multitoken.files import atomic_write_text
+from multitoken.files import atomic_write_text, build_aside, read_json_or
 
 PARTS_DIR = ".distill"
 PLAN = "plan.json"
@@ -112,10 +112,9 @@ def _check_out(out: Path, key: str) -> None:
         raise DataError(f"--out {out} is a file: choose a folder")
     if not out.is_dir() or not any(out.iterdir()):
         return
-    try:
-        plan = json.loads((out / PARTS_DIR / PLAN).read_text())
-    except (OSError, ValueError):
-        raise DataError(f"--out {out} is not empty and holds no distillation: choose a new or empty folder") from None
+    plan = read_json_or(out / PARTS_DIR / PLAN)
+    if plan is None:
+        raise DataError(f"--out {out} is not empty and holds no distillation: choose a new or empty folder")
     if plan.get("key") != key:
         raise DataError(f"{out} holds a distillation of another model, prompts or settings: choose another --out, or "
                         f"delete {out} to start over")
@@ -227,9 +226,8 @@ def _write_dataset(out: Path, parts: list[dict], tokenizer, key: str, model_id: 
                          "shards": [{"file": name, "tokens": int(len(tokens))}] if len(tokens) else []}
     hold_out_tail(splits, max(options.val_fraction, 0.02))
     if not (out / TOKENIZER_DIR).is_dir():
-        tmp = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}.tmp-", dir=out))
-        tokenizer.save(tmp)
-        tmp.rename(out / TOKENIZER_DIR)
+        with build_aside(out / TOKENIZER_DIR) as tmp:
+            tokenizer.save(tmp)
     answers = np.concatenate([p["answer_lengths"] for p in parts])
     ended = np.concatenate([p["ended"] for p in parts])
     stats = {"model": model_id, "prompts": int(len(answers)), "answer_tokens": int(answers.sum()),

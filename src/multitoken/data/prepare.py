@@ -25,7 +25,6 @@ import multiprocessing
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from multitoken.data.prepare_unit import (SPLITS, UNITS_DIR, Unit, UnitSettings,
                                           shards_intact, unit_record_path)
 from multitoken.data.tokenizer import Tokenizer, load_tokenizer
 from multitoken.errors import CheckpointError, ConfigError, DataError
-from multitoken.files import atomic_write_text
+from multitoken.files import atomic_write_text, build_aside, read_json_or
 
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -112,9 +111,8 @@ def _check_out_dir(out: Path, tokenizer: Tokenizer) -> None:
 def _save_tokenizer(out: Path, tokenizer: Tokenizer) -> None:
     if (out / TOKENIZER_DIR).is_dir():
         return
-    tmp = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}.tmp-", dir=out))
-    tokenizer.save(tmp)
-    tmp.rename(out / TOKENIZER_DIR)
+    with build_aside(out / TOKENIZER_DIR) as tmp:
+        tokenizer.save(tmp)
 
 
 def plan_units(sources: list[Source], unit_bytes: int, settings: UnitSettings, fingerprint: str) -> list[Unit]:
@@ -142,11 +140,8 @@ def plan_units(sources: list[Source], unit_bytes: int, settings: UnitSettings, f
 
 
 def _done_record(out: Path, unit: Unit, itemsize: int) -> dict | None:
-    try:
-        record = json.loads(unit_record_path(out, unit.index).read_text())
-    except (OSError, ValueError):
-        return None
-    if record.get("key") != unit.key:
+    record = read_json_or(unit_record_path(out, unit.index))
+    if record is None or record.get("key") != unit.key:
         return None
     if not all(shards_intact(out, record["splits"][s]["shards"], itemsize) for s in SPLITS):
         return None
@@ -294,10 +289,7 @@ def hold_out_tail(splits: dict, val_fraction: float) -> None:
 
 
 def read_manifest(out: Path) -> dict | None:
-    try:
-        return json.loads((Path(out) / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json_or(Path(out) / MANIFEST)
 
 
 def prepare(paths: list[str], tokenizer: Tokenizer, out: str | Path, options: PrepareOptions = PrepareOptions()

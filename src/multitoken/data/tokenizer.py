@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from multitoken.errors import CheckpointError, ConfigError
+from multitoken.files import read_json_or
 
 TOKENIZER_FILE = "tokenizer_config.json"
 HF_TOKENIZER_FILE = "tokenizer.json"
@@ -221,11 +222,8 @@ def _eot_token_beside(path: Path) -> str:
     """The end-of-text token named in a tokenizer_config.json next to tokenizer.json: ours ("eot_token") or a
     Hugging Face model's ("eos_token", a string or {"content": ...}); "<|endoftext|>" when there is none."""
     config = Path(path).with_name(TOKENIZER_FILE)
-    try:
-        values = json.loads(config.read_text())
-    except (OSError, ValueError):
-        return EOT_TOKEN
-    token = values.get("eot_token") or values.get("eos_token") if isinstance(values, dict) else None
+    values = read_json_or(config, {})
+    token = values.get("eot_token") or values.get("eos_token")
     if isinstance(token, dict):
         token = token.get("content")
     return token if isinstance(token, str) and token else EOT_TOKEN
@@ -256,10 +254,7 @@ def build_tokenizer(spec: str) -> Tokenizer:
 
 def _saved_by_multitoken(path: Path) -> bool:
     """Whether a tokenizer_config.json is ours ({"kind": ...}) rather than a Hugging Face model's."""
-    try:
-        return "kind" in json.loads(path.read_text())
-    except (OSError, ValueError, TypeError):
-        return False
+    return "kind" in read_json_or(path, {})
 
 
 def load_tokenizer(directory: Path) -> Tokenizer:

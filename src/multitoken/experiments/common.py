@@ -28,7 +28,7 @@ from multitoken.data.shards import is_prepared
 from multitoken.data.tokenizer import EOT_TOKEN, BPETokenizer, load_tokenizer, require_tokenizers
 from multitoken.files import atomic_write_text, file_lock
 from multitoken.model import MTPModel
-from multitoken.training.checkpoint import list_checkpoints, load_model, read_meta
+from multitoken.checkpoint import list_checkpoints, load_checkpoint, read_meta
 
 UNK = "<unk>"
 
@@ -150,7 +150,7 @@ def evaluate_checkpoints(run_dir: Path, metric: Callable[[MTPModel], dict], devi
         meta = read_meta(ckpt)
         if meta["step"] in cached:
             continue
-        model, _, _ = load_model(ckpt, device)
+        model, _, _ = load_checkpoint(ckpt, device)
         with torch.no_grad():
             values = metric(model)
         record = {"step": meta["step"], "tokens": meta.get("tokens_seen"), **values}

@@ -15,7 +15,7 @@ from multitoken.experiments import arithmetic, bytelevel, induction
 from multitoken.experiments.common import (Budget, RunSpec, evaluate_checkpoints, run_training, spec_record,
                                            train_config, write_results)
 from multitoken.errors import ConfigError
-from multitoken.files import atomic_write_text
+from multitoken.files import atomic_write_text, read_json
 
 EXPERIMENTS = {"induction": induction, "arithmetic": arithmetic, "bytes": bytelevel}
 
@@ -63,11 +63,7 @@ def claim_grid(experiment: str, budget: Budget, setup, out: Path) -> None:
     if not path.exists():
         atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
         return
-    try:
-        recorded = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read {path} ({type(e).__name__}): restore it, or delete it if the settings "
-                          "are known to match") from None
+    recorded = read_json(path, "restore it, or delete it if the settings are known to match", ConfigError)
     if recorded != settings:
         differ = [f"{part}.{key} {recorded.get(part, {}).get(key)!r} -> {value!r}"
                   for part in ("budget", "setup") for key, value in settings[part].items()

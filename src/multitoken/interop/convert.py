@@ -16,7 +16,7 @@ import yaml
 
 from multitoken.config import TrainConfig, to_dict
 from multitoken.errors import ConfigError
-from multitoken.interop.folders import check_new_folder, new_folder
+from multitoken.files import check_new_folder, new_folder
 from multitoken.interop.source import ImportedModel, read_model_folder
 from multitoken.interop.tensors import write_safetensors
 from multitoken.training.checkpoint import weights_metadata

@@ -19,7 +19,7 @@ import torch
 from multitoken.config import ModelConfig
 from multitoken.data.tokenizer import SentencePieceTokenizer, load_tokenizer
 from multitoken.interop import hf, meta
-from multitoken.interop.folders import check_new_folder, new_folder
+from multitoken.files import check_new_folder, new_folder
 from multitoken.interop.source import check_tensors
 from multitoken.interop.tensors import LazyTensor, safetensors_tensors, write_safetensors
 from multitoken.interop.tokenizers import save_hf_tokenizer
@@ -54,7 +54,7 @@ def _hf_tensors(tensors: dict[str, LazyTensor], config: ModelConfig) -> dict[str
 
 
 def export(ckpt_path: str | Path, fmt: Literal["hf", "meta"], out: str | Path, progress: bool = False) -> Path:
-    from multitoken.training.checkpoint import read_train_config, resolve_checkpoint
+    from multitoken.checkpoint import read_train_config, resolve_checkpoint
 
     out = Path(out).expanduser()
     check_new_folder(out)

@@ -20,6 +20,7 @@ import torch
 
 from multitoken.config import ModelConfig
 from multitoken.errors import CheckpointError
+from multitoken.files import read_json
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -111,10 +112,7 @@ def read_config(folder: Path, max_seq_len: int | None = None) -> tuple[ModelConf
     """ModelConfig of a Hugging Face folder, notes for the user, and the raw config. One-line errors for anything
     this model cannot represent exactly."""
     path = folder / CONFIG_FILE
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path} cannot be read as JSON ({type(e).__name__}): download it again") from None
+    raw = read_json(path, "download it again")
     arch = _first(raw.get("architectures")) or raw.get("model_type", "unknown")
     if arch not in ARCHITECTURES:
         why = UNSUPPORTED.get(arch)

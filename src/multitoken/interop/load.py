@@ -19,7 +19,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     folder (params.json), or a llama.cpp .gguf file. max_seq_len overrides an imported model's context.
     """
     from multitoken.interop.source import detect_format, read_model_folder
-    from multitoken.training.checkpoint import load_model as load_checkpoint
+    from multitoken.checkpoint import load_checkpoint
 
     path = Path(path).expanduser()
     if detect_format(path) == "multitoken":
@@ -33,7 +33,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     """The tokenizer of a multitoken checkpoint, a Hugging Face folder or a Meta folder."""
     from multitoken.data.tokenizer import load_tokenizer as load_saved
     from multitoken.interop.source import detect_format, read_model_folder
-    from multitoken.training.checkpoint import resolve_checkpoint
+    from multitoken.checkpoint import resolve_checkpoint
 
     path = Path(path).expanduser()
     if detect_format(path) == "multitoken":

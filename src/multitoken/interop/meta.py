@@ -10,7 +10,6 @@ replicated, for norms) and are joined here by comparing each piece's shape with 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 from multitoken.config import ModelConfig
 from multitoken.errors import CheckpointError
+from multitoken.files import read_json
 from multitoken.interop.tensors import LazyTensor, torch_checkpoint_tensors
 
 PARAMS_FILE = "params.json"
@@ -64,11 +64,7 @@ def checkpoint_files(folder: Path) -> list[Path]:
 def read_params(folder: Path, max_seq_len: int | None = None) -> tuple[ModelConfig, list[str], list[Path]]:
     """ModelConfig, notes and weight files of a Meta folder. Reads only the files' headers (lazily)."""
     path = folder / PARAMS_FILE
-    try:
-        raw = json.loads(path.read_text())
-        assert isinstance(raw, dict)
-    except (OSError, ValueError, AssertionError):
-        raise CheckpointError(f"{path} cannot be read as JSON: download it again") from None
+    raw = read_json(path, "download it again")
     files = checkpoint_files(folder)
     notes = []
     try:

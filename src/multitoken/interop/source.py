@@ -42,7 +42,7 @@ class ImportedModel:
 
 
 def detect_format(path: Path) -> Format:
-    from multitoken.training.checkpoint import list_checkpoints
+    from multitoken.checkpoint import list_checkpoints
 
     if not path.exists():
         raise CheckpointError(f"{path} does not exist: pass a Hugging Face model folder, a Meta folder "

@@ -14,6 +14,7 @@ from pathlib import Path
 from multitoken.data.tokenizer import (EOT_TOKEN, HF_TOKENIZER_FILE, SENTENCEPIECE_FILE, TOKENIZER_FILE, BPETokenizer,
                                        ByteTokenizer, SentencePieceTokenizer, Tokenizer, require_tokenizers)
 from multitoken.errors import CheckpointError, ConfigError
+from multitoken.files import read_json_or
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -53,11 +54,7 @@ def _special(value) -> str | None:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+    return read_json_or(path, {})
 
 
 def tokenizer_from_folder(folder: Path, model_config: dict | None = None) -> Tokenizer | None:

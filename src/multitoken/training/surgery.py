@@ -14,7 +14,7 @@ import re
 from multitoken.config import ModelConfig
 from multitoken.errors import CheckpointError
 from multitoken.model import MTPModel
-from multitoken.training.checkpoint import read_train_config, read_weights, require_finite, resolve_checkpoint
+from multitoken.checkpoint import read_train_config, read_weights, require_finite, resolve_checkpoint
 
 _EXTRA_HEAD = re.compile(r"^extra_heads\.(\d+)\.")
 

@@ -18,14 +18,15 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from multitoken.checkpoint import list_checkpoints, read_train_config
+from multitoken.checkpoint.layout import STEP_DIR
 from multitoken.config import TrainConfig, model_config_diff, to_dict
 from multitoken.data.batches import eval_batches, train_batch
 from multitoken.data.tokens import resolve_data
 from multitoken.errors import CheckpointError, ConfigError, MultitokenError, TrainingError
 from multitoken.files import atomic_write_text
 from multitoken.model import MTPModel
-from multitoken.training.checkpoint import (STEP_DIR, list_checkpoints, out_of_space, read_train_config, resumable,
-                                            save_checkpoint, sweep_debris)
+from multitoken.training.checkpoint import out_of_space, resumable, save_checkpoint, sweep_debris
 from multitoken.training.distributed import (MTPObjective, all_reduce_, apply_parallel, gradient_sync,
                                              init_distributed, shutdown_distributed)
 from multitoken.training.evaluate import evaluate, format_eval_table
