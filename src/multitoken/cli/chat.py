@@ -42,7 +42,7 @@ def run(args: Namespace) -> int:
     check_sampling(args)
     device = resolve_device(args.device)
     model, _, tokenizer = load_checkpoint(args.ckpt, device)
-    if not getattr(tokenizer, "chat_template", None):
+    if not tokenizer.chat_template:
         raise ConfigError(f"{args.ckpt}: this model's tokenizer has no chat template, so it has no chat format: use "
                           "`multitoken generate --prompt` to continue text instead")
     speculative = args.speculative and model.n_future > 1

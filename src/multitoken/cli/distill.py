@@ -48,7 +48,7 @@ def add_parser(subcommands) -> None:
 def _use_chat(value: str, tokenizer) -> bool:
     if value not in ("auto", "true", "false"):
         raise ConfigError(f"--chat is 'auto', 'true' or 'false' (got {value!r})")
-    has_template = bool(getattr(tokenizer, "chat_template", None))
+    has_template = bool(tokenizer.chat_template)
     if value == "true" and not has_template:
         raise ConfigError("--chat true but the model's tokenizer has no chat template: use --chat false (prompts "
                           "as plain text), or convert a model that ships one")

@@ -85,7 +85,7 @@ def run(args: Namespace) -> int:
     print(f"\ncheckpoint: {result['checkpoint']}")
     from multitoken.data.tokenizer import load_tokenizer
 
-    chat = bool(getattr(load_tokenizer(Path(result["checkpoint"])), "chat_template", None))
+    chat = bool(load_tokenizer(Path(result["checkpoint"])).chat_template)
     print(f"sample it:  multitoken generate --ckpt {cfg.out_dir} "
           + ("--chat --prompt 'Hello!'" if chat else "--prompt 'def '"))
     return 0

@@ -26,7 +26,7 @@ def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = T
     """The prompt text for these messages ({"role": ..., "content": ...}), ready for the assistant's answer."""
     from jinja2.exceptions import TemplateError
 
-    template = getattr(tokenizer, "chat_template", None)
+    template = tokenizer.chat_template
     if not template:
         raise ConfigError("this model's tokenizer has no chat template: drop --chat and give a plain --prompt")
     try:

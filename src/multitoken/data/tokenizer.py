@@ -27,7 +27,62 @@ SENTENCEPIECE_FILE = "tokenizer.model"
 EOT_TOKEN = "<|endoftext|>"
 
 
-class ByteTokenizer:
+def id_dtype(vocab_size: int) -> type:
+    """The smallest unsigned dtype that holds every token id of a vocabulary this large (above bytes)."""
+    return np.uint16 if vocab_size <= 2**16 else np.uint32
+
+
+def as_text(text: str | bytes) -> str:
+    """A file's raw bytes as text (bytes that are not UTF-8 become U+FFFD), or the text itself."""
+    return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+
+
+class Tokenizer:
+    """What every tokenizer provides; the subclasses say how they encode, decode and save their own files.
+
+    kind names the class in tokenizer_config.json, `fingerprint` tells two tokenizers apart, eot_id separates
+    documents, bos_id (where there is one) starts every prompt, chat_template (where there is one) turns messages
+    into a prompt, dtype is the smallest that holds every id."""
+
+    kind: str
+    vocab_size: int
+    dtype: type
+    eot_id: int
+    bos_id: int | None = None
+    chat_template: str | None = None
+    fingerprint: str
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """A prompt as the model saw text in training: its beginning-of-text token first, where it has one."""
+        return ([self.bos_id] if self.bos_id is not None else []) + self.encode(text)
+
+    def encode_batch(self, texts: list[str | bytes]) -> list[np.ndarray]:
+        """Token ids of each text (or a file's raw bytes), as arrays of `dtype`."""
+        return [np.asarray(ids, dtype=self.dtype) for ids in self._encode_texts([as_text(t) for t in texts])]
+
+    def _encode_texts(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def config(self) -> dict:
+        """What tokenizer_config.json records (with the files `_save_files` writes, enough to load it again)."""
+        return {"kind": self.kind}
+
+    def _save_files(self, directory: Path) -> None:
+        """The tokenizer's own files beside tokenizer_config.json (none for bytes)."""
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        self._save_files(directory)
+        (directory / TOKENIZER_FILE).write_text(json.dumps(self.config()) + "\n")
+
+
+class ByteTokenizer(Tokenizer):
     """UTF-8 bytes as tokens. Decoding replaces byte sequences that are not valid UTF-8 (a sample may end mid-character)."""
 
     kind = "bytes"
@@ -42,9 +97,6 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
-    def encode_prompt(self, text: str) -> list[int]:
-        return self.encode(text)
-
     def encode_bytes(self, data: bytes) -> np.ndarray:
         """Raw file bytes straight to token ids, without a round trip through str."""
         return np.frombuffer(data, dtype=np.uint8)
@@ -55,11 +107,8 @@ class ByteTokenizer:
     def decode(self, ids: list[int]) -> str:
         return bytes(ids).decode("utf-8", errors="replace")
 
-    def save(self, directory: Path) -> None:
-        (Path(directory) / TOKENIZER_FILE).write_text(json.dumps({"kind": self.kind}) + "\n")
 
-
-class BPETokenizer:
+class BPETokenizer(Tokenizer):
     """A Hugging Face `tokenizers.Tokenizer` (normally byte-level BPE) with an end-of-text token between documents."""
 
     kind = "bpe"
@@ -86,7 +135,7 @@ class BPETokenizer:
         self.eot_token = eot_token
         self.eot_id = eot_id
         self.vocab_size = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
-        self.dtype = np.uint16 if self.vocab_size <= 2**16 else np.uint32
+        self.dtype = id_dtype(self.vocab_size)
 
     @classmethod
     def from_file(cls, path: Path, eot_token: str | None = None, bos_token: str | None = None,
@@ -111,10 +160,6 @@ class BPETokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
-    def encode_prompt(self, text: str) -> list[int]:
-        """A prompt as the model saw text in training: its beginning-of-text token first, where it has one."""
-        return ([self.bos_id] if self.bos_id is not None else []) + self.encode(text)
-
     def encode_special(self, text: str) -> list[int]:
         """Token ids of text written with special tokens (a rendered chat template): each is one id."""
         self._tok.encode_special_tokens = False
@@ -123,27 +168,27 @@ class BPETokenizer:
         finally:
             self._tok.encode_special_tokens = True
 
-    def encode_batch(self, texts: list[str | bytes]) -> list[np.ndarray]:
-        """Token ids of each text, in parallel across texts (Rust threads). Bytes that are not UTF-8 become U+FFFD."""
-        texts = [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else t for t in texts]
+    def _encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """In parallel across texts (Rust threads)."""
         encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)  # _fast skips offsets (>= 0.21)
-        return [np.asarray(e.ids, dtype=self.dtype) for e in encode(texts, add_special_tokens=False)]
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
-    def save(self, directory: Path) -> None:
-        directory = Path(directory)
-        self._tok.save(str(directory / HF_TOKENIZER_FILE))
+    def config(self) -> dict:
         config = {"kind": self.kind, "eot_token": self.eot_token}
         if self.bos_token:
             config["bos_token"] = self.bos_token
         if self.chat_template:
             config["chat_template"] = self.chat_template
-        (directory / TOKENIZER_FILE).write_text(json.dumps(config) + "\n")
+        return config
+
+    def _save_files(self, directory: Path) -> None:
+        self._tok.save(str(directory / HF_TOKENIZER_FILE))
 
 
-class SentencePieceTokenizer:
+class SentencePieceTokenizer(Tokenizer):
     """A SentencePiece model (`tokenizer.model`: Llama 2, Meta's multi-token models), through the `sentencepiece`
     library. End-of-text is its eos piece, and prompts start with its bos piece, as the models were trained."""
 
@@ -162,7 +207,7 @@ class SentencePieceTokenizer:
             raise ConfigError(f"{source} has no end-of-sentence piece to separate documents")
         self.bos_id = self._sp.bos_id() if self._sp.bos_id() >= 0 else None
         self.vocab_size = self._sp.get_piece_size()
-        self.dtype = np.uint16 if self.vocab_size <= 2**16 else np.uint32
+        self.dtype = id_dtype(self.vocab_size)
         self.fingerprint = hashlib.sha256(model_bytes).hexdigest()
 
     @classmethod
@@ -182,23 +227,14 @@ class SentencePieceTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text)
 
-    def encode_prompt(self, text: str) -> list[int]:
-        return ([self.bos_id] if self.bos_id is not None else []) + self.encode(text)
-
-    def encode_batch(self, texts: list[str | bytes]) -> list[np.ndarray]:
-        texts = [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else t for t in texts]
-        return [np.asarray(ids, dtype=self.dtype) for ids in self._sp.encode(texts)]
+    def _encode_texts(self, texts: list[str]) -> list[list[int]]:
+        return self._sp.encode(texts)
 
     def decode(self, ids: list[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
 
-    def save(self, directory: Path) -> None:
-        directory = Path(directory)
+    def _save_files(self, directory: Path) -> None:
         (directory / SENTENCEPIECE_FILE).write_bytes(self._model_bytes)
-        (directory / TOKENIZER_FILE).write_text(json.dumps({"kind": self.kind}) + "\n")
-
-
-Tokenizer = ByteTokenizer | BPETokenizer | SentencePieceTokenizer
 
 
 def require_sentencepiece():

@@ -105,7 +105,7 @@ def save_hf_tokenizer(tokenizer: Tokenizer, out: Path, context: int) -> dict[str
         settings = {"tokenizer_class": "PreTrainedTokenizerFast"}
         eos = hf.id_to_token(tokenizer.eot_id)
         bos = hf.id_to_token(tokenizer.bos_id) if tokenizer.bos_id is not None else None
-    if getattr(tokenizer, "chat_template", None):
+    if tokenizer.chat_template:
         settings["chat_template"] = tokenizer.chat_template
     settings.update({"eos_token": eos, "model_max_length": context, "clean_up_tokenization_spaces": False})
     if bos is not None:
