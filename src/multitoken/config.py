@@ -384,3 +384,14 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
 
 _NESTED = {(TrainConfig, "model"): ModelConfig, (TrainConfig, "data"): DataConfig,
            (TrainConfig, "optim"): OptimConfig}
+
+
+def int_list(text: str, flag: str, example: str = "1,2,4") -> list[int]:
+    """A comma-separated list of positive integers given to an option, or a one-line error naming it."""
+    try:
+        values = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers, e.g. {example} (got {text!r})") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{flag} needs positive integers (got {text!r})")
+    return values

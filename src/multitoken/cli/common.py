@@ -10,6 +10,7 @@ from typing import Any
 from jsonargparse import ArgumentParser, set_parsing_settings
 
 from multitoken.cli.spellings import OneNameHelpFormatter
+from multitoken.config import int_list  # noqa: F401  (the subcommands' comma-separated options)
 
 # The config dataclasses document each field in a docstring right below it; this makes those texts the --help.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -49,19 +50,6 @@ def write_json(path: str, value: Any) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(value, indent=1) + "\n")
     print(f"wrote {path}")
-
-
-def int_list(text: str, flag: str, example: str = "1,2,4") -> list[int]:
-    """A comma-separated list of positive integers given to an option, or a one-line error naming it."""
-    from multitoken.errors import ConfigError
-
-    try:
-        values = [int(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} takes comma-separated integers, e.g. {example} (got {text!r})") from None
-    if not values or min(values) < 1:
-        raise ConfigError(f"{flag} needs positive integers (got {text!r})")
-    return values
 
 
 def require_positive(args: Any, *names: str) -> None:

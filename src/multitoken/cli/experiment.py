@@ -87,47 +87,29 @@ def _report(experiment: str, out) -> int:
 
 
 def run(args: Namespace) -> int:
-    from multitoken.experiments import arithmetic, bytelevel, induction
+    from dataclasses import replace
+
     from multitoken.experiments.common import Budget
-    from multitoken.experiments.runner import reference, run_grid, table
+    from multitoken.experiments.runner import EXPERIMENTS, reference, run_grid, table
     from multitoken.training.runtime import resolve_device
 
     experiment = args.experiment
     a = args[experiment]
     if a.report:
         return _report(experiment, Path(a.out).expanduser())
-    module = {"induction": induction, "arithmetic": arithmetic, "bytes": bytelevel}[experiment]
+    module = EXPERIMENTS[experiment]
     n_futures = int_list(a.n_future, "--n_future")
     if min(a.seeds, a.first_seed, a.tokens, a.evaluations, a.batch_tokens) < 1 or a.lr <= 0:
         raise ConfigError("--seeds, --first_seed, --tokens, --evaluations and --batch_tokens must be at least 1 and "
                           "--lr positive")
     if a.quick:
         sizes, seeds = module.QUICK_SIZES, [a.first_seed]
-        budget = Budget(tokens=min(a.tokens, 49_152), seq_len=128, batch_tokens=2048, evaluations=2, lr=3e-3)
+        budget = replace(module.QUICK_BUDGET, tokens=min(a.tokens, module.QUICK_BUDGET.tokens))
     else:
         sizes, seeds = _sizes(a.sizes, module.SIZES), list(range(a.first_seed, a.first_seed + a.seeds))
         budget = Budget(tokens=a.tokens, lr=a.lr, evaluations=a.evaluations, batch_tokens=a.batch_tokens)
-    if experiment == "induction":
-        if not 0 < a.p_fresh <= 1:
-            raise ConfigError(f"--p_fresh must be in (0, 1] (got {a.p_fresh})")
-        setup = induction.Setup(p_fresh=a.p_fresh, test_stories=40 if a.quick else a.test_stories,
-                                copy_sequences=10 if a.quick else 100)
-        specs = induction.grid(sizes, n_futures, seeds)
-    elif experiment == "arithmetic":
-        if not 2 <= a.degree <= 8:
-            raise ConfigError(f"--degree must be 2..8 (got {a.degree}): the ring's coefficient count")
-        setup = arithmetic.Setup(per_operations=20 if a.quick else a.per_operations, degree=a.degree)
-        specs = arithmetic.grid(sizes, n_futures, seeds, int_list(a.larger_n, "--larger_n", "1"))
-    else:
-        if max(n_futures) > bytelevel.MAX_N:
-            raise ConfigError(f"--n_future goes up to {bytelevel.MAX_N} here (got {max(n_futures)})")
-        if a.quick:
-            setup = bytelevel.Setup(eval_windows=8, prompts=2, prompt_len=16, new_tokens=16)
-            budget = Budget(tokens=16_384, seq_len=64, batch_tokens=512, evaluations=2, lr=3e-3)
-        else:  # the default run's batch: 16 windows of 256 bytes
-            setup, budget = bytelevel.Setup(), Budget(tokens=a.tokens, batch_tokens=a.batch_tokens,
-                                                      evaluations=a.evaluations, lr=a.lr)
-        specs = bytelevel.grid(sizes, n_futures, seeds)
+    setup = module.setup_from_args(a)
+    specs = module.specs(sizes, n_futures, seeds, a)
     out = Path(a.out).expanduser()
     records = run_grid(experiment, specs, budget, setup, out, resolve_device(a.device))
     print(table(experiment, records, reference(experiment, out)))

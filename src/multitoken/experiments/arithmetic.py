@@ -17,9 +17,11 @@ import torch
 
 from multitoken.decoding.generate import generate, pad_prompts
 from multitoken.experiments import polynomials as poly
-from multitoken.config import DataConfig
+from multitoken.config import DataConfig, int_list
 from multitoken.data.tokenizer import BPETokenizer
+from multitoken.errors import ConfigError
 from multitoken.experiments.common import Budget, RunSpec, Shape, prepare_documents, word_tokenizer
+from multitoken.experiments.report import groups, mean_sd
 from multitoken.model import MTPModel
 
 SIZES = {"S": Shape(96, 8, 4), "M": Shape(168, 8, 6)}
@@ -113,3 +115,56 @@ def grid(sizes: dict[str, Shape], n_futures: list[int], seeds: list[int], larger
 def data(budget: Budget, setup: Setup, out: Path) -> tuple[DataConfig, BPETokenizer]:
     """The generated training documents, prepared once under OUT/data, and their tokenizer."""
     return prepare_documents(lambda: training_texts(budget, setup), tokenizer(), out / "data")
+
+
+# --- the experiment's protocol (see `runner.py`) ----------------------------------------------------------------------
+
+UNIT = "percent"
+QUICK_BUDGET = Budget(tokens=49_152, seq_len=128, batch_tokens=2048, evaluations=2, lr=3e-3)
+
+
+def setup_from_args(a) -> Setup:
+    if not 2 <= a.degree <= 8:
+        raise ConfigError(f"--degree must be 2..8 (got {a.degree}): the ring's coefficient count")
+    return Setup(per_operations=20 if a.quick else a.per_operations, degree=a.degree)
+
+
+def specs(sizes: dict[str, Shape], n_futures: list[int], seeds: list[int], a) -> list[RunSpec]:
+    return grid(sizes, n_futures, seeds, int_list(a.larger_n, "--larger_n", "1"))
+
+
+def summarize(evals: list[dict]) -> dict:
+    return {"curve": [[e["tokens"], e["in_domain"], e["out_of_domain"]] for e in evals]}
+
+
+def reference(setup: dict) -> dict:
+    """What answering without reading the question scores on this grid's test set: the floor row."""
+    return majority_reference(Setup(**setup))
+
+
+def table(records: list[dict], reference: dict | None = None) -> str:
+    """One row per (size, n), and a last row for `reference` when given."""
+    lines = ["| size | non-embedding params | n | seeds | in domain (1-5 ops) | out of domain (6-10 ops) | "
+             "per coefficient, in domain | per coefficient, out of domain | "
+             + " | ".join(f"{m} ops" for m in OPERATIONS) + " |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(OPERATIONS)]
+
+    def row(label: str, params: str, n: str, seeds: str, finals: list[dict]) -> str:
+        per_coefficient = [domain_means(f["per_coefficient"]) for f in finals]
+        per_m = " | ".join(mean_sd([f["exact"][str(m)] for f in finals]) for m in OPERATIONS)
+        return (f"| {label} | {params} | {n} | {seeds} | {mean_sd([f['in_domain'] for f in finals])} | "
+                f"{mean_sd([f['out_of_domain'] for f in finals])} | "
+                f"{mean_sd([p[0] for p in per_coefficient])} | {mean_sd([p[1] for p in per_coefficient])} | "
+                f"{per_m} |")
+
+    for (size, n), rs in groups(records).items():
+        lines.append(row(size, f"{rs[0]['non_embedding_params']:,}", str(n), str(len(rs)), [r["final"] for r in rs]))
+    if reference:  # one value, no spread: "± 0.0" would read as a measured sd
+        lines.append(row("most frequent answer, no model", "-", "-", "-", [reference]).replace(" ± 0.0", ""))
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: list[dict], path: Path, reference: dict | None = None) -> None:
+    from multitoken.experiments.plots import plot_arithmetic
+
+    plot_arithmetic(records, path, reference)

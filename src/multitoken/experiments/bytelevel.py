@@ -8,6 +8,7 @@ self-speculative decoding with all n - 1 extra heads drafting.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,9 @@ import torch
 
 from multitoken.config import DataConfig
 from multitoken.data.tokenizer import ByteTokenizer
+from multitoken.errors import ConfigError
 from multitoken.experiments.common import Budget, RunSpec, Shape
+from multitoken.experiments.report import groups
 from multitoken.model import MTPModel
 
 SIZES = {"2M": Shape(128, 10, 4)}
@@ -63,3 +66,47 @@ def make_metric(setup: Setup, device: torch.device, tokenizer, seq_len: int):
 
 def grid(sizes: dict[str, Shape], n_futures: list[int], seeds: list[int]) -> list[RunSpec]:
     return [RunSpec(size, shape, n, seed) for size, shape in sizes.items() for seed in seeds for n in n_futures]
+
+
+# --- the experiment's protocol (see `runner.py`) ----------------------------------------------------------------------
+
+UNIT = "bits/byte and bytes per forward"
+QUICK_BUDGET = Budget(tokens=16_384, seq_len=64, batch_tokens=512, evaluations=2, lr=3e-3)
+
+
+def setup_from_args(a) -> Setup:
+    # The default run's batch: 16 windows of 256 bytes.
+    return Setup(eval_windows=8, prompts=2, prompt_len=16, new_tokens=16) if a.quick else Setup()
+
+
+def specs(sizes: dict[str, Shape], n_futures: list[int], seeds: list[int], a) -> list[RunSpec]:
+    if max(n_futures) > MAX_N:
+        raise ConfigError(f"--n_future goes up to {MAX_N} here (got {max(n_futures)})")
+    return grid(sizes, n_futures, seeds)
+
+
+def summarize(evals: list[dict]) -> dict:
+    return {"curve": [[e["tokens"], e["bpb"], e["tau"]] for e in evals]}
+
+
+def reference(setup: dict) -> None:
+    return None
+
+
+def table(records: list[dict], reference: dict | None = None) -> str:
+    lines = ["| size | non-embedding params | n | seeds | head-1 bits/byte | tau (bytes per forward) |",
+             "|---|---:|---:|---:|---:|---:|"]
+
+    def spread(values: list[float]) -> str:
+        return f"{statistics.mean(values):.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
+
+    for (size, n), rs in groups(records).items():
+        lines.append(f"| {size} | {rs[0]['non_embedding_params']:,} | {n} | {len(rs)} | "
+                     f"{spread([r['final']['bpb'] for r in rs])} | {spread([r['final']['tau'] for r in rs])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: list[dict], path: Path, reference: dict | None = None) -> None:
+    from multitoken.experiments.plots import plot_bytes
+
+    plot_bytes(records, path)

@@ -16,7 +16,9 @@ import torch
 from multitoken.experiments import stories
 from multitoken.config import DataConfig
 from multitoken.data.tokenizer import BPETokenizer
+from multitoken.errors import ConfigError
 from multitoken.experiments.common import Budget, RunSpec, Shape, prepare_documents, word_tokenizer
+from multitoken.experiments.report import groups, in_order, mean_sd
 from multitoken.model import MTPModel
 
 # Protocol sizes (d_model / layers / attention heads); layers >= 3 keeps the two layers induction needs on the
@@ -98,3 +100,57 @@ def grid(sizes: dict[str, Shape], n_futures: list[int], seeds: list[int]) -> lis
 def data(budget: Budget, setup: Setup, out: Path) -> tuple[DataConfig, BPETokenizer]:
     """The generated training documents, prepared once under OUT/data, and their tokenizer."""
     return prepare_documents(lambda: training_texts(budget, setup), tokenizer(), out / "data")
+
+
+# --- the experiment's protocol (see `runner.py`) ----------------------------------------------------------------------
+
+UNIT = "percent"
+QUICK_BUDGET = Budget(tokens=49_152, seq_len=128, batch_tokens=2048, evaluations=2, lr=3e-3)
+
+
+def setup_from_args(a) -> Setup:
+    if not 0 < a.p_fresh <= 1:
+        raise ConfigError(f"--p_fresh must be in (0, 1] (got {a.p_fresh})")
+    return Setup(p_fresh=a.p_fresh, test_stories=40 if a.quick else a.test_stories,
+                 copy_sequences=10 if a.quick else 100)
+
+
+def specs(sizes: dict[str, Shape], n_futures: list[int], seeds: list[int], a) -> list[RunSpec]:
+    return grid(sizes, n_futures, seeds)
+
+
+def summarize(evals: list[dict]) -> dict:
+    """A run's record fields beyond the common ones: its best checkpoint and its curve."""
+    best = max(evals, key=lambda e: e["induction"]) if evals else {}
+    return {"best": best, "curve": [[e["tokens"], e["induction"]] for e in evals]}
+
+
+def reference(setup: dict) -> None:
+    return None
+
+
+def table(records: list[dict], reference: dict | None = None) -> str:
+    lines = ["| size | non-embedding params | n | seeds | induction (best) | induction (final) | first mention "
+             "(final) | copy (final) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (size, n), rs in groups(records).items():
+        lines.append(f"| {size} | {rs[0]['non_embedding_params']:,} | {n} | {len(rs)} | "
+                     f"{mean_sd([r['best']['induction'] for r in rs])} | "
+                     f"{mean_sd([r['final']['induction'] for r in rs])} | "
+                     f"{mean_sd([r['final']['first_mention'] for r in rs])} | "
+                     f"{mean_sd([r['final']['copy'] for r in rs])} |")
+    lines += ["", f"Every run: its best checkpoint, and when it formed induction (first checkpoint at or above "
+              f"{100 * FORMED:.0f}%, about {FORMED / CHANCE:.0f}x chance)", "",
+              "| run | n | seed | best | best at (tokens) | formed at (tokens) | final |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in in_order(records):
+        formed = next((tokens for tokens, value in r.get("curve", []) if value >= FORMED), None)
+        lines.append(f"| {r['run']} | {r['n_future']} | {r['seed']} | {100 * r['best']['induction']:.1f} | "
+                     f"{r['best']['tokens'] / 1e6:.1f}M | {f'{formed / 1e6:.1f}M' if formed else 'never'} | "
+                     f"{100 * r['final']['induction']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: list[dict], path: Path, reference: dict | None = None) -> None:
+    from multitoken.experiments.plots import plot_induction
+
+    plot_induction(records, path)
