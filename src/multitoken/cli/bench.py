@@ -4,89 +4,96 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from jsonargparse import Namespace
 
 from multitoken.bench.train import CASES
-from multitoken.cli.common import (add_ckpt_argument, add_command_group, add_device_argument, int_list, new_parser,
-                                   require_positive, write_json)
-from multitoken.cli.generate import add_speculative_arguments, check_prompt_fits, parse_tree
+from multitoken.cli.common import add_command_group, call, command_parser, int_list, require_positive, write_json
+from multitoken.cli.generate import check_prompt_fits, parse_tree
 from multitoken.errors import ConfigError
 
 
 def add_parser(subcommands) -> None:
     inner = add_command_group(subcommands, "bench", "Benchmarks: side-by-side comparisons in one run, as a table and "
                               "JSON.", "Benchmarks (decode, train).")
+    inner.add_subcommand("decode", command_parser(bench_decode), help="Plain vs self-speculative decoding.")
+    inner.add_subcommand("train", command_parser(bench_train),
+                         help="Training memory and speed: next-token vs multi-token.")
 
-    decode = new_parser("Plain vs self-speculative decoding on the same prompts in one run, alternating: tokens/s "
-                        "of each, the speedup, tau (tokens per forward), acceptance per draft position, and whether "
-                        "the outputs were identical.")
-    add_ckpt_argument(decode)
-    decode.add_argument("--prompts", type=str | None, default=None,
-                        help="A .jsonl file ({\"messages\": [...]} conversations or {\"prompt\": \"...\"} per "
-                             "line) or a text file with one prompt per line; default: windows from the validation "
-                             "split.")
-    decode.add_argument("--chat", action="store_true",
-                        help="Format each prompt with the model's chat template (conversations need it).")
-    decode.add_argument("--ignore_eos", action="store_true",
-                        help="Decode all --max-new-tokens even past the model's end-of-sequence token (default: a "
-                             "row ends there, and tokens/s counts the tokens up to it).")
-    decode.add_argument("--data", type=str | list[str] | None, default=None,
-                        help="Text the validation-split prompts (and --tree auto's measurements) come from: the "
-                             "checkpoint's training data, named again; default: the built-in corpus, for checkpoints "
-                             "trained on it.")
-    decode.add_argument("--num_prompts", type=int, default=8,
-                        help="Prompts taken from the validation split (without --prompts).")
-    decode.add_argument("--prompt_len", type=int, default=64,
-                        help="Tokens per validation-split prompt (without --prompts).")
-    decode.add_argument("--batch_size", type=str, default="1",
-                        help="Prompts decoded together; a comma-separated list (1,2,4,8,16) runs a sweep, one record "
-                             "per batch size.")
-    decode.add_argument("--max_new_tokens", type=int, default=128, help="Tokens per prompt.")
-    add_speculative_arguments(decode, auto=True)
-    decode.add_argument("--temperature", type=float, default=0.0,
-                        help="0 (greedy, the default) checks identical outputs; > 0 measures speculative sampling.")
-    decode.add_argument("--repeats", type=int, default=3,
-                        help="Timed rounds over all prompts, at least; each case's tokens/s is the median over "
-                             "rounds, shown with its min-max.")
-    decode.add_argument("--max_repeats", type=int | None, default=None,
-                        help="Rounds are added, up to this many (default: twice --repeats), until the median ratio "
-                             "to plain decoding moves less than 2 percent when a round comes in; the table says whether it "
-                             "settled and whether every round's ratio fell on one side of 1.00x. Equal to --repeats: "
-                             "exactly that many rounds.")
-    decode.add_argument("--against_transformers", action="store_true",
-                        help="Also time transformers' generate (greedy) on the same weights, exported as a "
-                             "LlamaForCausalLM: plain decoding's tokens/s against it, and whether the tokens agree. "
-                             "Needs transformers; works for next-token checkpoints too.")
-    decode.add_argument("--json", type=str | None, default=None, help="Write the results to this JSON file.")
-    decode.add_argument("--plot", type=str | None, default=None,
-                        help="Draw a PNG plot of speedup and tokens/s against batch size here (needs matplotlib).")
-    add_device_argument(decode)
-    inner.add_subcommand("decode", decode, help="Plain vs self-speculative decoding.")
 
-    train = new_parser("Training memory and speed in one run: next-token baseline (plain and chunked "
-                       "cross-entropy) vs MTP naive, sequential and sequential + chunked, each case in its own "
-                       "process, parameter-matched (same n_layer). Prints a table, writes JSON and a PNG plot.")
-    train.add_argument("--vocab_size", type=str, default="32000,128000",
-                       help="Vocabulary sizes, comma-separated.")
-    train.add_argument("--n_future", type=str, default="4", help="MTP head counts, comma-separated.")
-    train.add_argument("--d_model", type=int, default=256, help="Model width.")
-    train.add_argument("--n_layer", type=int, default=6, help="All layers (trunk + heads).")
-    train.add_argument("--n_head", type=int, default=4, help="Attention heads.")
-    train.add_argument("--batch_size", type=int, default=4, help="Sequences per step.")
-    train.add_argument("--seq_len", type=int, default=128, help="Tokens per sequence.")
-    train.add_argument("--steps", type=int, default=3, help="Timed steps per case (after one warm-up step).")
-    train.add_argument("--rounds", type=int, default=1,
-                       help="Run every case this many times, alternating, and report each case's median tokens/s "
-                            "(the ratios are of the medians; every round's tokens/s is in the JSON). Timings on a "
-                            "shared machine drift.")
-    train.add_argument("--cases", type=str, default=",".join(CASES),
-                       help="Cases to run, comma-separated (at large sizes, ntp_chunked,mtp_chunked alone "
-                            "compares speed without the slow memory-hungry ones).")
-    train.add_argument("--json", type=str | None, default=None, help="Write the records to this JSON file.")
-    train.add_argument("--plot", type=str | None, default=None, help="Draw a PNG plot here (needs matplotlib).")
-    add_device_argument(train)
-    inner.add_subcommand("train", train, help="Training memory and speed: next-token vs multi-token.")
+def bench_decode(ckpt: str, prompts: str | None = None, chat: bool = False, ignore_eos: bool = False,
+                 data: str | list[str] | None = None, num_prompts: int = 8, prompt_len: int = 64,
+                 batch_size: str = "1", max_new_tokens: int = 128, draft_len: int | None = None,
+                 tree: str = "chain", compile: bool = False, temperature: float = 0.0, repeats: int = 3,
+                 max_repeats: int | None = None, against_transformers: bool = False, json: str | None = None,
+                 plot: str | None = None, device: str = "auto") -> int:
+    """Plain vs self-speculative decoding on the same prompts in one run, alternating: tokens/s of each, the
+    speedup, tau (tokens per forward), acceptance per draft position, and whether the outputs were identical.
+
+    Args:
+        ckpt: Checkpoint directory (runs/NAME/checkpoints/step_N) or run directory (its newest checkpoint).
+        prompts: A .jsonl file ({"messages": [...]} conversations or {"prompt": "..."} per line) or a text file with
+            one prompt per line; default: windows from the validation split.
+        chat: Format each prompt with the model's chat template (conversations need it).
+        ignore_eos: Decode all --max-new-tokens even past the model's end-of-sequence token (default: a row ends
+            there, and tokens/s counts the tokens up to it).
+        data: Text the validation-split prompts (and --tree auto's measurements) come from: the checkpoint's
+            training data, named again; default: the built-in corpus, for checkpoints trained on it.
+        num_prompts: Prompts taken from the validation split (without --prompts).
+        prompt_len: Tokens per validation-split prompt (without --prompts).
+        batch_size: Prompts decoded together; a comma-separated list (1,2,4,8,16) runs a sweep, one record per batch
+            size.
+        max_new_tokens: Tokens per prompt.
+        draft_len: Tokens drafted per step by heads 2..k+1 (1..n_future-1); default n_future - 1.
+        tree: Draft tree verified per step (greedy): 'chain' (each head's top guess, k drafts), 'auto' (the tree, or
+            plain decoding, with the most tokens/s measured on validation data at this batch size), or paths of
+            candidate ranks such as "(0,), (1,), (0, 0)". Sampling uses the chain.
+        compile: Compile each decoding step with torch.compile (static shapes; inductor on CPU, CUDA graphs on
+            CUDA), on both sides; compiling is reported apart and never counted in tokens/s.
+        temperature: 0 (greedy, the default) checks identical outputs; > 0 measures speculative sampling.
+        repeats: Timed rounds over all prompts, at least; each case's tokens/s is the median over rounds, shown with
+            its min-max.
+        max_repeats: Rounds are added, up to this many (default: twice --repeats), until the median ratio to plain
+            decoding moves less than 2 percent when a round comes in; the table says whether it settled and whether
+            every round's ratio fell on one side of 1.00x. Equal to --repeats: exactly that many rounds.
+        against_transformers: Also time transformers' generate (greedy) on the same weights, exported as a
+            LlamaForCausalLM: plain decoding's tokens/s against it, and whether the tokens agree. Needs
+            transformers; works for next-token checkpoints too.
+        json: Write the results to this JSON file.
+        plot: Draw a PNG plot of speedup and tokens/s against batch size here (needs matplotlib).
+        device: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.
+    """
+    options = SimpleNamespace(**locals())  # one object for the steps below, each of which reads a few of them
+    return _run_decode(options)
+
+
+def bench_train(vocab_size: str = "32000,128000", n_future: str = "4", d_model: int = 256, n_layer: int = 6,
+                n_head: int = 4, batch_size: int = 4, seq_len: int = 128, steps: int = 3, rounds: int = 1,
+                cases: str = ",".join(CASES), json: str | None = None, plot: str | None = None,
+                device: str = "auto") -> int:
+    """Training memory and speed in one run: next-token baseline (plain and chunked cross-entropy) vs MTP naive,
+    sequential and sequential + chunked, each case in its own process, parameter-matched (same n_layer). Prints a
+    table, writes JSON and a PNG plot.
+
+    Args:
+        vocab_size: Vocabulary sizes, comma-separated.
+        n_future: MTP head counts, comma-separated.
+        d_model: Model width.
+        n_layer: All layers (trunk + heads).
+        n_head: Attention heads.
+        batch_size: Sequences per step.
+        seq_len: Tokens per sequence.
+        steps: Timed steps per case (after one warm-up step).
+        rounds: Run every case this many times, alternating, and report each case's median tokens/s (the ratios
+            are of the medians; every round's tokens/s is in the JSON). Timings on a shared machine drift.
+        cases: Cases to run, comma-separated (at large sizes, ntp_chunked,mtp_chunked alone compares speed without
+            the slow memory-hungry ones).
+        json: Write the records to this JSON file.
+        plot: Draw a PNG plot here (needs matplotlib).
+        device: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.
+    """
+    return _run_train(SimpleNamespace(**locals()))
 
 
 def _prompts_from_file(path: str, tokenizer, chat: bool) -> list[list[int]]:
@@ -95,7 +102,7 @@ def _prompts_from_file(path: str, tokenizer, chat: bool) -> list[list[int]]:
     return [encode_prompt(tokenizer, prompt, chat) for prompt in read_prompts(path)]
 
 
-def _run_decode(args: Namespace) -> int:
+def _run_decode(args: SimpleNamespace) -> int:
     import torch
 
     from multitoken.bench.decode import bench_decode
@@ -282,7 +289,7 @@ def _transformers_reference(ckpt, model, max_new_tokens: int, pad_id: int, devic
     return transformers_decoder(hf_model.to(device).eval(), max_new_tokens, pad_id)
 
 
-def _run_train(args: Namespace) -> int:
+def _run_train(args: SimpleNamespace) -> int:
     from multitoken.bench.train import format_train_table, measure, merge_rounds, plan, plot
     from multitoken.config import ModelConfig
     from multitoken.training.memory import check_fits, training_estimate
@@ -328,4 +335,5 @@ def _run_train(args: Namespace) -> int:
 
 
 def run(args: Namespace) -> int:
-    return {"decode": _run_decode, "train": _run_train}[args.bench](args[args.bench])
+    command = {"decode": bench_decode, "train": bench_train}[args.bench]
+    return call(command, args[args.bench])

@@ -1,16 +1,18 @@
-"""Shared pieces of the subcommands: the parser type, device and checkpoint arguments, output helpers."""
+"""Shared pieces of the subcommands: the parser type, parsers made from functions, output helpers."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentParser, set_parsing_settings
 
 from multitoken.cli.spellings import OneNameHelpFormatter
-from multitoken.config import int_list  # noqa: F401  (the subcommands' comma-separated options)
+from multitoken.config import int_list  # noqa: F401  (re-exported: the subcommands' comma-separated options)
 
 # The config dataclasses document each field in a docstring right below it; this makes those texts the --help.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -23,21 +25,27 @@ def new_parser(description: str, prog: str | None = None) -> ArgumentParser:
                           env_prefix="MULTITOKEN", default_env=False, formatter_class=OneNameHelpFormatter)
 
 
+def command_parser(fn: Callable, skip: tuple[str, ...] = ()) -> ArgumentParser:
+    """A subcommand's parser made from the function it runs: one option per parameter, its type and default from
+    the signature and its help from the docstring's Args section; the docstring's text before Args describes the
+    command. `skip`: parameters declared by hand (a positional argument)."""
+    doc = inspect.getdoc(fn) or ""
+    parser = new_parser(" ".join(doc.split("\nArgs:")[0].split()))
+    parser.add_function_arguments(fn, as_group=False, skip=set(skip), fail_untyped=True)
+    return parser
+
+
+def call(fn: Callable, args: Any) -> Any:
+    """Run a subcommand's function on its parsed options."""
+    return fn(**{name: args[name] for name in inspect.signature(fn).parameters})
+
+
 def add_command_group(subcommands, name: str, description: str, help: str):
     """A subcommand that holds subcommands (`bench decode`, `tokenizer train`); returns the inner group to add them
     to. jsonargparse needs the outer level registered before the inner one is filled."""
     parser = new_parser(description)
     subcommands.add_subcommand(name, parser, help=help)
     return parser.add_subcommands(required=True, dest=name)
-
-
-def add_ckpt_argument(parser: ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True,
-                        help="Checkpoint directory (runs/NAME/checkpoints/step_N) or run directory (its newest checkpoint).")
-
-
-def add_device_argument(parser: ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.")
 
 
 def print_json(value: Any) -> None:

@@ -2,37 +2,48 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 import time
 from typing import Literal
 
 from jsonargparse import Namespace
 
-from multitoken.cli.common import new_parser
+from multitoken.cli.common import call, command_parser
 
 
 def add_parser(subcommands) -> None:
-    convert = new_parser(
-        "Convert a model folder into a multitoken checkpoint. SRC is detected by its files: a Hugging Face folder "
-        "(config.json + model.safetensors or shards with model.safetensors.index.json; LlamaForCausalLM or "
-        "MistralForCausalLM) or a Meta folder (params.json + consolidated.pth or consolidated.NN.pth, e.g. "
-        "facebook/multi-token-prediction's 7B_200B_4). Weights stream tensor by tensor, so a model larger than "
-        "memory converts. The result works with generate, generate --speculative, eval, info, bench decode and "
-        "train --init-from.")
-    convert.add_argument("src", help="The model folder to convert.")
-    convert.add_argument("--out", required=True, help="New folder for the checkpoint (must not exist).")
-    convert.add_argument("--dtype", type=Literal["float32", "bfloat16", "float16"] | None, default=None,
-                         help="Store the weights in this dtype; default: as the source stores them.")
-    convert.add_argument("--tokenizer", type=str | None, default=None,
-                         help="The model's tokenizer (tokenizer.json, tokenizer.model, or a folder with one) when "
-                              "SRC has none; default: the one in SRC (for Meta folders, also the folder above).")
-    convert.add_argument("--max_seq_len", type=int | None, default=None,
-                         help="Context length to use; default: config.json's max_position_embeddings (the sliding "
-                              "window for Mistral, if shorter), or 4096 for Meta folders.")
-    convert.add_argument("--progress", type=bool, default=True, help="Show a progress bar.")
-    subcommands.add_subcommand("convert", convert, help="Import a Hugging Face or Meta model folder.")
+    parser = command_parser(convert_model, skip=('src',))
+    parser.add_argument("src", help="The model folder (or GGUF file) to convert.")  # positional: SRC
+    subcommands.add_subcommand("convert", parser, help="Import a Hugging Face or Meta model folder.")
+
+
+def convert_model(src: str, out: str, dtype: Literal["float32", "bfloat16", "float16"] | None = None,
+                  tokenizer: str | None = None, max_seq_len: int | None = None, progress: bool = True) -> int:
+    """Convert a model folder into a multitoken checkpoint. SRC is detected by its files: a Hugging Face folder
+    (config.json + model.safetensors or shards with model.safetensors.index.json; LlamaForCausalLM or
+    MistralForCausalLM), a Meta folder (params.json + consolidated.pth or consolidated.NN.pth, e.g.
+    facebook/multi-token-prediction's 7B_200B_4) or a GGUF file. Weights stream tensor by tensor, so a model larger
+    than memory converts. The result works with generate, generate --speculative, eval, info, bench decode and
+    train --init-from.
+
+    Args:
+        src: The model folder (or GGUF file) to convert.
+        out: New folder for the checkpoint (must not exist).
+        dtype: Store the weights in this dtype; default: as the source stores them.
+        tokenizer: The model's tokenizer (tokenizer.json, tokenizer.model, or a folder with one) when SRC has none;
+            default: the one in SRC (for Meta folders, also the folder above).
+        max_seq_len: Context length to use; default: config.json's max_position_embeddings (the sliding window for
+            Mistral, if shorter), or 4096 for Meta folders.
+        progress: Show a progress bar.
+    """
+    return _run(SimpleNamespace(**locals()))  # the options as one object, for the steps below
 
 
 def run(args: Namespace) -> int:
+    return call(convert_model, args)
+
+
+def _run(args: SimpleNamespace) -> int:
     from multitoken.interop.convert import convert
 
     start = time.perf_counter()

@@ -4,45 +4,48 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from jsonargparse import Namespace
 
-from multitoken.cli.common import add_ckpt_argument, add_device_argument, new_parser
+from multitoken.cli.common import call, command_parser
 from multitoken.errors import ConfigError
 
 
 def add_parser(subcommands) -> None:
-    parser = new_parser(
-        "Self-distillation: decode prompts with the model and write prompt + answer documents as a prepared dataset "
-        "(`train --data OUT` reads it). Heads trained on the model's own answers draft what it will say, which is "
-        "what speculative decoding accepts; on raw corpus text they learn what an author would write instead. "
-        "Resumable: run the same command again after a kill and it continues with the next batch.")
-    add_ckpt_argument(parser)
-    parser.add_argument("--prompts", required=True,
-                        help="A .jsonl file ({\"messages\": [...]} conversations or {\"prompt\": \"...\"} per line), "
-                             "a text file with one prompt per line, or with --prompt_tokens a text corpus to cut.")
-    parser.add_argument("--out", required=True, help="Folder for the dataset (new, empty, or this distillation's).")
-    parser.add_argument("--chat", type=str, default="auto",
-                        help="Format prompts with the model's chat template: 'auto' (when the model has one), "
-                             "'true' or 'false'.")
-    parser.add_argument("--prompt_tokens", type=int | None, default=None,
-                        help="Read --prompts as one text corpus and cut it into prompts of this many tokens (no chat "
-                             "template): the model continues each piece in its own words.")
-    parser.add_argument("--max_new_tokens", type=int, default=256, help="Longest answer; most end at EOS before it.")
-    parser.add_argument("--batch_size", type=int, default=16,
-                        help="Prompts decoded together (of similar lengths); larger is faster per token on a GPU.")
-    parser.add_argument("--temperature", type=float, default=0.0,
-                        help="0: greedy answers, exactly what greedy (and speculative) decoding will say; above 0: "
-                             "sampled answers, more varied data.")
-    parser.add_argument("--top_p", type=float | None, default=None, help="Nucleus sampling with --temperature > 0.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed for sampling (each batch seeded from it).")
-    parser.add_argument("--compile", type=bool, default=True,
-                        help="Compiled decoding steps (one compilation, a few minutes on CPU, then faster steps).")
-    parser.add_argument("--val_fraction", type=float, default=0.02, help="Share of prompts kept for validation.")
-    parser.add_argument("--progress", type=bool | None, default=None,
-                        help="Progress bar (default: when the output is a terminal).")
-    add_device_argument(parser)
-    subcommands.add_subcommand("distill", parser, help="Write a dataset of the model's own answers (for its heads).")
+    subcommands.add_subcommand("distill", command_parser(distill),
+                               help="Write a dataset of the model's own answers (for its heads).")
+
+
+def distill(ckpt: str, prompts: str, out: str, chat: str = "auto", prompt_tokens: int | None = None,
+            max_new_tokens: int = 256, batch_size: int = 16, temperature: float = 0.0, top_p: float | None = None,
+            seed: int = 0, compile: bool = True, val_fraction: float = 0.02, progress: bool | None = None,
+            device: str = "auto") -> int:
+    """Self-distillation: decode prompts with the model and write prompt + answer documents as a prepared dataset
+    (`train --data OUT` reads it). Heads trained on the model's own answers draft what it will say, which is what
+    speculative decoding accepts; on raw corpus text they learn what an author would write instead. Resumable: run
+    the same command again after a kill and it continues with the next batch.
+
+    Args:
+        ckpt: Checkpoint directory (runs/NAME/checkpoints/step_N) or run directory (its newest checkpoint).
+        prompts: A .jsonl file ({"messages": [...]} conversations or {"prompt": "..."} per line), a text file with
+            one prompt per line, or with --prompt_tokens a text corpus to cut.
+        out: Folder for the dataset (new, empty, or this distillation's).
+        chat: Format prompts with the model's chat template: 'auto' (when the model has one), 'true' or 'false'.
+        prompt_tokens: Read --prompts as one text corpus and cut it into prompts of this many tokens (no chat
+            template): the model continues each piece in its own words.
+        max_new_tokens: Longest answer; most end at EOS before it.
+        batch_size: Prompts decoded together (of similar lengths); larger is faster per token on a GPU.
+        temperature: 0: greedy answers, exactly what greedy (and speculative) decoding will say; above 0: sampled
+            answers, more varied data.
+        top_p: Nucleus sampling with --temperature > 0.
+        seed: Seed for sampling (each batch seeded from it).
+        compile: Compiled decoding steps (one compilation, a few minutes on CPU, then faster steps).
+        val_fraction: Share of prompts kept for validation.
+        progress: Progress bar (default: when the output is a terminal).
+        device: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.
+    """
+    return _run(SimpleNamespace(**locals()))  # the options as one object, for the steps below
 
 
 def _use_chat(value: str, tokenizer) -> bool:
@@ -78,6 +81,10 @@ def model_id(ckpt: Path) -> str:
 
 
 def run(args: Namespace) -> int:
+    return call(distill, args)
+
+
+def _run(args: SimpleNamespace) -> int:
     from multitoken.data.distill import DistillOptions, distill, remove_parts
     from multitoken.data.prompts import encode_prompt, read_prompts
     from multitoken.checkpoint import load_checkpoint, resolve_checkpoint

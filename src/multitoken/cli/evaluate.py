@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from jsonargparse import Namespace
 
-from multitoken.cli.common import add_ckpt_argument, add_device_argument, new_parser, print_json
+from multitoken.cli.common import call, command_parser, print_json
 
 
 def add_parser(subcommands) -> None:
-    parser = new_parser("Per-head validation loss and top-1 accuracy of a checkpoint, as a table or JSON.")
-    add_ckpt_argument(parser)
-    parser.add_argument("--data", type=str | list[str] | None, default=None,
-                        help="Text file or folder to evaluate on (all of it); the checkpoint's own training data "
-                             "(the same paths) gives its validation split. Default: the built-in corpus's validation "
-                             "split, for checkpoints trained on it.")
-    parser.add_argument("--batches", type=int | None, default=None,
-                        help="Batches of windows to evaluate, spread over the data; default: the run's eval_batches.")
-    parser.add_argument("--batch_size", type=int | None, default=None,
-                        help="Windows per batch; default: the run's batch_size.")
-    parser.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
-    add_device_argument(parser)
+    parser = command_parser(evaluate_checkpoint)
     subcommands.add_subcommand("eval", parser, help="Evaluate a checkpoint per head.")
 
 
+def evaluate_checkpoint(ckpt: str, data: str | list[str] | None = None, batches: int | None = None, batch_size: int | None = None,
+                        json: bool = False, device: str = "auto") -> int:
+    """Per-head validation loss and top-1 accuracy of a checkpoint, as a table or JSON.
+
+    Args:
+        ckpt: Checkpoint directory (runs/NAME/checkpoints/step_N) or run directory (its newest checkpoint).
+        data: Text file or folder to evaluate on (all of it); the checkpoint's own training data (the same paths)
+            gives its validation split. Default: the built-in corpus's validation split, for checkpoints trained on
+            it.
+        batches: Batches of windows to evaluate, spread over the data; default: the run's eval_batches.
+        batch_size: Windows per batch; default: the run's batch_size.
+        json: Print JSON instead of a table.
+        device: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.
+    """
+    return _run(SimpleNamespace(**locals()))  # the options as one object, for the steps below
+
+
 def run(args: Namespace) -> int:
+    return call(evaluate_checkpoint, args)
+
+
+def _run(args: SimpleNamespace) -> int:
     from multitoken.data.batches import eval_batches
     from multitoken.data.tokens import resolve_data, user_data_config
     from multitoken.errors import ConfigError, DataError

@@ -2,31 +2,40 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Literal
 
 from jsonargparse import Namespace
 
-from multitoken.cli.common import new_parser
+from multitoken.cli.common import call, command_parser
 
 
 def add_parser(subcommands) -> None:
-    export = new_parser(
-        "Export a multitoken checkpoint. --format hf writes a LlamaForCausalLM folder that transformers' "
-        "AutoModelForCausalLM.from_pretrained loads (trunk + head 1, with its tokenizer), with the extra heads "
-        "beside it in mtp_heads.safetensors, so that `multitoken convert` gives back the whole model bit for bit. "
-        "--format meta writes params.json (with n_future_tokens) and consolidated.00.pth, the layout of Meta's "
-        "multi-token release.")
-    export.add_argument("--ckpt", required=True,
-                        help="Checkpoint directory (runs/NAME/checkpoints/step_N) or run directory (its newest).")
-    export.add_argument("--format", required=True, type=Literal["hf", "meta"],
-                        help="hf (transformers' LlamaForCausalLM, extra heads beside it) or meta (params.json + "
-                             "consolidated.00.pth).")
-    export.add_argument("--out", required=True, help="New folder to write (must not exist).")
-    export.add_argument("--progress", type=bool, default=True, help="Show a progress bar.")
-    subcommands.add_subcommand("export", export, help="Export a checkpoint to Hugging Face or Meta format.")
+    parser = command_parser(export_checkpoint)
+    subcommands.add_subcommand("export", parser, help="Export a checkpoint to Hugging Face or Meta format.")
+
+
+def export_checkpoint(ckpt: str, format: Literal["hf", "meta"], out: str, progress: bool = True) -> int:
+    """Export a multitoken checkpoint. --format hf writes a LlamaForCausalLM folder that transformers'
+    AutoModelForCausalLM.from_pretrained loads (trunk + head 1, with its tokenizer), with the extra heads beside it in
+    mtp_heads.safetensors, so that `multitoken convert` gives back the whole model bit for bit. --format meta writes
+    params.json (with n_future_tokens) and consolidated.00.pth, the layout of Meta's multi-token release.
+
+    Args:
+        ckpt: Checkpoint directory (runs/NAME/checkpoints/step_N) or run directory (its newest).
+        format: hf (transformers' LlamaForCausalLM, extra heads beside it) or meta (params.json +
+            consolidated.00.pth).
+        out: New folder to write (must not exist).
+        progress: Show a progress bar.
+    """
+    return _run(SimpleNamespace(**locals()))  # the options as one object, for the steps below
 
 
 def run(args: Namespace) -> int:
+    return call(export_checkpoint, args)
+
+
+def _run(args: SimpleNamespace) -> int:
     from multitoken.interop.export import export
 
     out = export(args.ckpt, args.format, args.out, progress=args.progress)

@@ -8,30 +8,8 @@ import time
 
 from jsonargparse import Namespace
 
-from multitoken.cli.common import add_ckpt_argument, add_device_argument, new_parser
+from multitoken.cli.common import call, command_parser
 from multitoken.errors import ConfigError
-
-
-def add_sampling_arguments(parser) -> None:
-    parser.add_argument("--max_new_tokens", type=int, default=200, help="Tokens to generate.")
-    parser.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature; 0 is greedy.")
-    parser.add_argument("--top_k", type=int | None, default=None, help="Sample among the k most likely.")
-    parser.add_argument("--top_p", type=float | None, default=0.9,
-                        help="Nucleus sampling: keep the most likely tokens covering this probability; null for all.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed for sampling (same seed, same output).")
-
-
-def add_speculative_arguments(parser, auto: bool = False) -> None:
-    parser.add_argument("--draft_len", type=int | None, default=None,
-                        help="Tokens drafted per step by heads 2..k+1 (1..n_future-1); default n_future - 1.")
-    parser.add_argument("--tree", type=str, default="chain",
-                        help="Draft tree verified per step (greedy): 'chain' (each head's top guess, k drafts), "
-                             + ("'auto' (the tree, or plain decoding, with the most tokens/s measured on validation "
-                                "data at this batch size), " if auto else "")
-                             + "or paths of candidate ranks such as \"(0,), (1,), (0, 0)\". Sampling uses the chain.")
-    parser.add_argument("--compile", action="store_true",
-                        help="Compile each decoding step with torch.compile (static shapes; inductor on CPU, CUDA "
-                             "graphs on CUDA). The first call compiles (reported apart), later ones are faster.")
 
 
 def parse_tree(text: str, model, draft_len: int | None):
@@ -49,16 +27,16 @@ def parse_tree(text: str, model, draft_len: int | None):
     return tree
 
 
-def check_sampling(args: Namespace) -> None:
-    if args.max_new_tokens < 0:
-        raise ConfigError(f"--max-new-tokens must be >= 0 (got {args.max_new_tokens})")
-    if args.temperature < 0:
-        raise ConfigError(f"--temperature must be >= 0 (got {args.temperature}); 0 is greedy")
-    if args.top_k is not None and args.top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1 (got {args.top_k})")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ConfigError(f"--top-p must be in (0, 1] (got {args.top_p})")
-    seed = getattr(args, "seed", 0)
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+                   seed: int = 0) -> None:
+    if max_new_tokens < 0:
+        raise ConfigError(f"--max-new-tokens must be >= 0 (got {max_new_tokens})")
+    if temperature < 0:
+        raise ConfigError(f"--temperature must be >= 0 (got {temperature}); 0 is greedy")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1 (got {top_k})")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1] (got {top_p})")
     if not 0 <= seed < 2 ** 63:
         raise ConfigError(f"--seed must be in [0, 2**63) (got {seed})")
 
@@ -148,78 +126,96 @@ def check_prompt_fits(n_tokens: int, max_new_tokens: int, context: int, what: st
 
 
 def add_parser(subcommands) -> None:
-    parser = new_parser("Generate text from a checkpoint with the next-token head (KV-cached); with --speculative the "
-                        "extra heads draft tokens that the next-token head verifies (same output, fewer forwards).")
-    add_ckpt_argument(parser)
-    parser.add_argument("--prompt", required=True, help="Text to continue; with --chat, the user's message.")
-    parser.add_argument("--chat", action="store_true",
-                        help="Treat --prompt as a user message and format it with the model's chat template (models "
-                             "converted from Hugging Face folders or GGUF files carry one); print only the answer.")
-    parser.add_argument("--system", type=str | None, default=None,
-                        help="With --chat: a system message before the user's (default: the template's own, if any).")
-    parser.add_argument("--stop", type=list[str] | None, default=None,
-                        help="Strings that end the text (cut before the first one), e.g. --stop '[\"\\n\\n\"]'.")
-    parser.add_argument("--stream", type=bool, default=True,
-                        help="Write the text as decoding accepts it (false: all at once at the end).")
-    parser.add_argument("--ignore_eos", action="store_true",
-                        help="Keep generating past the model's end-of-sequence token (default: stop there).")
-    add_sampling_arguments(parser)
-    parser.add_argument("--speculative", action="store_true",
-                        help="Self-speculative decoding with the model's own heads; prints statistics after the text.")
-    add_speculative_arguments(parser)
-    add_device_argument(parser)
-    subcommands.add_subcommand("generate", parser, help="Generate text from a checkpoint.")
+    subcommands.add_subcommand("generate", command_parser(generate_text), help="Generate text from a checkpoint.")
 
 
 def run(args: Namespace) -> int:
+    return call(generate_text, args)
+
+
+def generate_text(ckpt: str, prompt: str, chat: bool = False, system: str | None = None,
+                  stop: list[str] | None = None, stream: bool = True, ignore_eos: bool = False,
+                  max_new_tokens: int = 200, temperature: float = 0.7, top_k: int | None = None,
+                  top_p: float | None = 0.9, seed: int = 0, speculative: bool = False, draft_len: int | None = None,
+                  tree: str = "chain", compile: bool = False, device: str = "auto") -> int:
+    """Generate text from a checkpoint with the next-token head (KV-cached); with --speculative the extra heads draft
+    tokens that the next-token head verifies (same output, fewer forwards).
+
+    Args:
+        ckpt: Checkpoint directory (runs/NAME/checkpoints/step_N) or run directory (its newest checkpoint).
+        prompt: Text to continue; with --chat, the user's message.
+        chat: Treat --prompt as a user message and format it with the model's chat template (models converted from
+            Hugging Face folders or GGUF files carry one); print only the answer.
+        system: With --chat: a system message before the user's (default: the template's own, if any).
+        stop: Strings that end the text (cut before the first one), e.g. --stop '["\\n\\n"]'.
+        stream: Write the text as decoding accepts it (false: all at once at the end).
+        ignore_eos: Keep generating past the model's end-of-sequence token (default: stop there).
+        max_new_tokens: Tokens to generate.
+        temperature: Sampling temperature; 0 is greedy.
+        top_k: Sample among the k most likely.
+        top_p: Nucleus sampling: keep the most likely tokens covering this probability; null for all.
+        seed: Seed for sampling (same seed, same output).
+        speculative: Self-speculative decoding with the model's own heads; prints statistics after the text.
+        draft_len: Tokens drafted per step by heads 2..k+1 (1..n_future-1); default n_future - 1.
+        tree: Draft tree verified per step (greedy): 'chain' (each head's top guess, k drafts), or paths of
+            candidate ranks such as "(0,), (1,), (0, 0)". Sampling uses the chain.
+        compile: Compile each decoding step with torch.compile (static shapes; inductor on CPU, CUDA graphs on
+            CUDA). The first call compiles (reported apart), later ones are faster.
+        device: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.
+    """
     import torch
 
+    from multitoken.checkpoint import load_checkpoint
     from multitoken.decoding import generate
     from multitoken.decoding.speculative import check_draft_len, speculative_generate
-    from multitoken.checkpoint import load_checkpoint
     from multitoken.training.runtime import resolve_device
 
-    check_sampling(args)
-    device = resolve_device(args.device)
-    model, _, tokenizer = load_checkpoint(args.ckpt, device)
-    k = check_draft_len(model, args.draft_len) if args.speculative else None
-    tree = parse_tree(args.tree, model, args.draft_len) if args.speculative else None
-    stops = check_stops(args.stop, tokenizer)
-    if args.chat:
-        from multitoken.data.chat import encode_chat
-
-        messages = ([{"role": "system", "content": check_text(args.system, "--system")}] if args.system else []) + \
-            [{"role": "user", "content": check_text(args.prompt, "--prompt")}]
-        ids = encode_chat(tokenizer, messages)
-    elif args.system is not None:
-        raise ConfigError("--system only applies with --chat: add --chat, or put the text in --prompt")
-    else:  # with the model's beginning-of-text token, where it has one
-        ids = tokenizer.encode_prompt(check_text(args.prompt, "--prompt"))
-    check_prompt_fits(len(ids), args.max_new_tokens, model.config.max_seq_len)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    prompt = torch.tensor([ids], device=device)
-    stop_ids = None if args.ignore_eos else torch.tensor([tokenizer.eot_id], device=device)
-    text_ids = [] if args.chat else (ids[1:] if tokenizer.bos_id is not None else ids)
-    stream = TextStream(tokenizer, text_ids, None if args.ignore_eos else tokenizer.eot_id, stops)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
+    device = resolve_device(device)
+    model, _, tokenizer = load_checkpoint(ckpt, device)
+    k = check_draft_len(model, draft_len) if speculative else None
+    draft_tree = parse_tree(tree, model, draft_len) if speculative else None
+    stops = check_stops(stop, tokenizer)
+    ids = _prompt_ids(tokenizer, prompt, chat, system)
+    check_prompt_fits(len(ids), max_new_tokens, model.config.max_seq_len)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    eos_id = None if ignore_eos else tokenizer.eot_id
+    text_ids = [] if chat else (ids[1:] if tokenizer.bos_id is not None else ids)
+    text = TextStream(tokenizer, text_ids, eos_id, stops)
     sys.stdout.write(tokenizer.decode(text_ids))
-    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator,
-                    stop_ids=stop_ids, on_tokens=stream if args.stream else None)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                    stop_ids=None if eos_id is None else torch.tensor([eos_id], device=device),
+                    on_tokens=text if stream else None)
+    prompt_ids = torch.tensor([ids], device=device)
     start = time.perf_counter()
-    if args.speculative:
-        new, stats = speculative_generate(model, prompt, args.max_new_tokens, draft_len=k, tree=tree,
-                                          compile=args.compile, **sampling)
+    if speculative:
+        new, stats = speculative_generate(model, prompt_ids, max_new_tokens, draft_len=k, tree=draft_tree,
+                                          compile=compile, **sampling)
         start += stats.compile_seconds  # compilation is reported apart
     else:
-        new = generate(model, prompt, args.max_new_tokens, compile=args.compile, **sampling)
+        new = generate(model, prompt_ids, max_new_tokens, compile=compile, **sampling)
     elapsed = time.perf_counter() - start
-    stream.close(new[0].tolist())
-    n_new = until_eos(new[0].tolist(), None if args.ignore_eos else tokenizer.eot_id)[1]
+    text.close(new[0].tolist())
+    n_new = until_eos(new[0].tolist(), eos_id)[1]
     rate = n_new / max(elapsed, 1e-9)
-    if args.speculative:
+    summary = f"{n_new} tokens in {elapsed:.2f} s, {rate:.1f} tokens/s"
+    if speculative:
         acceptance = " ".join(f"{a:.0%}" for a in stats.acceptance_per_position)
-        print(f"[{n_new} tokens in {elapsed:.2f} s, {rate:.1f} tokens/s | speculative, draft length {k}: "
-              f"{stats.forwards} forwards, tau {stats.tau:.2f} tokens/forward, acceptance by draft position "
-              f"{acceptance}]", file=sys.stderr)
-    else:
-        print(f"[{n_new} tokens in {elapsed:.2f} s, {rate:.1f} tokens/s]", file=sys.stderr)
+        summary += (f" | speculative, draft length {k}: {stats.forwards} forwards, tau {stats.tau:.2f} "
+                    f"tokens/forward, acceptance by draft position {acceptance}")
+    print(f"[{summary}]", file=sys.stderr)
     return 0
+
+
+def _prompt_ids(tokenizer, prompt: str, chat: bool, system: str | None) -> list[int]:
+    """The prompt's tokens: a chat message through the model's template, or text after its beginning-of-text token
+    (where it has one)."""
+    if chat:
+        from multitoken.data.chat import encode_chat
+
+        messages = ([{"role": "system", "content": check_text(system, "--system")}] if system else []) + \
+            [{"role": "user", "content": check_text(prompt, "--prompt")}]
+        return encode_chat(tokenizer, messages)
+    if system is not None:
+        raise ConfigError("--system only applies with --chat: add --chat, or put the text in --prompt")
+    return tokenizer.encode_prompt(check_text(prompt, "--prompt"))

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 from jsonargparse import Namespace
 
-from multitoken.cli.common import add_ckpt_argument, new_parser, print_json
+from multitoken.cli.common import call, command_parser, print_json
 
 
 def add_parser(subcommands) -> None:
-    parser = new_parser("Show a checkpoint's model config and parameter counts (embeddings, trunk, heads).")
-    add_ckpt_argument(parser)
-    parser.add_argument("--json", action="store_true", help="Print JSON instead of text.")
-    subcommands.add_subcommand("info", parser, help="Show a checkpoint's config and parameter counts.")
+    subcommands.add_subcommand("info", command_parser(info), help="Show a checkpoint's config and parameter counts.")
 
 
 def run(args: Namespace) -> int:
+    return call(info, args)
+
+
+def info(ckpt: str, json: bool = False) -> int:
+    """Show a checkpoint's model config and parameter counts (embeddings, trunk, heads).
+
+    Args:
+        ckpt: Checkpoint directory (runs/NAME/checkpoints/step_N) or run directory (its newest checkpoint).
+        json: Print JSON instead of text.
+    """
     import torch
 
     from multitoken.config import to_dict
@@ -22,14 +29,14 @@ def run(args: Namespace) -> int:
     from multitoken.model import MTPModel
     from multitoken.checkpoint import read_meta, resolve_checkpoint, verified_train_config
 
-    ckpt = resolve_checkpoint(args.ckpt)
+    ckpt = resolve_checkpoint(ckpt)
     cfg = verified_train_config(ckpt)  # the weights' shapes agree with it, so the counts below are the weights'
     meta = read_meta(ckpt)
     tokenizer = load_tokenizer(ckpt)  # the checkpoint's own: data.tokenizer may say 'bytes' for prepared BPE data
     with torch.device("meta"):  # shapes only: counting parameters needs no memory and no weights
         counts = MTPModel(cfg.model).num_params()
     m = cfg.model
-    if args.json:
+    if json:
         print_json({"checkpoint": str(ckpt), "step": meta["step"], "tokens_seen": meta.get("tokens_seen"),
                     "model": to_dict(m), "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
                     "params": counts})

@@ -2,37 +2,44 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 import os
 import sys
 from typing import Literal
 
 from jsonargparse import Namespace
 
-from multitoken.cli.common import new_parser
+from multitoken.cli.common import call, command_parser
 
 
 def add_parser(subcommands) -> None:
-    parser = new_parser("Tokenize text files and folders, .jsonl and .parquet files once into token shards for "
-                        "training: streaming (bounded memory), parallel, resumable. Rerunning over a finished OUT is a "
-                        "no-op; an interrupted run redoes only the missing shards. Train with `--data OUT`.")
-    parser.add_argument("--data", type=str, nargs="+", required=True,
+    parser = command_parser(prepare_corpus, skip=('data',))
+    parser.add_argument("--data", type=str, nargs="+", required=True,  # several paths after one flag
                         help="Files and folders: text (one document per file), .jsonl (one per line), .parquet (one "
                              "per row).")
-    parser.add_argument("--tokenizer", type=str, default="bytes",
-                        help="'bytes', or a tokenizer folder / tokenizer.json (`multitoken tokenizer train`).")
-    parser.add_argument("--out", type=str, required=True, help="Output folder (new, empty, or an earlier prepare).")
-    parser.add_argument("--val_fraction", type=float, default=0.02,
-                        help="Share of documents held out for validation (by a hash of each document's name).")
-    parser.add_argument("--workers", type=int | None, default=None,
-                        help="Worker processes; default: one per CPU core.")
-    parser.add_argument("--jsonl_field", type=str, default="text", help="JSONL field with the text.")
-    parser.add_argument("--parquet_column", type=str, default="text",
-                        help="Parquet column with the text.")
-    parser.add_argument("--shard_tokens", type=int, default=1 << 27,
-                        help="Most tokens in one shard file.")
-    parser.add_argument("--dtype", type=Literal["auto", "uint8", "uint16", "uint32"], default="auto",
-                        help="Token id type on disk; auto: the narrowest that holds the vocabulary (uint8 for bytes, uint16, uint32).")
     subcommands.add_subcommand("prepare", parser, help="Tokenize a corpus into shards for training.")
+
+
+def prepare_corpus(data: list[str], out: str, tokenizer: str = "bytes", val_fraction: float = 0.02, workers: int | None = None,
+                   jsonl_field: str = "text", parquet_column: str = "text", shard_tokens: int = 1 << 27,
+                   dtype: Literal["auto", "uint8", "uint16", "uint32"] = "auto") -> int:
+    """Tokenize text files and folders, .jsonl and .parquet files once into token shards for training: streaming
+    (bounded memory), parallel, resumable. Rerunning over a finished OUT is a no-op; an interrupted run redoes only
+    the missing shards. Train with `--data OUT`.
+
+    Args:
+        data: Files and folders: text (one document per file), .jsonl (one per line), .parquet (one per row).
+        out: Output folder (new, empty, or an earlier prepare).
+        tokenizer: 'bytes', or a tokenizer folder / tokenizer.json (`multitoken tokenizer train`).
+        val_fraction: Share of documents held out for validation (by a hash of each document's name).
+        workers: Worker processes; default: one per CPU core.
+        jsonl_field: JSONL field with the text.
+        parquet_column: Parquet column with the text.
+        shard_tokens: Most tokens in one shard file.
+        dtype: Token id type on disk; auto: the narrowest that holds the vocabulary (uint8 for bytes, uint16,
+            uint32).
+    """
+    return _run(SimpleNamespace(**locals()))  # the options as one object, for the steps below
 
 
 def human_bytes(n: int | None) -> str:
@@ -46,6 +53,10 @@ def human_bytes(n: int | None) -> str:
 
 
 def run(args: Namespace) -> int:
+    return call(prepare_corpus, args)
+
+
+def _run(args: SimpleNamespace) -> int:
     from multitoken.data.prepare import PrepareOptions, prepare
     from multitoken.data.tokenizer import build_tokenizer
 

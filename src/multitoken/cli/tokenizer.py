@@ -6,10 +6,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 from jsonargparse import Namespace
 
-from multitoken.cli.common import add_command_group, new_parser
+from multitoken.cli.common import add_command_group, call, command_parser
 from multitoken.cli.prepare import human_bytes
 from multitoken.errors import ConfigError
 
@@ -17,22 +18,28 @@ from multitoken.errors import ConfigError
 def add_parser(subcommands) -> None:
     inner = add_command_group(subcommands, "tokenizer", "Tokenizers: train a byte-level BPE on your corpus.",
                               "Train a BPE tokenizer.")
-
-    train = new_parser("Train a byte-level BPE (GPT-2 style: any text encodes, decoding is exact) with "
-                       "<|endoftext|> as id 0, streaming over text files and folders, .jsonl and .parquet files. "
-                       "Writes OUT/tokenizer.json and OUT/tokenizer_config.json; use it as --tokenizer OUT.")
-    train.add_argument("--data", type=str, nargs="+", required=True, help="Files and folders to train on.")
-    train.add_argument("--vocab_size", type=int, required=True,
-                       help="Vocabulary size, including the 256 bytes and <|endoftext|>.")
-    train.add_argument("--out", type=str, required=True, help="Folder to write the tokenizer into.")
-    train.add_argument("--min_frequency", type=int, default=2,
-                       help="Merge only pairs seen at least this often.")
-    train.add_argument("--max_bytes", type=int | None, default=None,
-                       help="Train on about the first this many bytes of text; default: all of it.")
-    train.add_argument("--jsonl_field", type=str, default="text", help="JSONL field with the text.")
-    train.add_argument("--parquet_column", type=str, default="text",
-                       help="Parquet column with the text.")
+    train = command_parser(train_tokenizer, skip=("data",))
+    train.add_argument("--data", type=str, nargs="+", required=True,  # several paths after one flag
+                       help="Files and folders to train on.")
     inner.add_subcommand("train", train, help="Train a byte-level BPE tokenizer.")
+
+
+def train_tokenizer(data: list[str], vocab_size: int, out: str, min_frequency: int = 2, max_bytes: int | None = None,
+                    jsonl_field: str = "text", parquet_column: str = "text") -> int:
+    """Train a byte-level BPE (GPT-2 style: any text encodes, decoding is exact) with <|endoftext|> as id 0,
+    streaming over text files and folders, .jsonl and .parquet files. Writes OUT/tokenizer.json and
+    OUT/tokenizer_config.json; use it as --tokenizer OUT.
+
+    Args:
+        data: Files and folders to train on.
+        vocab_size: Vocabulary size, including the 256 bytes and <|endoftext|>.
+        out: Folder to write the tokenizer into.
+        min_frequency: Merge only pairs seen at least this often.
+        max_bytes: Train on about the first this many bytes of text; default: all of it.
+        jsonl_field: JSONL field with the text.
+        parquet_column: Parquet column with the text.
+    """
+    return _run_train(SimpleNamespace(**locals()))
 
 
 def _save(tokenizer, out: Path) -> None:
@@ -49,7 +56,7 @@ def _save(tokenizer, out: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run_train(args: Namespace) -> int:
+def _run_train(args: SimpleNamespace) -> int:
     from multitoken.data.bpe import train_bpe_on_sources
     from multitoken.data.documents import check_sources, find_document_sources
     from multitoken.errors import ConfigError
@@ -70,4 +77,4 @@ def _run_train(args: Namespace) -> int:
 
 
 def run(args: Namespace) -> int:
-    return {"train": _run_train}[args.tokenizer](args[args.tokenizer])
+    return call({"train": train_tokenizer}[args.tokenizer], args[args.tokenizer])
