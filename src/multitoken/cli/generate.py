@@ -166,8 +166,7 @@ def generate_text(ckpt: str, prompt: str, chat: bool = False, system: str | None
     import torch
 
     from multitoken.checkpoint import load_checkpoint
-    from multitoken.decoding import generate
-    from multitoken.decoding.speculative import check_draft_len, speculative_generate
+    from multitoken.decoding.speculative import check_draft_len
     from multitoken.training.runtime import resolve_device
 
     check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
@@ -178,33 +177,45 @@ def generate_text(ckpt: str, prompt: str, chat: bool = False, system: str | None
     stops = check_stops(stop, tokenizer)
     ids = _prompt_ids(tokenizer, prompt, chat, system)
     check_prompt_fits(len(ids), max_new_tokens, model.config.max_seq_len)
-    generator = torch.Generator(device=device).manual_seed(seed)
     eos_id = None if ignore_eos else tokenizer.eot_id
     text_ids = [] if chat else (ids[1:] if tokenizer.bos_id is not None else ids)
     text = TextStream(tokenizer, text_ids, eos_id, stops)
     sys.stdout.write(tokenizer.decode(text_ids))
-    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                    generator=torch.Generator(device=device).manual_seed(seed),
                     stop_ids=None if eos_id is None else torch.tensor([eos_id], device=device),
                     on_tokens=text if stream else None)
-    prompt_ids = torch.tensor([ids], device=device)
-    start = time.perf_counter()
-    if speculative:
-        new, stats = speculative_generate(model, prompt_ids, max_new_tokens, draft_len=k, tree=draft_tree,
-                                          compile=compile, **sampling)
-        start += stats.compile_seconds  # compilation is reported apart
-    else:
-        new = generate(model, prompt_ids, max_new_tokens, compile=compile, **sampling)
-    elapsed = time.perf_counter() - start
+    new, stats, elapsed = _decode(model, torch.tensor([ids], device=device), max_new_tokens, speculative, k,
+                                  draft_tree, compile, sampling)
     text.close(new[0].tolist())
-    n_new = until_eos(new[0].tolist(), eos_id)[1]
-    rate = n_new / max(elapsed, 1e-9)
-    summary = f"{n_new} tokens in {elapsed:.2f} s, {rate:.1f} tokens/s"
-    if speculative:
+    _report_speed(until_eos(new[0].tolist(), eos_id)[1], elapsed, stats, k)
+    return 0
+
+
+def _decode(model, prompt, max_new_tokens: int, speculative: bool, draft_len: int | None, tree, compile: bool,
+            sampling: dict):
+    """New tokens, the speculative statistics (None for plain decoding) and the seconds decoding took (compiling
+    is reported apart)."""
+    from multitoken.decoding import generate
+    from multitoken.decoding.speculative import speculative_generate
+
+    start = time.perf_counter()
+    if not speculative:
+        new = generate(model, prompt, max_new_tokens, compile=compile, **sampling)
+        return new, None, time.perf_counter() - start
+    new, stats = speculative_generate(model, prompt, max_new_tokens, draft_len=draft_len, tree=tree, compile=compile,
+                                      **sampling)
+    return new, stats, time.perf_counter() - start - stats.compile_seconds
+
+
+def _report_speed(n_new: int, elapsed: float, stats, draft_len: int | None) -> None:
+    """The line after the text (on stderr): tokens/s, and for speculative decoding what the heads did."""
+    summary = f"{n_new} tokens in {elapsed:.2f} s, {n_new / max(elapsed, 1e-9):.1f} tokens/s"
+    if stats is not None:
         acceptance = " ".join(f"{a:.0%}" for a in stats.acceptance_per_position)
-        summary += (f" | speculative, draft length {k}: {stats.forwards} forwards, tau {stats.tau:.2f} "
+        summary += (f" | speculative, draft length {draft_len}: {stats.forwards} forwards, tau {stats.tau:.2f} "
                     f"tokens/forward, acceptance by draft position {acceptance}")
     print(f"[{summary}]", file=sys.stderr)
-    return 0
 
 
 def _prompt_ids(tokenizer, prompt: str, chat: bool, system: str | None) -> list[int]:
