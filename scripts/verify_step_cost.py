@@ -1,5 +1,6 @@
 """What one compiled decoding step costs on a real checkpoint: plain (one token) against a chain verify step of
-draft length k, at batch size 1 (docs/real-model.md).
+draft length k, and against that step's first phase alone (trunk and head 1 over the k + 1 tokens, no drafting), at
+batch size 1 (docs/real-model.md).
 
 speedup = tau x plain step / verify step, so the ratio is what a model's heads must make up for. Steps are timed
 directly on the static decoder (no Python loop around them beyond the call), the cases alternating in rounds, and
@@ -17,9 +18,33 @@ import time
 
 import torch
 
-from multitoken.decoding.static import cache_slots, decoder_for
+from multitoken.decoding.static import block_positions, cache_slots, compile_options, decoder_for
 from multitoken.decoding.tree import DraftTree
 from multitoken.checkpoint import load_checkpoint
+
+
+class VerifyOnly:
+    """The verify step's first phase alone: the trunk and head 1 over the chain's k + 1 tokens, unembedded at every
+    node, the greedy targets out; no extra heads, no cache moves, no second unembedding. It borrows the full verify
+    decoder's caches, so the difference of the two steps is what drafting adds."""
+
+    def __init__(self, decoder) -> None:
+        self.decoder, self.caches, self.prefill = decoder, decoder.caches, decoder.prefill
+        model = decoder.model
+
+        def step(tokens: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+            where = block_positions(start, decoder.chain_layout, decoder.slots, decoder.dtype)
+            return model.unembed(model.head(0, model.trunk(tokens, where), where)).argmax(-1)
+
+        self.step = torch.compile(step, dynamic=False, fullgraph=True)
+        self.compiled = False
+
+    def run_step(self, *args):
+        if self.compiled:
+            return self.step(*args)
+        with torch._inductor.config.patch(compile_options(self.decoder.device)):
+            self.compiled = True
+            return self.step(*args)
 
 
 def make_cases(model, k: int, prompt_len: int, steps: int) -> dict:
@@ -33,6 +58,7 @@ def make_cases(model, k: int, prompt_len: int, steps: int) -> dict:
     verify = decoder_for(model, 1, cache_len, DraftTree.chain(k), compile=True)
     tokens = prompt[:, -k - 1:].clone()
     cases["verify"] = (verify, lambda: (tokens, lengths))
+    cases["verify, no drafting"] = (VerifyOnly(verify), lambda: (tokens, lengths))
     return cases, prompt, lengths
 
 
@@ -80,7 +106,7 @@ def main() -> None:
               "ratio_to_plain": {n: m / medians["plain"] for n, m in medians.items()},
               "compile_seconds": compile_seconds}
     for name, ms in result["step_ms"].items():
-        print(f"{name:<18} {ms:7.2f} ms   {result['ratio_to_plain'][name]:.2f}x plain")
+        print(f"{name:<22} {ms:7.2f} ms   {result['ratio_to_plain'][name]:.2f}x plain")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
