@@ -164,3 +164,23 @@ def test_table_rows_go_by_size_then_n_whatever_order_runs_finished():
     records = [record("big", 20, 2, 1), record("small", 10, 4, 1), record("small", 10, 1, 2), record("small", 10, 1, 1)]
     rows = [[cell.strip() for cell in line.split("|")[1:5]] for line in table("bytes", records).splitlines()[2:]]
     assert rows == [["small", "10", "1", "2"], ["small", "10", "4", "1"], ["big", "20", "2", "1"]]
+
+
+def test_arithmetic_formation_is_the_first_evaluation_at_half():
+    from multitoken.experiments import arithmetic
+
+    def evaluation(tokens, at_one, at_two):
+        exact = {str(m): 0.0 for m in arithmetic.OPERATIONS}
+        exact.update({"1": at_one, "2": at_two})
+        return {"tokens": tokens, "exact": exact, "in_domain": 0.0, "out_of_domain": 0.0}
+
+    evals = [evaluation(1_000_000, 0.1, 0.0), evaluation(2_000_000, 0.6, 0.2), evaluation(3_000_000, 0.4, 0.5)]
+    record = arithmetic.summarize(evals)
+    assert record["formed_at"]["1"] == 2_000_000 and record["formed_at"]["2"] == 3_000_000
+    assert record["formed_at"]["3"] is None
+    final = {"exact": evals[-1]["exact"], "in_domain": 0.0, "out_of_domain": 0.0,
+             "per_coefficient": {str(m): 0.0 for m in arithmetic.OPERATIONS}}
+    runs = [{"size": "S", "non_embedding_params": 1, "n_future": 1, "seed": seed, "final": final, **record}
+            for seed in (1, 2)]
+    table = arithmetic.table(runs)
+    assert "| S | 1 | 2.0 (2/2) | 3.0 (2/2) | never |" in table

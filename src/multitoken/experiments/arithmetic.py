@@ -133,8 +133,18 @@ def specs(sizes: dict[str, Shape], n_futures: list[int], seeds: list[int], a) ->
     return grid(sizes, n_futures, seeds, int_list(a.larger_n, "--larger_n", "1"))
 
 
+FORMED = 0.5  # exact match at which a number of operations counts as formed (the second reading)
+
+
+def formation(evals: list[dict]) -> dict[str, int | None]:
+    """Per number of operations, the tokens trained when exact match first reached FORMED (None: never)."""
+    return {str(m): next((e["tokens"] for e in evals if e["exact"][str(m)] >= FORMED), None) for m in OPERATIONS}
+
+
 def summarize(evals: list[dict]) -> dict:
-    return {"curve": [[e["tokens"], e["in_domain"], e["out_of_domain"]] for e in evals]}
+    """The curve (tokens, in domain, out of domain), every evaluation's exact match per m, and when each m formed."""
+    return {"curve": [[e["tokens"], e["in_domain"], e["out_of_domain"]] for e in evals],
+            "exact_curve": [[e["tokens"], e["exact"]] for e in evals], "formed_at": formation(evals)}
 
 
 def reference(setup: dict) -> dict:
@@ -161,7 +171,25 @@ def table(records: list[dict], reference: dict | None = None) -> str:
         lines.append(row(size, f"{rs[0]['non_embedding_params']:,}", str(n), str(len(rs)), [r["final"] for r in rs]))
     if reference:  # one value, no spread: "± 0.0" would read as a measured sd
         lines.append(row("most frequent answer, no model", "-", "-", "-", [reference]).replace(" ± 0.0", ""))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _formation_table(records)) + "\n"
+
+
+def _formation_table(records: list[dict]) -> list[str]:
+    """The second reading: tokens (millions) until exact match first reached 50% at each m, mean over the seeds
+    that got there, and how many did ("never" where none did)."""
+    if not any("formed_at" in r for r in records):
+        return []  # records from before this reading
+    lines = ["", f"Tokens (millions) until exact match first reached {100 * FORMED:.0f}%, mean over the seeds that "
+             "reached it (how many of them did):", "",
+             "| size | n | " + " | ".join(f"{m} ops" for m in OPERATIONS) + " |",
+             "|---|---:|" + "---:|" * len(OPERATIONS)]
+    for (size, n), rs in groups(records).items():
+        cells = []
+        for m in OPERATIONS:
+            reached = [r["formed_at"][str(m)] for r in rs if r.get("formed_at", {}).get(str(m)) is not None]
+            cells.append(f"{sum(reached) / len(reached) / 1e6:.1f} ({len(reached)}/{len(rs)})" if reached else "never")
+        lines.append(f"| {size} | {n} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(records: list[dict], path: Path, reference: dict | None = None) -> None:
