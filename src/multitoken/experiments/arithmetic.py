@@ -171,7 +171,8 @@ def table(records: list[dict], reference: dict | None = None) -> str:
         lines.append(row(size, f"{rs[0]['non_embedding_params']:,}", str(n), str(len(rs)), [r["final"] for r in rs]))
     if reference:  # one value, no spread: "± 0.0" would read as a measured sd
         lines.append(row("most frequent answer, no model", "-", "-", "-", [reference]).replace(" ± 0.0", ""))
-    return "\n".join(lines + _formation_table(records)) + "\n"
+    # The formation reading first, so that the floor row stays the table's (and the report's) last line.
+    return "\n".join(_formation_table(records) + lines) + "\n"
 
 
 def _formation_table(records: list[dict]) -> list[str]:
@@ -179,7 +180,7 @@ def _formation_table(records: list[dict]) -> list[str]:
     that got there, and how many did ("never" where none did)."""
     if not any("formed_at" in r for r in records):
         return []  # records from before this reading
-    lines = ["", f"Tokens (millions) until exact match first reached {100 * FORMED:.0f}%, mean over the seeds that "
+    lines = [f"Tokens (millions) until exact match first reached {100 * FORMED:.0f}%, mean over the seeds that "
              "reached it (how many of them did):", "",
              "| size | n | " + " | ".join(f"{m} ops" for m in OPERATIONS) + " |",
              "|---|---:|" + "---:|" * len(OPERATIONS)]
@@ -189,7 +190,7 @@ def _formation_table(records: list[dict]) -> list[str]:
             reached = [r["formed_at"][str(m)] for r in rs if r.get("formed_at", {}).get(str(m)) is not None]
             cells.append(f"{sum(reached) / len(reached) / 1e6:.1f} ({len(reached)}/{len(rs)})" if reached else "never")
         lines.append(f"| {size} | {n} | " + " | ".join(cells) + " |")
-    return lines
+    return lines + ["", "Final exact match (percent, mean ± sd over seeds):", ""]
 
 
 def plot(records: list[dict], path: Path, reference: dict | None = None) -> None:
