@@ -53,10 +53,6 @@ def _special(value) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _read_json(path: Path) -> dict:
-    return read_json_or(path, {})
-
-
 def tokenizer_from_folder(folder: Path, model_config: dict | None = None) -> Tokenizer | None:
     """The tokenizer that came with a model folder (None when it has none). End-of-text is the model's eos token;
     a beginning-of-text token is kept when the tokenizer itself puts one before every text (Llama's <s>)."""
@@ -69,7 +65,7 @@ def tokenizer_from_folder(folder: Path, model_config: dict | None = None) -> Tok
             raise CheckpointError(f"{path} is not a valid tokenizer.json ({str(e).splitlines()[0][:120]})") from None
         if _is_byte_level_identity(tok):
             return ByteTokenizer()
-        settings = _read_json(folder / TOKENIZER_FILE)
+        settings = read_json_or(folder / TOKENIZER_FILE, {})
         eot = settings.get("eot_token") or _special(settings.get("eos_token"))
         if eot is None and model_config:
             eos_id = model_config.get("eos_token_id")
