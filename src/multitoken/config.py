@@ -109,6 +109,31 @@ class ModelConfig:
     """RMSNorm epsilon."""
     init_std: float = 0.02
     """Standard deviation of the normal weight initialisation."""
+    # The switches below describe other model families' blocks (all off: a Llama). Extra heads copy head 1's block,
+    # so every head has the family's block too.
+    qkv_bias: bool = False
+    """Biases on the q, k and v projections (Qwen2 / Qwen2.5)."""
+    qk_norm: bool = False
+    """RMSNorm over each attention head's q and k before rotary (Qwen3, Gemma 3)."""
+    norm_unit_offset: bool = False
+    """RMSNorm gains stored as offsets from 1, x * (1 + w), applied in fp32 (Gemma)."""
+    sandwich_norm: bool = False
+    """Norms on the attention and feed-forward outputs as well as on their inputs (Gemma 2 / 3)."""
+    scale_embeddings: bool = False
+    """Multiply the input embeddings by sqrt(d_model) (Gemma)."""
+    activation: Literal["silu", "gelu_tanh"] = "silu"
+    """The gated feed-forward's activation: 'silu' (SwiGLU, Llama) or 'gelu_tanh' (GeGLU with the tanh GELU, Gemma)."""
+    attention_scale: float | None = None
+    """Attention's query scale; null means 1 / sqrt(head width) (Gemma 3 sets it from query_pre_attn_scalar)."""
+    sliding_window: int | None = None
+    """Sliding-window attention: a window layer's token attends to the last sliding_window positions, itself
+    included; null for none."""
+    sliding_layers: list[int] | None = None
+    """Which of `layers` (trunk layers and head 1, 0-based) use the window; null with a window means all of them.
+    Extra heads use head 1's kind."""
+    rope_local_theta: float | None = None
+    """Rotary base of the window layers (Gemma 3: 10,000, with rope_theta and rope_scaling for the global layers);
+    null means rope_theta and rope_scaling for every layer."""
 
     def __post_init__(self) -> None:
         _check_types(self, "model.")
@@ -136,6 +161,29 @@ class ModelConfig:
                  f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.kv_heads})")
         if self.rope_scaling is not None:
             _check_rope_scaling(self.rope_scaling)
+        _require(self.attention_scale is None or self.attention_scale > 0,
+                 f"model.attention_scale must be positive (got {self.attention_scale}), or null for 1/sqrt(head width)")
+        _require(self.sliding_window is None or self.sliding_window >= 1,
+                 f"model.sliding_window must be at least 1 (got {self.sliding_window}), or null for none")
+        _require(self.rope_local_theta is None or self.rope_local_theta > 0,
+                 f"model.rope_local_theta must be positive (got {self.rope_local_theta}), or null")
+        if self.sliding_layers is not None:
+            _require(self.sliding_window is not None, "model.sliding_layers needs model.sliding_window: set the "
+                     "window, or sliding_layers to null")
+            n = self.n_trunk_layers + 1
+            bad = [i for i in self.sliding_layers if not 0 <= i < n]
+            _require(not bad, f"model.sliding_layers names layer {bad[0] if bad else 0}, but the model has layers "
+                     f"0..{n - 1} (the trunk and head 1)")
+
+    def is_sliding(self, layer: int) -> bool:
+        """Whether layers[layer] (trunk and head 1, 0-based) attends within the window."""
+        if self.sliding_window is None:
+            return False
+        return self.sliding_layers is None or layer in self.sliding_layers
+
+    def window_of(self, layer: int) -> int | None:
+        """The attention window of layers[layer], or None for full causal attention."""
+        return self.sliding_window if self.is_sliding(layer) else None
 
     @property
     def n_trunk_layers(self) -> int:

@@ -28,22 +28,28 @@ def save_hf_tokenizer(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>", "bos_token": "<s>"}))
 
 
+FAMILY_CLASSES = {"llama": ("LlamaForCausalLM", "LlamaConfig"), "mistral": ("MistralForCausalLM", "MistralConfig"),
+                  "qwen2": ("Qwen2ForCausalLM", "Qwen2Config"), "qwen3": ("Qwen3ForCausalLM", "Qwen3Config"),
+                  "gemma3": ("Gemma3ForCausalLM", "Gemma3TextConfig")}
+
+
 def make_hf_model(folder: Path, arch: str = "llama", seed: int = 0, shard_size: str | None = None, **overrides):
-    """A random tiny LlamaForCausalLM / MistralForCausalLM saved with save_pretrained, plus a tokenizer."""
+    """A random tiny model of a transformers family (llama, mistral, qwen2, qwen3, gemma3) saved with
+    save_pretrained, plus a tokenizer."""
     transformers = pytest.importorskip("transformers")
     values = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
                   num_key_value_heads=4, max_position_embeddings=128, rms_norm_eps=1e-5, bos_token_id=1,
                   eos_token_id=2)
     values.update(overrides)
     torch.manual_seed(seed)
-    if arch == "mistral":
-        model = transformers.MistralForCausalLM(transformers.MistralConfig(**values))
-    else:
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**values))
-    with torch.no_grad():  # norms away from 1 so that a misplaced norm shows
+    model_class, config_class = FAMILY_CLASSES[arch]
+    model = getattr(transformers, model_class)(getattr(transformers, config_class)(**values))
+    with torch.no_grad():  # norms away from 1 and biases away from 0, so that a misplaced one shows
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.5)
     kwargs = {"max_shard_size": shard_size} if shard_size else {}
     model.save_pretrained(folder, **kwargs)
     save_hf_tokenizer(folder)

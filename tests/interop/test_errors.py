@@ -46,11 +46,13 @@ def test_folder_of_neither_format(tmp_path, capsys):
 @needs_transformers
 def test_unsupported_architecture(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
-    config = transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=2)
-    transformers.Qwen2ForCausalLM(config).save_pretrained(tmp_path / "qwen")
-    code, err = run_cli(capsys, "convert", str(tmp_path / "qwen"), "--out", str(tmp_path / "out"))
-    assert_one_line_error(code, err, "Qwen2ForCausalLM is not supported", "biases", "LlamaForCausalLM")
+    config = transformers.Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, moe_intermediate_size=16,
+                                         num_experts=2, num_experts_per_tok=1)
+    transformers.Qwen3MoeForCausalLM(config).save_pretrained(tmp_path / "moe")
+    code, err = run_cli(capsys, "convert", str(tmp_path / "moe"), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "Qwen3MoeForCausalLM is not supported", "mixture of experts",
+                          "Gemma3ForCausalLM")
     assert_nothing_written(tmp_path / "out")
 
 

@@ -106,10 +106,11 @@ def test_sharded_folder_converts(tmp_path):
         assert (reference(idx).logits - model(idx)).abs().max() < 1e-4
 
 
-def test_mistral_sliding_window_limits_the_context(tmp_path):
-    make_hf_model(tmp_path / "hf", "mistral", sliding_window=64, max_position_embeddings=128)
+def test_a_window_as_long_as_the_context_is_left_out(tmp_path):
+    """Within the context a window that long is plain causal attention: the converted config has none."""
+    make_hf_model(tmp_path / "hf", "mistral", sliding_window=128, max_position_embeddings=128)
     result = convert(tmp_path / "hf", tmp_path / "mt")
-    assert result.model.config.max_seq_len == 64 and "sliding window" in result.model.notes[0]
+    assert result.model.config.sliding_window is None and result.model.config.max_seq_len == 128
 
 
 def test_bfloat16_conversion(tmp_path):

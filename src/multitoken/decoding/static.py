@@ -114,7 +114,7 @@ class StaticDecoder:
         where = Positions.aligned(0, prompt.shape[1])
         z = model.trunk(prompt, where)
         h1 = model.head(0, z, where)
-        cos, sin = model.rope(prompt.shape[1], where)
+        cos, sin = model.rope(prompt.shape[1], where, self.heads.window)
         hidden = torch.cat([h1[:, :, None], self.heads(z, cos, sin, where, self.caches.fused)], dim=2)  # fill every cache
         return model.unembed(last_positions(hidden, lengths))
 
@@ -166,7 +166,7 @@ class StaticDecoder:
         self.caches.move(start[:, None] + path, chain_slots)
         chain = block_positions(start, self.chain_layout, self.slots, self.dtype)
         z_path = z.gather(1, path[:, :, None].expand(-1, -1, z.shape[-1]))  # (B, D + 1, d)
-        cos, sin = model.rope(path.shape[1], chain)
+        cos, sin = model.rope(path.shape[1], chain, self.heads.window)
         hidden = self.heads(z_path, cos, sin, chain, self.caches.fused)[rows, n_accepted]  # (B, D, d): heads 2..D+1 at the last kept
         next_tokens = draft_tokens(target[rows, best], model.unembed(hidden), layout, self.max_rank)
         return tokens.gather(1, path), n_accepted, next_tokens

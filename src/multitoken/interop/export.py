@@ -1,6 +1,7 @@
-"""`export`: a multitoken checkpoint -> a Hugging Face `LlamaForCausalLM` folder or a Meta folder.
+"""`export`: a multitoken checkpoint -> a Hugging Face folder of its family's class (Llama, Mistral, Qwen2, Qwen3,
+Gemma 3) or a Meta folder.
 
-hf: the trunk and head 1 are an ordinary Llama (`model.safetensors`, `config.json`, `generation_config.json`, the
+hf: the trunk and head 1 are an ordinary model of the family (`model.safetensors`, `config.json`, `generation_config.json`, the
 tokenizer), loadable by `transformers.AutoModelForCausalLM.from_pretrained` with head 1's logits. Heads 2..n go
 beside it in `mtp_heads.safetensors` (same per-layer names, `mtp_heads.{j}.*`) described by `mtp_heads.json`; a
 transformers user never sees them, and `multitoken convert` of the folder gives back the whole model bit for bit.
@@ -18,7 +19,7 @@ import torch
 
 from multitoken.config import ModelConfig
 from multitoken.data.tokenizer import SentencePieceTokenizer, load_tokenizer
-from multitoken.interop import hf, meta
+from multitoken.interop import families, hf, meta
 from multitoken.files import check_new_folder, new_folder
 from multitoken.interop.source import check_tensors
 from multitoken.interop.tensors import LazyTensor, safetensors_tensors, write_safetensors
@@ -26,26 +27,50 @@ from multitoken.interop.tokenizers import save_hf_tokenizer
 
 
 def hf_config(config: ModelConfig, dtype: torch.dtype, token_ids: dict) -> dict:
-    """config.json of the trunk + head 1 as a LlamaForCausalLM. Rope settings at the top level (rope_theta,
-    rope_scaling), which transformers 4 reads and transformers 5 still accepts."""
-    return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,
-        "hidden_size": config.d_model, "intermediate_size": config.ffn_dim,
-        "num_hidden_layers": config.n_trunk_layers + 1, "num_attention_heads": config.n_head,
+    """config.json of the trunk + head 1 as its family's transformers class (`families.family_of`). Rope settings
+    at the top level (rope_theta, rope_scaling), which transformers 4 reads and transformers 5 still accepts; Gemma 3's
+    per layer type, as transformers 5 writes them."""
+    family = families.family_of(config)
+    n_layers = config.n_trunk_layers + 1
+    out = {
+        "architectures": [family.hf_architecture], "model_type": family.hf_model_type,
+        "vocab_size": config.vocab_size, "hidden_size": config.d_model, "intermediate_size": config.ffn_dim,
+        "num_hidden_layers": n_layers, "num_attention_heads": config.n_head,
         "num_key_value_heads": config.kv_heads, "head_dim": config.head_size,
         "max_position_embeddings": config.max_seq_len, "rms_norm_eps": config.norm_eps,
-        "rope_theta": config.rope_theta, "rope_scaling": config.rope_scaling,
-        "tie_word_embeddings": config.tie_embeddings, "hidden_act": "silu", "attention_bias": False,
-        "mlp_bias": False, "attention_dropout": 0.0, "initializer_range": config.init_std, "pretraining_tp": 1,
-        "use_cache": True, "torch_dtype": str(dtype).removeprefix("torch."), **token_ids,
+        "tie_word_embeddings": config.tie_embeddings, "attention_dropout": 0.0, "mlp_bias": False,
+        "initializer_range": config.init_std, "use_cache": True, "torch_dtype": str(dtype).removeprefix("torch."),
+        **token_ids,
     }
+    types = ["sliding_attention" if config.is_sliding(i) else "full_attention" for i in range(n_layers)]
+    if family.name == "gemma3":
+        full = {"rope_type": "default", "rope_theta": config.rope_theta, **(config.rope_scaling or {})}
+        local = {"rope_type": "default", "rope_theta": config.rope_local_theta or config.rope_theta}
+        # transformers keeps the scale as query_pre_attn_scalar, an integer: 1 / scale^2, rounded back to it
+        scalar = config.head_size if config.attention_scale is None else config.attention_scale ** -2
+        scalar = round(scalar) if abs(scalar - round(scalar)) < 1e-6 else scalar
+        out.update(hidden_activation="gelu_pytorch_tanh", attention_bias=False, layer_types=types,
+                   sliding_window=config.sliding_window or config.max_seq_len,
+                   rope_parameters={"full_attention": full, "sliding_attention": local},
+                   query_pre_attn_scalar=scalar,
+                   final_logit_softcapping=None, attn_logit_softcapping=None)
+        return out
+    out.update(hidden_act="silu", rope_theta=config.rope_theta, rope_scaling=config.rope_scaling)
+    if family.name in ("llama", "mistral"):
+        out.update(attention_bias=False, pretraining_tp=1, sliding_window=config.sliding_window)
+    else:  # Qwen2 / Qwen3: which layers use the window, as layer_types
+        out.update(use_sliding_window=config.sliding_window is not None, sliding_window=config.sliding_window,
+                   layer_types=types, max_window_layers=n_layers)
+        if family.name == "qwen3":
+            out["attention_bias"] = False
+    return out
 
 
 def _hf_tensors(tensors: dict[str, LazyTensor], config: ModelConfig) -> dict[str, dict[str, LazyTensor]]:
     """Our tensors under transformers' names, q and k rows permuted to rotate-half, split by file."""
     files: dict[str, dict[str, LazyTensor]] = {hf.WEIGHTS_FILE: {}, hf.HEADS_FILE: {}}
     for ours, lazy in tensors.items():
-        file, name = hf.hf_name(ours)
+        file, name = hf.hf_name(ours, config)
         heads = hf.qk_rows(ours, config)
         if heads is not None:
             lazy = lazy.map(lambda w, h=heads: hf.interleaved_to_halves(w, h, config.head_size))

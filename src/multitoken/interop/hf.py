@@ -21,6 +21,7 @@ import torch
 from multitoken.config import ModelConfig
 from multitoken.errors import CheckpointError
 from multitoken.files import read_json
+from multitoken.interop import families
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -29,23 +30,12 @@ HEADS_FILE = "mtp_heads.safetensors"
 HEADS_CONFIG = "mtp_heads.json"
 HEADS_FORMAT = "multitoken-mtp-heads"
 
-ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
-# Why the Llama-shaped look-alikes are refused, so that the message can say what is missing.
+# Why the look-alikes that stay unsupported are refused, so that the message can say what is missing.
 UNSUPPORTED = {
-    "Qwen2ForCausalLM": "its attention has biases", "Qwen3ForCausalLM": "it normalizes q and k per head",
-    "GemmaForCausalLM": "it scales embeddings and offsets its norms", "Gemma2ForCausalLM": "it soft-caps logits",
-    "Gemma3ForCausalLM": "it soft-caps logits and mixes sliding-window layers",
+    "GemmaForCausalLM": "Gemma 1: use Gemma 3", "Gemma2ForCausalLM": "it soft-caps attention and logits",
+    "Gemma3ForConditionalGeneration": "it is the multimodal model: convert its text-only sibling (Gemma3ForCausalLM)",
     "Phi3ForCausalLM": "it fuses q, k and v", "MixtralForCausalLM": "it is a mixture of experts",
     "Qwen2MoeForCausalLM": "it is a mixture of experts", "Qwen3MoeForCausalLM": "it is a mixture of experts",
-}
-
-# Our per-layer names -> transformers'. q and k also need their rows permuted (see the module docstring).
-BLOCK_NAMES = {
-    "attention.wq.weight": "self_attn.q_proj.weight", "attention.wk.weight": "self_attn.k_proj.weight",
-    "attention.wv.weight": "self_attn.v_proj.weight", "attention.wo.weight": "self_attn.o_proj.weight",
-    "feed_forward.w1.weight": "mlp.gate_proj.weight", "feed_forward.w3.weight": "mlp.up_proj.weight",
-    "feed_forward.w2.weight": "mlp.down_proj.weight",
-    "attention_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight",
 }
 TOP_NAMES = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
              "output.weight": "lm_head.weight"}
@@ -62,25 +52,29 @@ def halves_to_interleaved(w: torch.Tensor, n_heads: int, head_dim: int) -> torch
     return w.reshape(n_heads, 2, head_dim // 2, -1).transpose(1, 2).reshape(w.shape)
 
 
-def hf_name(ours: str) -> tuple[str, str]:
+def hf_name(ours: str, config: ModelConfig) -> tuple[str, str]:
     """(file, transformers name) of one of our tensor names: layers go to the model file as
     model.layers.i.*, extra heads to the heads file as mtp_heads.j.*."""
     if ours in TOP_NAMES:
         return WEIGHTS_FILE, TOP_NAMES[ours]
     group, index, rest = ours.split(".", 2)
+    names = families.block_names(config)
     if group == "layers":
-        return WEIGHTS_FILE, f"model.layers.{index}.{BLOCK_NAMES[rest]}"
+        return WEIGHTS_FILE, f"model.layers.{index}.{names[rest]}"
     if group == "extra_heads":
-        return HEADS_FILE, f"mtp_heads.{index}.{BLOCK_NAMES[rest]}"
+        return HEADS_FILE, f"mtp_heads.{index}.{names[rest]}"
     raise KeyError(ours)
 
 
 def qk_rows(ours: str, config: ModelConfig) -> int | None:
-    """Attention heads whose rows make up this tensor when it is a q or k projection (those get permuted)."""
-    if ours.endswith("attention.wq.weight"):
+    """Attention heads whose rows make up this tensor when it lies along a q or k head's width (those get
+    permuted): the projections and their biases, and the per-head norms (one head's width, shared)."""
+    if ours.endswith(("attention.wq.weight", "attention.wq.bias")):
         return config.n_head
-    if ours.endswith("attention.wk.weight"):
+    if ours.endswith(("attention.wk.weight", "attention.wk.bias")):
         return config.kv_heads
+    if ours.endswith(("attention.q_norm.weight", "attention.k_norm.weight")):
+        return 1
     return None
 
 
@@ -88,24 +82,55 @@ def _first(value):
     return value[0] if isinstance(value, list) and value else value
 
 
-def _rope_settings(raw: dict, path: Path) -> tuple[float, dict | None]:
-    """The rotary base and scaling (ModelConfig's form) of a config.json."""
-    # transformers 5 writes rope settings under rope_parameters; older files have rope_theta / rope_scaling on top.
+def _rope_settings(raw: dict, path: Path, family: families.Family) -> tuple[float, dict | None, float | None]:
+    """The rotary base and scaling (ModelConfig's form) of a config.json, and the window layers' own base (Gemma 3)
+    or None."""
+    gemma = family.name == "gemma3"
+    # transformers 5 writes rope settings under rope_parameters (per layer type for Gemma 3); older files have
+    # rope_theta / rope_scaling (and Gemma 3's rope_local_base_freq) on top.
     rope = raw.get("rope_parameters") or {}
-    theta = float(rope.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    local_theta = raw.get("rope_local_base_freq", 10000.0 if gemma else None)
+    if "full_attention" in rope or "sliding_attention" in rope:
+        local = rope.get("sliding_attention") or {}
+        if local.get("rope_type", "default") != "default":
+            raise CheckpointError(f"{path}: the window layers' rotary scaling {local['rope_type']!r} is not supported")
+        local_theta = local.get("rope_theta", local_theta)
+        rope = rope.get("full_attention") or {}
+    theta = float(rope.get("rope_theta", raw.get("rope_theta", 1e6 if gemma else 10000.0)))
+    local_theta = None if local_theta is None or not gemma else float(local_theta)
     scaling = {k: v for k, v in rope.items() if k != "rope_theta"} or raw.get("rope_scaling")
     if not scaling:
-        return theta, None
+        return theta, None, local_theta
     scaling = dict(scaling)
     kind = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
     if kind == "default":
-        return theta, None
+        return theta, None, local_theta
     if kind == "llama3":
         keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-        return theta, {"rope_type": "llama3", **{k: scaling[k] for k in keys if k in scaling}}
+        return theta, {"rope_type": "llama3", **{k: scaling[k] for k in keys if k in scaling}}, local_theta
     if kind == "linear":
-        return theta, {"rope_type": "linear", "factor": scaling.get("factor")}
+        return theta, {"rope_type": "linear", "factor": scaling.get("factor")}, local_theta
     raise CheckpointError(f"{path}: rotary scaling {kind!r} is not supported (multitoken reads llama3 and linear)")
+
+
+def _windows(raw: dict, family: families.Family, n_layers: int) -> tuple[int | None, list[int] | None]:
+    """(window, the layers that use it; None: all of them) of a config.json, or (None, None) for none."""
+    window = raw.get("sliding_window")
+    if family.name in ("qwen2", "qwen3") and not raw.get("use_sliding_window", False):
+        window = None  # Qwen ships a sliding_window value that its own code ignores unless this is set
+    if window is None or family.name in ("llama", "mistral"):
+        return (None if window is None else int(window)), None
+    types = raw.get("layer_types")
+    if types is None and family.name == "gemma3":  # older files: every pattern-th layer global
+        pattern = int(raw.get("sliding_window_pattern", raw.get("_sliding_window_pattern", 6)))
+        types = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)]
+    elif types is None:  # Qwen: the layers from max_window_layers on
+        first = int(raw.get("max_window_layers", n_layers))
+        types = ["sliding_attention" if i >= first else "full_attention" for i in range(n_layers)]
+    sliding = [i for i, kind in enumerate(types[:n_layers]) if kind == "sliding_attention"]
+    if not sliding:
+        return None, None
+    return int(window), None if len(sliding) == n_layers else sliding
 
 
 def read_config(folder: Path, max_seq_len: int | None = None) -> tuple[ModelConfig, list[str], dict]:
@@ -114,40 +139,53 @@ def read_config(folder: Path, max_seq_len: int | None = None) -> tuple[ModelConf
     path = folder / CONFIG_FILE
     raw = read_json(path, "download it again")
     arch = _first(raw.get("architectures")) or raw.get("model_type", "unknown")
-    if arch not in ARCHITECTURES:
+    family = families.BY_HF_ARCHITECTURE.get(arch)
+    if family is None:
         why = UNSUPPORTED.get(arch)
-        raise CheckpointError(f"{folder}: architecture {arch} is not supported"
-                              f"{f' ({why})' if why else ''}; multitoken converts {' and '.join(ARCHITECTURES)}")
-    for key, ok in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
-        if raw.get(key, ok) != ok:
-            raise CheckpointError(f"{path}: {key} is {raw[key]!r}, but multitoken's Llama layers need {ok!r}")
+        known = ", ".join(f.hf_architecture for f in families.FAMILIES)
+        raise CheckpointError(f"{folder}: architecture {arch} is not supported{f' ({why})' if why else ''}; "
+                              f"multitoken converts {known}")
+    activation = "gelu_tanh" if family.name == "gemma3" else "silu"
+    act = raw.get("hidden_activation") or raw.get("hidden_act") or "silu"
+    if {"silu": ("silu",), "gelu_tanh": ("gelu_pytorch_tanh", "gelu_tanh")}[activation].count(act) == 0:
+        raise CheckpointError(f"{path}: the activation is {act!r}, but {arch}'s block in multitoken uses "
+                              f"{activation}")
+    biased = family.name != "qwen2" and raw.get("attention_bias", False)  # these also bias o_proj, which ours lacks
+    for key, value in (("attention_bias", biased), ("mlp_bias", raw.get("mlp_bias", False)),
+                       ("final_logit_softcapping", raw.get("final_logit_softcapping")),
+                       ("attn_logit_softcapping", raw.get("attn_logit_softcapping")),
+                       ("use_bidirectional_attention", raw.get("use_bidirectional_attention"))):
+        if value:
+            raise CheckpointError(f"{path}: {key} is {raw[key]!r}, which multitoken's {arch} block does not have")
     notes = []
-    theta, scaling = _rope_settings(raw, path)
-    context = int(raw.get("max_position_embeddings", 2048))
-    window = raw.get("sliding_window") if raw.get("use_sliding_window", True) else None
-    if window is not None and window < context:
-        # Within the window sliding-window attention is plain causal attention, so the model is exact up to it.
-        notes.append(f"context limited to the sliding window of {window} tokens (config.json says "
-                     f"{context}): within it, attention is exactly plain causal attention")
-        context = int(window)
-    if max_seq_len is not None:
-        context = max_seq_len
+    theta, scaling, local_theta = _rope_settings(raw, path, family)
+    n_layers = int(raw.get("num_hidden_layers", 0))
+    window, sliding_layers = _windows(raw, family, n_layers)
+    context = max_seq_len or int(raw.get("max_position_embeddings", 2048))
+    if window is not None and window >= context and local_theta is None:
+        window = sliding_layers = None  # within the context a window that long is plain causal attention
     d_model, n_head = int(raw["hidden_size"]), int(raw["num_attention_heads"])
     head_dim = raw.get("head_dim")
+    width = int(head_dim) if head_dim is not None else d_model // n_head
     if head_dim is not None and d_model % n_head == 0 and int(head_dim) == d_model // n_head:
         head_dim = None  # the usual width: leave it implied, as our own models do
+    scalar = raw.get("query_pre_attn_scalar") if family.name == "gemma3" else None
+    attention_scale = None if scalar is None or float(scalar) == width else float(scalar) ** -0.5
     n_kv = int(raw.get("num_key_value_heads") or n_head)
     n_future = read_heads_config(folder)
     try:
-        config = ModelConfig(
-            vocab_size=int(raw["vocab_size"]), d_model=d_model, n_layer=int(raw["num_hidden_layers"]) - 1 + n_future,
+        config = families.configure(
+            family,
+            vocab_size=int(raw["vocab_size"]), d_model=d_model, n_layer=n_layers - 1 + n_future,
             n_head=n_head, n_kv_head=None if n_kv == n_head else n_kv,
             head_dim=None if head_dim is None else int(head_dim),
             n_future=n_future, max_seq_len=context, ffn_hidden=int(raw["intermediate_size"]), rope_theta=theta,
             rope_scaling=scaling, norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-            tie_embeddings=bool(raw.get("tie_word_embeddings", False)))
+            tie_embeddings=bool(raw.get("tie_word_embeddings", family.name == "gemma3")),
+            attention_scale=attention_scale, sliding_window=window, sliding_layers=sliding_layers,
+            rope_local_theta=local_theta if window is not None else None)
     except KeyError as e:
-        raise CheckpointError(f"{path} lacks {e.args[0]!r}: not a complete Llama config") from None
+        raise CheckpointError(f"{path} lacks {e.args[0]!r}: not a complete {arch} config") from None
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path} describes a model multitoken cannot build: {e}") from None
     return config, notes, raw

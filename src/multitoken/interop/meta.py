@@ -130,6 +130,13 @@ def is_tied(tensors: dict[str, LazyTensor]) -> bool:
 
 def params_for(config: ModelConfig) -> dict:
     """params.json for a model (the inverse of `read_params`). One-line errors for what Meta's format cannot say."""
+    plain = ModelConfig()
+    switched = [name for name in ("qkv_bias", "qk_norm", "norm_unit_offset", "sandwich_norm", "scale_embeddings",
+                                  "activation", "attention_scale", "sliding_window", "rope_local_theta")
+                if getattr(config, name) != getattr(plain, name)]
+    if switched:
+        raise CheckpointError(f"Meta's format holds Llama blocks only, and this model sets {', '.join(switched)}: "
+                              "export it with --format hf")
     if config.head_dim is not None and config.head_dim * config.n_head != config.d_model:
         raise CheckpointError(f"Meta's format has no head_dim: this model's heads are {config.head_dim} wide, not "
                               f"d_model / n_head; export it with --format hf")

@@ -93,7 +93,7 @@ def _import_hf(folder: Path, max_seq_len: int | None) -> tuple[ModelConfig, dict
         found.update(safetensors_tensors(path))
     if config.n_future > 1:
         found.update(safetensors_tensors(folder / hf.HEADS_FILE))
-    by_hf_name = {hf.hf_name(ours)[1]: ours for ours in expected_shapes(config, with_tied_output=True)}
+    by_hf_name = {hf.hf_name(ours, config)[1]: ours for ours in expected_shapes(config, with_tied_output=True)}
     tensors: dict[str, LazyTensor] = {}
     for name, lazy in found.items():
         if name.endswith(hf.IGNORED_SUFFIXES):

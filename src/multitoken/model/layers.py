@@ -1,7 +1,11 @@
 """Llama-style transformer building blocks: RMSNorm, rotary embeddings, attention through SDPA, SwiGLU.
 
 Parameter names follow Meta's Llama / multi-token-prediction release (`attention.wq`, `feed_forward.w1`,
-`attention_norm`, ...) so their checkpoints map one to one.
+`attention_norm`, ...) so their checkpoints map one to one. Other families' blocks are the same block with
+`ModelConfig` switches (litgpt's way, not a class per family): q/k/v biases (Qwen2), per-head q/k norms (Qwen3,
+Gemma 3), (1 + w) norm gains, norms after attention and the feed-forward as well (Gemma's sandwich), GeGLU, a query
+scale and sliding-window layers. The functions here (`rms_norm`, `ACTIVATIONS`, `rope_frequencies`) are shared with
+the fused heads of decoding, which run the same math on stacked weights.
 """
 
 from __future__ import annotations
@@ -24,21 +28,42 @@ def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     return (x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: bool = False) -> torch.Tensor:
+    """RMSNorm with gain weight: Llama's (normalized in fp32, cast back, times w) or Gemma's (times 1 + w in fp32,
+    then cast): the two differ in bf16 rounding, and each family's weights were trained with its own."""
+    if unit_offset:
+        x_fp32 = x.float()
+        normed = x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + eps)
+        return (normed * (1.0 + weight.float())).type_as(x)
+    return rms_normalize(x, eps) * weight
+
+
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, unit_offset: bool = False) -> None:
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.unit_offset = eps, unit_offset
+        # The identity at initialisation either way: a gain of 1, or an offset of 0 from it.
+        self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_normalize(x, self.eps) * self.weight
+        return rms_norm(x, self.weight, self.eps, self.unit_offset)
 
 
-def rope_frequencies(config: ModelConfig) -> torch.Tensor:
-    """The rotary angular frequencies (head_dim // 2,), fp32, with the config's scaling applied."""
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {"silu": F.silu, "gelu_tanh": gelu_tanh}
+
+
+def rope_frequencies(config: ModelConfig, local: bool = False) -> torch.Tensor:
+    """The rotary angular frequencies (head_dim // 2,), fp32, with the config's scaling applied. local: those of the
+    sliding-window layers where the config gives them their own base (unscaled, as Gemma 3's)."""
     hd = config.head_size
-    freqs = 1.0 / (config.rope_theta ** (torch.arange(0, hd // 2, dtype=torch.float32) * 2 / hd))
-    scaling = config.rope_scaling
+    local = local and config.rope_local_theta is not None
+    theta = config.rope_local_theta if local else config.rope_theta
+    freqs = 1.0 / (theta ** (torch.arange(0, hd // 2, dtype=torch.float32) * 2 / hd))
+    scaling = None if local else config.rope_scaling
     if scaling is None:
         return freqs
     factor = float(scaling["factor"])
@@ -56,9 +81,10 @@ def rope_frequencies(config: ModelConfig) -> torch.Tensor:
     return torch.where(medium, interpolated, scaled)
 
 
-def rope_cache(config: ModelConfig, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables, each (max_seq_len, head_dim // 2)."""
-    freqs = rope_frequencies(config).to(device)
+def rope_cache(config: ModelConfig, device: torch.device | str | None = None,
+               local: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables, each (max_seq_len, head_dim // 2) (local: the window layers', see rope_frequencies)."""
+    freqs = rope_frequencies(config, local).to(device)
     angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32, device=device), freqs)
     return angles.cos(), angles.sin()
 
@@ -75,14 +101,40 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return rotated.flatten(-2).type_as(x)
 
 
+def window_mask(mask: torch.Tensor | None, where: Positions | None, T: int, L: int, window: int,
+                dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """The additive mask of a window layer: `mask` (the block's causal or tree mask over L keys, None for plain
+    causal) with every key at least `window` positions before its query removed.
+
+    Keys are compared by slot: a decode's past sits at slot = position, and a draft node's ancestors sit in the
+    block, within a few positions of it, so for any window longer than a draft tree is deep slot and position give
+    the same answer.
+    """
+    if where is None or where.is_aligned:
+        first = 0 if where is None else where.start  # queries at first..first+T-1, keys at slots 0..L-1
+        if first + T <= window:  # nothing to cut: every key is within the window
+            return mask
+        query = torch.arange(first, first + T, device=device)[:, None]
+        key = torch.arange(L, device=device)[None, :]
+        allowed = (key <= query) & (key > query - window)
+        return torch.zeros((T, L), dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
+    key = torch.arange(L, device=device)[None, None, :]
+    too_old = key <= (where.positions - window)[:, :, None]  # (B, T, L)
+    return mask.masked_fill(too_old[:, None], float("-inf"))
+
+
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, window: int | None = None) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_size
-        self.wq = nn.Linear(config.d_model, config.n_head * config.head_size, bias=False)
-        self.wk = nn.Linear(config.d_model, config.kv_heads * config.head_size, bias=False)
-        self.wv = nn.Linear(config.d_model, config.kv_heads * config.head_size, bias=False)
+        self.window, self.scale = window, config.attention_scale
+        self.wq = nn.Linear(config.d_model, config.n_head * config.head_size, bias=config.qkv_bias)
+        self.wk = nn.Linear(config.d_model, config.kv_heads * config.head_size, bias=config.qkv_bias)
+        self.wv = nn.Linear(config.d_model, config.kv_heads * config.head_size, bias=config.qkv_bias)
         self.wo = nn.Linear(config.n_head * config.head_size, config.d_model, bias=False)
+        if config.qk_norm:  # one gain per element of a head, shared by all heads
+            self.q_norm = RMSNorm(config.head_size, config.norm_eps, config.norm_unit_offset)
+            self.k_norm = RMSNorm(config.head_size, config.norm_eps, config.norm_unit_offset)
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, where: Positions | None) -> torch.Tensor:
@@ -90,6 +142,8 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, T, self.n_head, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
 
@@ -100,37 +154,54 @@ class Attention(nn.Module):
                 raise RuntimeError("positions given but no KV cache: decode within `DecodeCaches(model, ...)`")
             k, v, mask = self.kv_cache.update(where, k, v)
             is_causal = False
+        if self.window is not None:
+            mask = window_mask(mask, where, T, k.shape[2], self.window, q.dtype, q.device)
+            is_causal = is_causal and mask is None
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
 class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+    """A gated feed-forward: w2(act(w1 x) * w3 x), SwiGLU with silu (Llama), GeGLU with the tanh GELU (Gemma)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.w1 = nn.Linear(config.d_model, config.ffn_dim, bias=False)
         self.w2 = nn.Linear(config.ffn_dim, config.d_model, bias=False)
         self.w3 = nn.Linear(config.d_model, config.ffn_dim, bias=False)
+        self.act = ACTIVATIONS[config.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(self.act(self.w1(x)) * self.w3(x))
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then + ffn(norm(x))."""
+    """Pre-norm residual block: x + attn(norm(x)), then + ffn(norm(x)). With `sandwich_norm` each branch's output is
+    normalized too before it joins the residual (Gemma). window: the attention window of a sliding layer."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, window: int | None = None) -> None:
         super().__init__()
-        self.attention = Attention(config)
+        norm = lambda: RMSNorm(config.d_model, config.norm_eps, config.norm_unit_offset)  # noqa: E731
+        self.attention = Attention(config, window)
         self.feed_forward = FeedForward(config)
-        self.attention_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attention_norm, self.ffn_norm = norm(), norm()
+        if config.sandwich_norm:
+            self.post_attention_norm, self.post_ffn_norm = norm(), norm()
+
+    @property
+    def window(self) -> int | None:
+        return self.attention.window
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 where: Positions | None = None) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin, where)
-        return x + self.feed_forward(self.ffn_norm(x))
+        a = self.attention(self.attention_norm(x), cos, sin, where)
+        if hasattr(self, "post_attention_norm"):
+            a = self.post_attention_norm(a)
+        x = x + a
+        f = self.feed_forward(self.ffn_norm(x))
+        if hasattr(self, "post_ffn_norm"):
+            f = self.post_ffn_norm(f)
+        return x + f

@@ -28,15 +28,15 @@ class MTPModel(nn.Module):
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.d_model)
         # Trunk layers followed by head 1's layer (Meta's naming: layers = trunk + next-token head).
-        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_trunk_layers + 1))
-        self.extra_heads = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_future - 1))
-        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.layers = nn.ModuleList(TransformerBlock(config, config.window_of(i))
+                                    for i in range(config.n_trunk_layers + 1))
+        head_window = config.window_of(config.n_trunk_layers)  # extra heads are head 1's kind of layer
+        self.extra_heads = nn.ModuleList(TransformerBlock(config, head_window) for _ in range(config.n_future - 1))
+        self.norm = RMSNorm(config.d_model, config.norm_eps, config.norm_unit_offset)
         self.output = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:  # one Parameter under two names: state_dict lists both, optimizers see it once
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = rope_cache(config)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_rope()
         self.reset_parameters()
 
     @classmethod
@@ -61,15 +61,22 @@ class MTPModel(nn.Module):
         """(Re)compute the rotary tables on device: a model built on the meta device (to receive loaded weights
         without initialising them first) has none."""
         cos, sin = rope_cache(self.config, device)
-        self.rope_cos, self.rope_sin = cos, sin
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        if self.config.rope_local_theta is not None:  # the window layers' own tables (Gemma 3)
+            cos, sin = rope_cache(self.config, device, local=True)
+            self.register_buffer("rope_local_cos", cos, persistent=False)
+            self.register_buffer("rope_local_sin", sin, persistent=False)
 
     def reset_parameters(self) -> None:
         std = self.config.init_std
         if self.output.weight.is_meta:  # shapes only (parameter counts, or weights about to be assigned)
             return
         for name, p in self.named_parameters():
-            if p.dim() < 2:  # norm gains
-                nn.init.ones_(p)
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif p.dim() < 2:  # norm gains: 1, or an offset of 0 from it
+                nn.init.zeros_(p) if self.config.norm_unit_offset else nn.init.ones_(p)
             elif name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
                 # Residual-branch outputs scaled down with depth (GPT-2) so the residual stream starts near unit scale.
                 nn.init.normal_(p, std=std / math.sqrt(2 * self.config.n_layer))
@@ -84,22 +91,33 @@ class MTPModel(nn.Module):
         """The transformer layer of head i (0-based here: 0 is the next-token head)."""
         return self.layers[-1] if i == 0 else self.extra_heads[i - 1]
 
-    def rope(self, T: int, where: Positions | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin for a block of T tokens: (T, hd/2), or (B, T, hd/2) for rows at their own positions."""
-        return (where or Positions.aligned(0, T)).rope(self.rope_cos, self.rope_sin)
+    def rope(self, T: int, where: Positions | None, window: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for a block of T tokens: (T, hd/2), or (B, T, hd/2) for rows at their own positions. window: the
+        attention window of the layer they are for (window layers may have their own rotary base)."""
+        local = window is not None and self.config.rope_local_theta is not None
+        tables = (self.rope_local_cos, self.rope_local_sin) if local else (self.rope_cos, self.rope_sin)
+        return (where or Positions.aligned(0, T)).rope(*tables)
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.tok_embeddings(idx)
+        if self.config.scale_embeddings:  # Gemma: the scale rounded to the weights' dtype first, as it was trained
+            x = x * torch.tensor(self.config.d_model ** 0.5, dtype=torch.float32).to(x.dtype)
+        return x
 
     def trunk(self, idx: torch.Tensor, where: Positions | None = None) -> torch.Tensor:
         """Shared trunk: token ids (B, T) -> hidden state z (B, T, d_model)."""
-        cos, sin = self.rope(idx.shape[1], where)
-        x = self.tok_embeddings(idx)
+        T = idx.shape[1]
+        tables = {w: self.rope(T, where, w) for w in {layer.window for layer in self.layers[:-1]}}
+        x = self.embed(idx)
         for layer in self.layers[:-1]:
-            x = layer(x, cos, sin, where)
+            x = layer(x, *tables[layer.window], where)
         return x
 
     def head(self, i: int, z: torch.Tensor, where: Positions | None = None) -> torch.Tensor:
         """Head i (0-based) applied to the trunk output z: (B, T, d_model) -> (B, T, d_model), before the norm."""
-        cos, sin = self.rope(z.shape[1], where)
-        return self.head_block(i)(z, cos, sin, where)
+        block = self.head_block(i)
+        cos, sin = self.rope(z.shape[1], where, block.window)
+        return block(z, cos, sin, where)
 
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
         """Shared final norm and unembedding: (..., d_model) -> (..., V)."""
