@@ -40,21 +40,37 @@ def llama_cpp_permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(path, model, tok, qtype: str, tied: bool) -> None:
+LAYER_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+               "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+               "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+GEMMA_NORMS = {"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
+               "post_feedforward_layernorm": "post_ffw_norm"}
+
+
+def write_gguf(path, model, tok, qtype: str, tied: bool, arch: str = "llama") -> None:
+    """model's weights as llama.cpp's convert_hf_to_gguf.py lays them out for arch: q/k rows permuted to
+    interleaved pairs for llama only, Gemma's norm gains stored as 1 + w, its four norms under their own names."""
     import json
 
     c = model.config
     q = gguf.GGMLQuantizationType[qtype]
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(c.num_hidden_layers)
     writer.add_context_length(c.max_position_embeddings)
     writer.add_embedding_length(c.hidden_size)
     writer.add_feed_forward_length(c.intermediate_size)
     writer.add_head_count(c.num_attention_heads)
     writer.add_head_count_kv(c.num_key_value_heads)
-    writer.add_rope_freq_base(c.rope_parameters["rope_theta"] if getattr(c, "rope_parameters", None) else c.rope_theta)
+    rope = c.rope_parameters if getattr(c, "rope_parameters", None) else {"rope_theta": c.rope_theta}
+    writer.add_rope_freq_base(rope.get("full_attention", rope)["rope_theta"])
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
-    writer.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    if arch == "gemma3":
+        writer.add_sliding_window(c.sliding_window)
     writer.add_vocab_size(c.vocab_size)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("smollm")
@@ -70,23 +86,24 @@ def write_gguf(path, model, tok, qtype: str, tied: bool) -> None:
     writer.add_chat_template(CHATML)
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
-    layer = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    layer = {**LAYER_NAMES, **GEMMA_NORMS} if arch == "gemma3" else LAYER_NAMES
     for name, w in model.state_dict().items():
         if name == "lm_head.weight" and tied:
             continue
         if name.startswith("model.layers."):
-            i, rest = name.split(".")[2], name.split(".", 3)[3].removesuffix(".weight")
-            out = f"blk.{i}.{layer[rest]}.weight"
+            i, rest = name.split(".")[2], name.split(".", 3)[3]
+            part, kind = rest.rsplit(".", 1)
+            out = f"blk.{i}.{layer[part]}.{kind}"
         else:
             out = names[name]
-        if "q_proj" in name:
+        if arch == "llama" and "q_proj" in name:
             w = llama_cpp_permute(w, c.num_attention_heads)
-        elif "k_proj" in name:
+        elif arch == "llama" and "k_proj" in name:
             w = llama_cpp_permute(w, c.num_key_value_heads)
+        if arch == "gemma3" and name.endswith("norm.weight"):
+            w = w + 1
         data = w.float().numpy()
-        if data.ndim == 2:  # norms stay F32, as llama.cpp keeps them
+        if data.ndim == 2:  # norms and biases stay F32, as llama.cpp keeps them
             writer.add_tensor(out, gguf.quants.quantize(data, q), raw_dtype=q)
         else:
             writer.add_tensor(out, data)
@@ -278,3 +295,35 @@ def test_sentencepiece_style_gguf_tokenizer_equals_transformers(tmp_path):
     for text in ["def add self", "class point pass", "return x y", "unknown wörds\n"]:
         assert tok.encode_prompt(text) == reference(text).input_ids, text
         assert tok.decode(tok.encode(text)) == reference.decode(reference(text, add_special_tokens=False).input_ids)
+
+
+# llama.cpp's own Gemma 3 layout: every 6th layer global (7 layers: the 6th), head_dim = query_pre_attn_scalar.
+GGUF_FAMILIES = {
+    "qwen2": dict(num_key_value_heads=2),
+    # transformers' GGUF loader leaves Qwen3's head_dim at its default, 128; here that is not hidden / heads
+    "qwen3": dict(num_key_value_heads=2, head_dim=128),
+    "gemma3": dict(num_hidden_layers=7, num_key_value_heads=1, num_attention_heads=2, head_dim=256,
+                   query_pre_attn_scalar=256, sliding_window=8),
+}
+
+
+@pytest.mark.parametrize("arch,qtype", [("qwen2", "F32"), ("qwen2", "Q8_0"), ("qwen3", "F32"), ("qwen3", "Q4_0"),
+                                        ("gemma3", "F32"), ("gemma3", "Q8_0")])
+def test_family_gguf_logits_equal_transformers_gguf_loader(tmp_path, tokenizer, arch, qtype):
+    from tests.interop.conftest import make_hf_model
+
+    tied = arch == "gemma3"
+    hf_model = make_hf_model(tmp_path / "hf", arch, vocab_size=tokenizer.get_vocab_size(),
+                             tie_word_embeddings=tied, **GGUF_FAMILIES[arch])
+    path = tmp_path / f"{arch}-{qtype}.gguf"
+    write_gguf(path, hf_model, tokenizer, qtype, tied, arch)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name,
+                                                                  dtype=torch.float32).eval()
+    assert type(reference).__name__ == type(hf_model).__name__
+    convert(path, tmp_path / "mt")
+    model = load_checkpoint(tmp_path / "mt")[0]
+    idx = torch.randint(0, tokenizer.get_vocab_size(), (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (reference(idx).logits - model(idx)).abs().max().item() < 1e-4
+        if qtype == "F32":  # unquantized, it is the Hugging Face model itself
+            assert (hf_model(idx).logits - model(idx)).abs().max().item() < 1e-4

@@ -1,9 +1,11 @@
 """GGUF files (llama.cpp's format): the config from the metadata, the tensors dequantized one at a time, and the
 tokenizer the metadata describes, read through the `gguf` package (llama.cpp's own reader and dequantizers).
 
-Tensor layout: llama.cpp's converter permutes the rows of q and k within each attention head from transformers'
-rotate-half order to Meta's interleaved pairs, which is the order our model uses, so they are taken as they are
-(the tests compare logits with transformers' GGUF loader, which undoes the permutation, rather than trust this).
+Tensor layout: for `llama` files, llama.cpp's converter permutes the rows of q and k within each attention head
+from transformers' rotate-half order to Meta's interleaved pairs, which is the order our model uses, so they are
+taken as they are; `qwen2`, `qwen3` and `gemma3` files keep transformers' rows (llama.cpp rotates those halves
+apart), which are permuted here as for a Hugging Face folder; Gemma's norm gains are stored as 1 + w. The tests
+compare logits with transformers' GGUF loader, which undoes each of these itself, rather than trust this.
 GGUF lists dimensions innermost first; the reader's arrays already have numpy's (rows, columns) shape.
 """
 
@@ -18,18 +20,13 @@ import torch
 from multitoken.config import ModelConfig
 from multitoken.data.tokenizer import BPETokenizer, Tokenizer, require_tokenizers
 from multitoken.errors import CheckpointError
+from multitoken.interop import families, hf
 from multitoken.interop.tensors import LazyTensor
 
 SUFFIX = ".gguf"
-ARCHITECTURES = ("llama",)
 # Quantizations read (the gguf package dequantizes each of them in numpy); others are refused up front.
 QUANT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
-BLOCK_NAMES = {
-    "attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv", "attn_output": "attention.wo",
-    "ffn_gate": "feed_forward.w1", "ffn_up": "feed_forward.w3", "ffn_down": "feed_forward.w2",
-    "attn_norm": "attention_norm", "ffn_norm": "ffn_norm",
-}
 TOP_NAMES = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
              "output.weight": "output.weight"}
 IGNORED = ("rope_freqs.weight",)  # checked in read_config, never a weight of ours
@@ -69,11 +66,18 @@ def _value(reader, key: str, default=None):
     return field.contents()
 
 
-def read_config(path: Path, reader, max_seq_len: int | None) -> ModelConfig:
+def family_of(path: Path, reader) -> families.Family:
     arch = _value(reader, "general.architecture", "unknown")
-    if arch not in ARCHITECTURES:
+    family = families.BY_GGUF_ARCHITECTURE.get(arch)
+    if family is None:
         raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported; multitoken reads "
-                              f"{', '.join(ARCHITECTURES)} GGUF files")
+                              f"{', '.join(families.BY_GGUF_ARCHITECTURE)} GGUF files")
+    return family
+
+
+def read_config(path: Path, reader, max_seq_len: int | None) -> ModelConfig:
+    family = family_of(path, reader)
+    arch = family.gguf_architecture
     names = {t.name for t in reader.tensors}
     if "rope_freqs.weight" in names:
         raise CheckpointError(f"{path} scales its rotary frequencies with a rope_freqs tensor (Llama 3.1 style), "
@@ -93,14 +97,23 @@ def read_config(path: Path, reader, max_seq_len: int | None) -> ModelConfig:
         tokens = reader.fields.get("tokenizer.ggml.tokens")
         vocab = int(_value(reader, f"{arch}.vocab_size", len(tokens.data) if tokens else 0))
         context = int(_value(reader, f"{arch}.context_length", 2048))
-        config = ModelConfig(
-            vocab_size=vocab, d_model=d_model, n_layer=int(_value(reader, f"{arch}.block_count")), n_head=n_head,
+        n_layers = int(_value(reader, f"{arch}.block_count"))
+        window, sliding_layers, local_theta = None, None, None
+        if family.name == "gemma3":  # llama.cpp's Gemma 3: every 6th layer global, the others windowed at base 10k
+            window = int(_value(reader, f"{arch}.attention.sliding_window", 4096))
+            pattern = int(_value(reader, f"{arch}.attention.sliding_window_pattern", 6))
+            sliding_layers = [i for i in range(n_layers) if (i + 1) % pattern]
+            local_theta = float(_value(reader, f"{arch}.rope.freq_base_swa", 10000.0))
+        config = families.configure(
+            family,
+            vocab_size=vocab, d_model=d_model, n_layer=n_layers, n_head=n_head,
             n_kv_head=None if n_kv == n_head else n_kv, head_dim=None if head_dim * n_head == d_model else head_dim,
             n_future=1, max_seq_len=max_seq_len or context,
             ffn_hidden=int(_value(reader, f"{arch}.feed_forward_length")),
-            rope_theta=float(_value(reader, f"{arch}.rope.freq_base", 10000.0)), rope_scaling=scaling,
-            norm_eps=float(_value(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-            tie_embeddings="output.weight" not in names)
+            rope_theta=float(_value(reader, f"{arch}.rope.freq_base", 1e6 if family.name == "gemma3" else 10000.0)),
+            rope_scaling=scaling, norm_eps=float(_value(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+            tie_embeddings="output.weight" not in names, qkv_bias=family.name == "qwen2",
+            sliding_window=window, sliding_layers=sliding_layers, rope_local_theta=local_theta)
     except TypeError:
         raise CheckpointError(f"{path}: its metadata lacks the model's shape ({arch}.block_count, "
                               f"{arch}.embedding_length, ...): not a complete GGUF model file") from None
@@ -112,17 +125,18 @@ def read_config(path: Path, reader, max_seq_len: int | None) -> ModelConfig:
 def our_name(gguf_name: str) -> str | None:
     if gguf_name in TOP_NAMES:
         return TOP_NAMES[gguf_name]
-    m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.weight", gguf_name)
-    if m and m.group(2) in BLOCK_NAMES:
-        return f"layers.{m.group(1)}.{BLOCK_NAMES[m.group(2)]}.weight"
+    m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", gguf_name)
+    if m and m.group(2) in families.GGUF_BLOCK_NAMES:
+        return f"layers.{m.group(1)}.{families.GGUF_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
     return None
 
 
-def read_tensors(path: Path, reader) -> dict[str, LazyTensor]:
-    """Every weight under our name, dequantized to float32 only when loaded. Unsupported types and unknown tensors
-    are refused here, before anything is read or written."""
+def read_tensors(path: Path, reader, config: ModelConfig) -> dict[str, LazyTensor]:
+    """Every weight under our name, dequantized to float32 only when loaded, in our layout (q/k rows, norm gains).
+    Unsupported types and unknown tensors are refused here, before anything is read or written."""
     from gguf import quants
 
+    family = family_of(path, reader)
     out = {}
     for t in reader.tensors:
         if t.name in IGNORED:
@@ -133,15 +147,20 @@ def read_tensors(path: Path, reader) -> dict[str, LazyTensor]:
                                   f"(it reads {', '.join(QUANT_TYPES)}): use a file quantized to one of those")
         ours = our_name(t.name)
         if ours is None:
-            raise CheckpointError(f"{path} has tensor {t.name}, which a llama model does not have: the file is not "
-                                  "a plain Llama (or it is damaged)")
+            raise CheckpointError(f"{path} has tensor {t.name}, which a {family.gguf_architecture} model does not "
+                                  "have: the file is not a plain one of its kind (or it is damaged)")
         shape = tuple(int(n) for n in reversed(t.shape.tolist()))
-        if len(shape) == 2 and shape[0] == 1 and t.name.endswith("norm.weight"):
+        if len(shape) == 2 and shape[0] == 1 and t.name.endswith(("norm.weight", ".bias")):
             shape = shape[1:]
+        heads = hf.qk_rows(ours, config) if family.gguf_rotate_half else None
+        shift = family.gguf_norm_shift if t.name.endswith("norm.weight") else 0.0
 
-        def load(t=t, shape=shape) -> torch.Tensor:
+        def load(t=t, shape=shape, heads=heads, shift=shift) -> torch.Tensor:
             values = quants.dequantize(np.asarray(t.data), t.tensor_type)
-            return torch.from_numpy(np.array(values, dtype=np.float32)).reshape(shape)  # a copy: the map is read-only
+            w = torch.from_numpy(np.array(values, dtype=np.float32)).reshape(shape)  # a copy: the map is read-only
+            if shift:
+                w -= shift
+            return hf.halves_to_interleaved(w, heads, config.head_size) if heads is not None else w
 
         out[ours] = LazyTensor(shape, torch.float32, load)
     return out

@@ -125,7 +125,7 @@ def _import_gguf(path: Path, max_seq_len: int | None,
     """A GGUF file's config, tensors and (unless another is given) the tokenizer its metadata describes."""
     reader = gguf_file.open_reader(path)
     config = gguf_file.read_config(path, reader, max_seq_len)
-    tensors = gguf_file.read_tensors(path, reader)
+    tensors = gguf_file.read_tensors(path, reader, config)
     check_tensors(tensors, config, str(path), lambda n: n)
     return config, tensors, gguf_file.read_tokenizer(path, reader) if with_tokenizer else None
 
