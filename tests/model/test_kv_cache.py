@@ -8,17 +8,30 @@ from multitoken.model import DecodeCaches
 from tests.conftest import tiny_model_config
 
 
-@pytest.mark.parametrize("n_future,n_kv_head", [(1, None), (3, None), (2, 2)])
-def test_blockwise_cached_logits_equal_full_recompute(n_future, n_kv_head):
+# Gemma 3's block with a window of 5 on some layers (head 1's and its copies among them), and its own rotary base
+GEMMA_LIKE = dict(qk_norm=True, norm_unit_offset=True, sandwich_norm=True, scale_embeddings=True,
+                  activation="gelu_tanh", attention_scale=0.3, sliding_window=5, sliding_layers=[0, 2],
+                  rope_local_theta=500.0, qkv_bias=True, n_layer=5)  # layers 0, 2 (head 1) windowed, 1 global
+
+
+@pytest.mark.parametrize("n_future,n_kv_head,switches", [(1, None, {}), (3, None, {}), (2, 2, {}),
+                                                          (3, 2, GEMMA_LIKE)])
+@pytest.mark.parametrize("per_row", [False, True])
+def test_blockwise_cached_logits_equal_full_recompute(n_future, n_kv_head, switches, per_row):
     torch.manual_seed(0)
-    model = MTPModel(tiny_model_config(n_future=n_future, n_kv_head=n_kv_head)).eval()
+    model = MTPModel(tiny_model_config(n_future=n_future, n_kv_head=n_kv_head, **switches)).eval()
+    with torch.no_grad():  # gains and biases away from their identity values, so that each one shows
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.uniform_(-0.5, 0.5)
     idx = torch.randint(0, 64, (2, 20))
     with torch.no_grad():
         full = model(idx, return_all_heads=True)
         with DecodeCaches(model, batch_size=2, length=20) as caches:
             pieces, pos = [], 0
             for size in (7, 1, 1, 4, 1, 6):  # a prefill, single steps and multi-token blocks
-                pieces.append(model(idx[:, pos:pos + size], return_all_heads=True, where=caches.at(pos, size)))
+                start = torch.tensor([pos, pos]) if per_row and pos else pos  # per row: the masked path
+                pieces.append(model(idx[:, pos:pos + size], return_all_heads=True, where=caches.at(start, size)))
                 pos += size
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
 

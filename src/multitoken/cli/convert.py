@@ -20,9 +20,10 @@ def add_parser(subcommands) -> None:
 def convert_model(src: str, out: str, dtype: Literal["float32", "bfloat16", "float16"] | None = None,
                   tokenizer: str | None = None, max_seq_len: int | None = None, progress: bool = True) -> int:
     """Convert a model folder into a multitoken checkpoint. SRC is detected by its files: a Hugging Face folder
-    (config.json + model.safetensors or shards with model.safetensors.index.json; LlamaForCausalLM or
-    MistralForCausalLM), a Meta folder (params.json + consolidated.pth or consolidated.NN.pth, e.g.
-    facebook/multi-token-prediction's 7B_200B_4) or a GGUF file. Weights stream tensor by tensor, so a model larger
+    (config.json + model.safetensors or shards with model.safetensors.index.json; LlamaForCausalLM,
+    MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM or Gemma3ForCausalLM), a Meta folder (params.json +
+    consolidated.pth or consolidated.NN.pth, e.g. facebook/multi-token-prediction's 7B_200B_4) or a GGUF file
+    (llama, qwen2, qwen3 or gemma3). Weights stream tensor by tensor, so a model larger
     than memory converts. The result works with generate, generate --speculative, eval, info, bench decode and
     train --init-from.
 

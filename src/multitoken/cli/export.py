@@ -16,14 +16,14 @@ def add_parser(subcommands) -> None:
 
 
 def export_checkpoint(ckpt: str, format: Literal["hf", "meta"], out: str, progress: bool = True) -> int:
-    """Export a multitoken checkpoint. --format hf writes a LlamaForCausalLM folder that transformers'
-    AutoModelForCausalLM.from_pretrained loads (trunk + head 1, with its tokenizer), with the extra heads beside it in
+    """Export a multitoken checkpoint. --format hf writes a folder of the model's own transformers class
+    (Llama, Mistral, Qwen2, Qwen3, Gemma 3) that AutoModelForCausalLM.from_pretrained loads (trunk + head 1, with its tokenizer), with the extra heads beside it in
     mtp_heads.safetensors, so that `multitoken convert` gives back the whole model bit for bit. --format meta writes
     params.json (with n_future_tokens) and consolidated.00.pth, the layout of Meta's multi-token release.
 
     Args:
         ckpt: Checkpoint directory (runs/NAME/checkpoints/step_N) or run directory (its newest).
-        format: hf (transformers' LlamaForCausalLM, extra heads beside it) or meta (params.json +
+        format: hf (the model's transformers class, extra heads beside it) or meta (params.json +
             consolidated.00.pth).
         out: New folder to write (must not exist).
         progress: Show a progress bar.

@@ -15,8 +15,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
                max_seq_len: int | None = None) -> MTPModel:
     """The model in eval mode, on device, in dtype (None: the dtype it is stored in).
 
-    path: a multitoken run or checkpoint directory, a Hugging Face Llama/Mistral folder (config.json), or a Meta
-    folder (params.json), or a llama.cpp .gguf file. max_seq_len overrides an imported model's context.
+    path: a multitoken run or checkpoint directory, a Hugging Face Llama/Mistral/Qwen2/Qwen3/Gemma 3 folder
+    (config.json), a Meta folder (params.json), or a llama.cpp .gguf file. max_seq_len overrides an imported model's context.
     """
     from multitoken.interop.source import detect_format, read_model_folder
     from multitoken.checkpoint import load_checkpoint
