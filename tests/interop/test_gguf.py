@@ -82,6 +82,8 @@ def write_gguf(path, model, tok, qtype: str, tied: bool, arch: str = "llama") ->
                              for m in json.loads(tok.to_str())["model"]["merges"]])
     writer.add_bos_token_id(0)
     writer.add_eos_token_id(vocab["<|im_end|>"])
+    if arch == "gemma3":  # llama.cpp names Gemma's <end_of_turn> as the end-of-turn token
+        writer.add_eot_token_id(vocab["<|im_start|>"])
     writer.add_add_bos_token(False)
     writer.add_chat_template(CHATML)
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
@@ -321,7 +323,9 @@ def test_family_gguf_logits_equal_transformers_gguf_loader(tmp_path, tokenizer, 
                                                                   dtype=torch.float32).eval()
     assert type(reference).__name__ == type(hf_model).__name__
     convert(path, tmp_path / "mt")
-    model = load_checkpoint(tmp_path / "mt")[0]
+    model, _, tok = load_checkpoint(tmp_path / "mt")
+    vocab = tokenizer.get_vocab()
+    assert tok.stop_ids == [vocab["<|im_end|>"], *([vocab["<|im_start|>"]] if arch == "gemma3" else [])]
     idx = torch.randint(0, tokenizer.get_vocab_size(), (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert (reference(idx).logits - model(idx)).abs().max().item() < 1e-4

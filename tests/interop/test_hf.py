@@ -119,3 +119,25 @@ def test_bfloat16_conversion(tmp_path):
     model = multitoken.load_model(tmp_path / "mt")
     assert result.dtype == torch.bfloat16 and model.output.weight.dtype == torch.bfloat16
     assert model(torch.tensor([[3, 4, 5]])).dtype == torch.bfloat16
+
+
+def test_end_of_turn_tokens_and_a_separate_chat_template_come_along(tmp_path):
+    """Gemma-style folders: generation_config.json lists an end-of-turn token beside eos, and transformers 5 keeps
+    the chat template in chat_template.jinja. Both reach the checkpoint, stop decoding, and go back out on export."""
+    import json
+
+    from multitoken.cli.generate import until_eos
+    from multitoken.interop.export import export
+
+    template = "{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}"
+    make_hf_model(tmp_path / "hf")
+    (tmp_path / "hf" / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}))
+    (tmp_path / "hf" / "chat_template.jinja").write_text(template)
+    convert(tmp_path / "hf", tmp_path / "mt")
+    tokenizer = load_checkpoint(tmp_path / "mt")[2]
+    assert tokenizer.stop_ids == [2, 7] and tokenizer.chat_template == template
+    assert until_eos([5, 6, 7, 8, 2], tokenizer.stop_ids) == ([5, 6], 3)  # the first of either ends the text
+    export(tmp_path / "mt", "hf", tmp_path / "back")
+    assert json.loads((tmp_path / "back" / "generation_config.json").read_text())["eos_token_id"] == [2, 7]
+    convert(tmp_path / "back", tmp_path / "again")
+    assert load_checkpoint(tmp_path / "again")[2].stop_ids == [2, 7]

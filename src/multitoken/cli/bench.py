@@ -131,7 +131,7 @@ def _run_decode(args: SimpleNamespace) -> int:
     if model.n_future > 1 and args.tree != "auto":
         tree = parse_tree(args.tree, model, args.draft_len)
     print(f"benchmarking {ckpt} on {source}", flush=True)
-    stop_ids = None if args.ignore_eos else torch.tensor([tokenizer.eot_id], device=device)
+    stop_ids = None if args.ignore_eos else torch.tensor(tokenizer.stop_ids, device=device)
     results = []
     for batch_size in batch_sizes:
         choosing = None

@@ -56,7 +56,7 @@ def chat(ckpt: str, system: str | None = None, max_new_tokens: int = 256, temper
     history = list(opening)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p,
                     generator=torch.Generator(device=device).manual_seed(seed),
-                    stop_ids=torch.tensor([tokenizer.eot_id], device=device))
+                    stop_ids=torch.tensor(tokenizer.stop_ids, device=device))
     interactive = sys.stdin.isatty()
     print(f"[{HELP}]", file=sys.stderr)
     while True:
@@ -91,7 +91,7 @@ def _answer(model, tokenizer, history: list[dict], max_new_tokens: int, speculat
               "/reset to start again]", file=sys.stderr)
         return
     prompt = torch.tensor([ids], device=model.output.weight.device)
-    stream = TextStream(tokenizer, [], tokenizer.eot_id, [])
+    stream = TextStream(tokenizer, [], tokenizer.stop_ids, [])
     start = time.perf_counter()
     if speculative:
         new, stats = speculative_generate(model, prompt, min(max_new_tokens, room), on_tokens=stream, **sampling)
@@ -99,7 +99,7 @@ def _answer(model, tokenizer, history: list[dict], max_new_tokens: int, speculat
         new, stats = generate(model, prompt, min(max_new_tokens, room), on_tokens=stream, **sampling), None
     elapsed = time.perf_counter() - start
     stream.close(new[0].tolist())
-    n_new = until_eos(new[0].tolist(), tokenizer.eot_id)[1]
+    n_new = until_eos(new[0].tolist(), tokenizer.stop_ids)[1]
     history.append({"role": "assistant", "content": stream.text})
     detail = f", tau {stats.tau:.2f}" if stats is not None else ""
     print(f"[{n_new} tokens, {n_new / max(elapsed, 1e-9):.1f} tokens/s{detail}]", file=sys.stderr)

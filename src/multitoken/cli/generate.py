@@ -70,11 +70,12 @@ def cut_at_stops(text: str, stops: list[str], start: int = 0) -> str:
     return text[:min(ends)] if ends else text
 
 
-def until_eos(new_ids: list[int], eos_id: int | None) -> tuple[list[int], int]:
-    """The tokens of the text (up to the end-of-sequence token, which is not text) and how many were generated."""
-    if eos_id is None or eos_id not in new_ids:
+def until_eos(new_ids: list[int], stop_ids: list[int] | None) -> tuple[list[int], int]:
+    """The tokens of the text (up to the first end-of-sequence or end-of-turn token, which is not text) and how many
+    were generated."""
+    end = next((i for i, t in enumerate(new_ids) if t in (stop_ids or ())), None)
+    if end is None:
         return new_ids, len(new_ids)
-    end = new_ids.index(eos_id)
     return new_ids[:end], end + 1
 
 
@@ -83,8 +84,8 @@ class TextStream:
     and merged pieces come out whole, ending at end-of-sequence or before a stop string. The last characters are
     held back while they could still be the start of a stop string or of an unfinished character."""
 
-    def __init__(self, tokenizer, prefix_ids: list[int], eos_id: int | None, stops: list[str]):
-        self.tokenizer, self.prefix_ids, self.eos_id, self.stops = tokenizer, prefix_ids, eos_id, stops
+    def __init__(self, tokenizer, prefix_ids: list[int], stop_ids: list[int] | None, stops: list[str]):
+        self.tokenizer, self.prefix_ids, self.stop_ids, self.stops = tokenizer, prefix_ids, stop_ids, stops
         self.start = len(tokenizer.decode(prefix_ids))
         self.hold = max((len(stop) - 1 for stop in stops), default=0)
         self.written = 0
@@ -96,7 +97,7 @@ class TextStream:
             self.update(out[0, :int(n_done[0])].tolist())
 
     def update(self, new_ids: list[int], final: bool = False) -> None:
-        ids, _ = until_eos(new_ids, self.eos_id)
+        ids, _ = until_eos(new_ids, self.stop_ids)
         full = self.tokenizer.decode(self.prefix_ids + ids)
         text = cut_at_stops(full, self.stops, self.start)[self.start:]
         finished = final or len(ids) < len(new_ids) or len(text) < len(full) - self.start
@@ -177,18 +178,18 @@ def generate_text(ckpt: str, prompt: str, chat: bool = False, system: str | None
     stops = check_stops(stop, tokenizer)
     ids = _prompt_ids(tokenizer, prompt, chat, system)
     check_prompt_fits(len(ids), max_new_tokens, model.config.max_seq_len)
-    eos_id = None if ignore_eos else tokenizer.eot_id
+    stop_ids = None if ignore_eos else tokenizer.stop_ids
     text_ids = [] if chat else (ids[1:] if tokenizer.bos_id is not None else ids)
-    text = TextStream(tokenizer, text_ids, eos_id, stops)
+    text = TextStream(tokenizer, text_ids, stop_ids, stops)
     sys.stdout.write(tokenizer.decode(text_ids))
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p,
                     generator=torch.Generator(device=device).manual_seed(seed),
-                    stop_ids=None if eos_id is None else torch.tensor([eos_id], device=device),
+                    stop_ids=None if stop_ids is None else torch.tensor(stop_ids, device=device),
                     on_tokens=text if stream else None)
     new, stats, elapsed = _decode(model, torch.tensor([ids], device=device), max_new_tokens, speculative, k,
                                   draft_tree, compile, sampling)
     text.close(new[0].tolist())
-    _report_speed(until_eos(new[0].tolist(), eos_id)[1], elapsed, stats, k)
+    _report_speed(until_eos(new[0].tolist(), stop_ids)[1], elapsed, stats, k)
     return 0
 
 

@@ -120,9 +120,10 @@ def _check_out(out: Path, key: str) -> None:
                         f"delete {out} to start over")
 
 
-def _decode_batch(model, rows: list[list[int]], batch_size: int, cache_len: int, eot_id: int,
+def _decode_batch(model, rows: list[list[int]], batch_size: int, cache_len: int, stop_ids: list[int],
                   options: DistillOptions, generator: torch.Generator) -> tuple[list[list[int]], list[bool]]:
-    """Each row's answer, up to and including its end-of-sequence token, and whether it reached one."""
+    """Each row's answer, up to and including its end-of-sequence (or end-of-turn) token, and whether it reached
+    one."""
     from multitoken.decoding.generate import generate, pad_prompts
 
     device = model.output.weight.device
@@ -130,12 +131,13 @@ def _decode_batch(model, rows: list[list[int]], batch_size: int, cache_len: int,
     prompt, lengths = pad_prompts(filled, device)
     out = generate(model, prompt, options.max_new_tokens, temperature=options.temperature, top_p=options.top_p,
                    generator=generator, lengths=lengths, compile=options.compile,
-                   stop_ids=torch.tensor([eot_id], device=device),
+                   stop_ids=torch.tensor(stop_ids, device=device),
                    cache_len=cache_len if options.compile else None)
     answers, ended = [], []
     for row in out[:len(rows)].tolist():
-        ended.append(eot_id in row)
-        answers.append(row[:row.index(eot_id) + 1] if ended[-1] else row)
+        end = next((i for i, t in enumerate(row) if t in stop_ids), None)
+        ended.append(end is not None)
+        answers.append(row if end is None else row[:end + 1])
     return answers, ended
 
 
@@ -182,7 +184,7 @@ def distill(model, tokenizer, prompts: list[list[int]], keys: list[str], out: st
             # One generator per batch, seeded by its index: a resumed run samples what an uninterrupted one would.
             generator = torch.Generator(device=model.output.weight.device).manual_seed(options.seed + index)
             answers, ended = _decode_batch(model, [prompts[i] for i in batch], options.batch_size, cache_len,
-                                           tokenizer.eot_id, options, generator)
+                                           tokenizer.stop_ids, options, generator)
             parts[index] = _part(batch, prompts, keys, answers, ended, tokenizer.eot_id, options.val_fraction)
             _save_part(_part_path(out, index), parts[index])
             new_tokens += int(parts[index]["answer_lengths"].sum())

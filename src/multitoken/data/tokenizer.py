@@ -51,6 +51,13 @@ class Tokenizer:
     bos_id: int | None = None
     chat_template: str | None = None
     fingerprint: str
+    extra_stop_ids: tuple[int, ...] = ()
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Tokens that end a generation: end-of-text, and the end-of-turn tokens some chat models end answers with
+        instead (Gemma's <end_of_turn>, listed beside <eos> in its generation_config.json)."""
+        return [self.eot_id, *(i for i in self.extra_stop_ids if i != self.eot_id)]
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -114,7 +121,8 @@ class BPETokenizer(Tokenizer):
     kind = "bpe"
 
     def __init__(self, tokenizer, eot_token: str = EOT_TOKEN, source: str = "the tokenizer",
-                 bos_token: str | None = None, chat_template: str | None = None):
+                 bos_token: str | None = None, chat_template: str | None = None,
+                 stop_tokens: list[str] | None = None):
         eot_id = tokenizer.token_to_id(eot_token)
         if eot_id is None:
             raise ConfigError(f"{source} has no {eot_token!r} token to separate documents: train one with `multitoken "
@@ -128,6 +136,9 @@ class BPETokenizer(Tokenizer):
         # The model's chat template (Jinja, as Hugging Face and GGUF files carry it): how `--chat` turns messages
         # into a prompt. Not part of the fingerprint: it does not change how any text is tokenized.
         self.chat_template = chat_template or None
+        # Other tokens that end a generation (end of turn), where the model has them; unknown ones are left out.
+        self.stop_tokens = [t for t in (stop_tokens or []) if t != eot_token and tokenizer.token_to_id(t) is not None]
+        self.extra_stop_ids = tuple(tokenizer.token_to_id(t) for t in self.stop_tokens)
         self._tok = tokenizer
         # Document text that happens to contain "<|endoftext|>" is encoded as plain text: document boundaries come
         # from the data layout alone, never from what a document says. (Not serialized, so the fingerprint is unmoved.)
@@ -139,7 +150,7 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def from_file(cls, path: Path, eot_token: str | None = None, bos_token: str | None = None,
-                  chat_template: str | None = None) -> BPETokenizer:
+                  chat_template: str | None = None, stop_tokens: list[str] | None = None) -> BPETokenizer:
         Tokenizer = require_tokenizers().Tokenizer
         try:
             tokenizer = Tokenizer.from_file(str(path))
@@ -147,7 +158,7 @@ class BPETokenizer(Tokenizer):
             raise ConfigError(f"{path} is not a valid tokenizer.json ({str(e).splitlines()[0][:200]}): point "
                               "--tokenizer at a tokenizer.json saved by Hugging Face tokenizers") from None
         return cls(tokenizer, eot_token or _eot_token_beside(path), source=str(path), bos_token=bos_token,
-                   chat_template=chat_template)
+                   chat_template=chat_template, stop_tokens=stop_tokens)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -182,6 +193,8 @@ class BPETokenizer(Tokenizer):
             config["bos_token"] = self.bos_token
         if self.chat_template:
             config["chat_template"] = self.chat_template
+        if self.stop_tokens:
+            config["stop_tokens"] = self.stop_tokens
         return config
 
     def _save_files(self, directory: Path) -> None:
@@ -311,7 +324,7 @@ def load_tokenizer(directory: Path) -> Tokenizer:
             raise CheckpointError(f"{hf_path} is missing: the checkpoint is incomplete, pick another one")
         try:
             return BPETokenizer.from_file(hf_path, config.get("eot_token") or EOT_TOKEN, config.get("bos_token"),
-                                          config.get("chat_template"))
+                                          config.get("chat_template"), config.get("stop_tokens"))
         except ConfigError as e:
             raise CheckpointError(f"{e} (in {directory}: the checkpoint is damaged, pick another one)") from None
     if kind == "sentencepiece":

@@ -105,7 +105,8 @@ def export(ckpt_path: str | Path, fmt: Literal["hf", "meta"], out: str | Path, p
                 (tmp / hf.HEADS_CONFIG).write_text(json.dumps(heads, indent=1) + "\n")
             token_ids = save_hf_tokenizer(tokenizer, tmp, config.max_seq_len)
             (tmp / hf.CONFIG_FILE).write_text(json.dumps(hf_config(config, dtype, token_ids), indent=1) + "\n")
-            generation = {"bos_token_id": token_ids["bos_token_id"], "eos_token_id": token_ids["eos_token_id"]}
+            stops = tokenizer.stop_ids  # end-of-text, then any end-of-turn tokens: transformers stops at each
+            generation = {"bos_token_id": token_ids["bos_token_id"], "eos_token_id": stops if len(stops) > 1 else stops[0]}
             (tmp / "generation_config.json").write_text(json.dumps(generation, indent=1) + "\n")
         else:
             # torch.save writes from memory: this format holds the whole model at once (convert streams).

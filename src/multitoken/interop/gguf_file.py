@@ -234,6 +234,9 @@ def read_tokenizer(path: Path, reader) -> Tokenizer:
     add_bos = bool(_value(reader, "tokenizer.ggml.add_bos_token", kind == "llama"))
     if eos_id is None:
         raise CheckpointError(f"{path}: its tokenizer names no end-of-sequence token (tokenizer.ggml.eos_token_id)")
+    # llama.cpp's end-of-turn and end-of-message tokens (Gemma's <end_of_turn>) end a generation as eos does
+    stops = [tokens[i] for i in (_value(reader, "tokenizer.ggml.eot_token_id"),
+                                 _value(reader, "tokenizer.ggml.eom_token_id")) if i is not None and 0 <= i < len(tokens)]
     return BPETokenizer(tokenizer, tokens[eos_id], source=str(path),
                         bos_token=tokens[bos_id] if add_bos and bos_id is not None else None,
-                        chat_template=_value(reader, "tokenizer.chat_template"))
+                        chat_template=_value(reader, "tokenizer.chat_template"), stop_tokens=stops)

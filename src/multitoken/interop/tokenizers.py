@@ -16,6 +16,8 @@ from multitoken.data.tokenizer import (EOT_TOKEN, HF_TOKENIZER_FILE, SENTENCEPIE
 from multitoken.errors import CheckpointError, ConfigError
 from multitoken.files import read_json_or
 
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's printable stand-in character for each byte value (the ByteLevel pre-tokenizer's table)."""
@@ -74,10 +76,16 @@ def tokenizer_from_folder(folder: Path, model_config: dict | None = None) -> Tok
         with_special, plain = tok.encode("x").ids, tok.encode("x", add_special_tokens=False).ids
         bos = tok.id_to_token(with_special[0]) if with_special[1:] == plain[:len(with_special) - 1] and \
             len(with_special) == len(plain) + 1 else None
+        template = settings.get("chat_template")
+        if not isinstance(template, str) and (folder / CHAT_TEMPLATE_FILE).is_file():
+            template = (folder / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")  # transformers 5 keeps it apart
+        # generation_config.json may list more than one eos: the other ones end turns (Gemma's <end_of_turn>)
+        stops = read_json_or(folder / "generation_config.json", {}).get("eos_token_id")
+        stops = [tok.id_to_token(i) for i in (stops if isinstance(stops, list) else []) if isinstance(i, int)]
         try:
-            template = settings.get("chat_template")
             return BPETokenizer(tok, eot or EOT_TOKEN, source=str(path), bos_token=bos,
-                                chat_template=template if isinstance(template, str) else None)
+                                chat_template=template if isinstance(template, str) else None,
+                                stop_tokens=[t for t in stops if t is not None])
         except ConfigError as e:
             raise CheckpointError(str(e)) from None
     if (folder / SENTENCEPIECE_FILE).is_file():
