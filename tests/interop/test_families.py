@@ -181,3 +181,16 @@ def test_frozen_base_heads_decode_exactly_when_compiled(tmp_path):
     fast, _ = speculative_generate(model, padded, 20, lengths=lengths, compile=True,
                                    tree=DraftTree.parse("(0,), (1,), (0, 0)"))
     assert torch.equal(fast, expected)
+
+
+def test_info_names_the_block(converted, capsys):
+    from multitoken.cli.main import main
+
+    name, _, _, root = converted
+    capsys.readouterr()
+    assert main(["info", "--ckpt", str(root / "mt")]) == 0
+    block = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("block"))
+    expected = {"qwen2": "q/k/v biases", "qwen3": "q/k norms", "qwen3-window": "window 8 on 2 of 4 layers",
+                "mistral-window": "window 8 on every layer",
+                "gemma3": "(1 + w) norms, sandwich norms, scaled embeddings, gelu_tanh feed-forward"}[name]
+    assert expected in block, block

@@ -48,6 +48,9 @@ def info(ckpt: str, json: bool = False) -> int:
         print(f"step         {meta['step']}  ({meta.get('tokens_seen') or 0:,} tokens seen)")
     print(f"model        n_layer={m.n_layer} (trunk {m.n_trunk_layers} + {m.n_future} heads), d_model={m.d_model}, "
           f"n_head={m.n_head}, vocab_size={m.vocab_size}, max_seq_len={m.max_seq_len}, tokenizer={tokenizer.kind}")
+    block = block_description(m)
+    if block:
+        print(f"block        {block}")
     print("parameters")
     labels = {"tok_embeddings": "input embedding", "trunk": f"trunk ({m.n_trunk_layers} layers)",
               "heads": f"heads ({m.n_future} x 1 layer)", "norm": "final norm",
@@ -56,3 +59,24 @@ def info(ckpt: str, json: bool = False) -> int:
         share = counts[key] / counts["total"]
         print(f"  {label:<24} {counts[key]:>14,}  {share:>6.1%}")
     return 0
+
+
+def block_description(m) -> str:
+    """The block's switches that differ from a Llama's, in words (empty for a Llama block)."""
+    from multitoken.config import ModelConfig
+
+    plain, parts = ModelConfig(), []
+    for name, words in (("qkv_bias", "q/k/v biases"), ("qk_norm", "q/k norms"), ("norm_unit_offset", "(1 + w) norms"),
+                        ("sandwich_norm", "sandwich norms"), ("scale_embeddings", "scaled embeddings")):
+        if getattr(m, name) != getattr(plain, name):
+            parts.append(words)
+    if m.activation != plain.activation:
+        parts.append(f"{m.activation} feed-forward")
+    if m.attention_scale is not None:
+        parts.append(f"query scale {m.attention_scale:.4g}")
+    if m.sliding_window is not None:
+        where = "every layer" if m.sliding_layers is None else \
+            f"{len(m.sliding_layers)} of {m.n_trunk_layers + 1} layers"
+        parts.append(f"window {m.sliding_window} on {where}" +
+                     (f" (rotary base {m.rope_local_theta:g})" if m.rope_local_theta is not None else ""))
+    return ", ".join(parts)
