@@ -59,3 +59,30 @@ def test_cache_is_not_in_the_state_dict_and_overflow_is_refused():
             model(torch.zeros(1, 9, dtype=torch.long), where=caches.at(0, 9))
     with pytest.raises(RuntimeError, match="DecodeCaches"):  # detached on leaving the block
         model(torch.zeros(1, 2, dtype=torch.long), where=caches.at(0, 2))
+
+
+@pytest.mark.parametrize("switches", [{}, GEMMA_LIKE])
+def test_blocks_on_a_subset_of_the_cache_rows_leave_the_others_alone(switches):
+    """A server's batch: rows prefilled and decoded on their own (`rows`), in any order and combination, give each
+    sequence's own full-recompute logits, and a row that is not in a block keeps its cache exactly."""
+    torch.manual_seed(0)
+    model = MTPModel(tiny_model_config(n_future=3, n_kv_head=2, **switches)).eval()
+    seqs = torch.randint(0, 64, (3, 14))
+    with torch.no_grad():
+        full = [model(seqs[i:i + 1], return_all_heads=True)[0] for i in range(3)]
+        got = [[], [], []]
+        with DecodeCaches(model, batch_size=3, length=16) as caches:
+            def run(rows, start, size):
+                rows_t = torch.tensor(rows)
+                block = torch.stack([seqs[r, start:start + size] for r in rows])
+                logits = model(block, return_all_heads=True, where=caches.at(start, size, rows=rows_t))
+                for j, r in enumerate(rows):
+                    got[r].append(logits[j])
+            run([1], 0, 6)  # row 1 alone
+            kept = [c.k[1].clone() for _, c in caches.by_block]
+            run([2, 0], 0, 6)  # two newcomers, in reverse order
+            assert all(torch.equal(c.k[1], before) for (_, c), before in zip(caches.by_block, kept))
+            for start in range(6, 14, 2):
+                run([0, 1, 2] if start % 4 else [1, 2, 0], start, 2)
+    for i in range(3):
+        torch.testing.assert_close(torch.cat(got[i]), full[i], rtol=1e-5, atol=1e-5)

@@ -72,7 +72,7 @@ class FusedHeads(nn.Module):
         k = apply_rope(k, cos, sin).reshape(m * B, T, Hkv, hd).transpose(1, 2)
         v = v.reshape(m * B, T, Hkv, hd).transpose(1, 2)
         # The cache stacks the heads over the batch (row h * B + b): every row's layout repeats once per head.
-        stacked = where.repeat(m)
+        stacked = where.repeat(m, cache.k.shape[0] // m)
         keys, values, mask = cache.update(stacked, k, v)
         if self.window is not None:
             mask = window_mask(mask, stacked, T, keys.shape[2], self.window, q.dtype, q.device)

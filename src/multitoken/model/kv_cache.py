@@ -51,10 +51,12 @@ class KVCache(nn.Module):
             return self.k[:, :, :end], self.v[:, :, :end], mask
         # Indexed assignment (index_put_), not scatter_: torch.compile writes it in place, where a scatter_ becomes a
         # copy of the whole cache per step.
-        rows = torch.arange(where.slots.shape[0], device=k.device)[:, None]
-        self.k[rows, :, where.slots] = k.transpose(1, 2)
-        self.v[rows, :, where.slots] = v.transpose(1, 2)
-        return self.k, self.v, where.mask
+        rows = torch.arange(where.slots.shape[0], device=k.device) if where.rows is None else where.rows
+        self.k[rows[:, None], :, where.slots] = k.transpose(1, 2)
+        self.v[rows[:, None], :, where.slots] = v.transpose(1, 2)
+        if where.rows is None:
+            return self.k, self.v, where.mask
+        return self.k[where.rows], self.v[where.rows], where.mask  # only these rows' keys (a gathered copy)
 
     def move(self, source: torch.Tensor, target: torch.Tensor) -> None:
         """Copy the entries at slots source (B, P) to slots target (B, P): an accepted tree path, gathered into the
@@ -106,12 +108,14 @@ class DecodeCaches:
     def __exit__(self, *exc) -> None:
         self.detach()
 
-    def at(self, start: int | torch.Tensor, length: int) -> Positions:
+    def at(self, start: int | torch.Tensor, length: int, rows: torch.Tensor | None = None) -> Positions:
         """Where a block of `length` tokens per row goes that starts at start: a host int shared by all rows, or one
-        start per row (B,)."""
-        if isinstance(start, int):
+        start per row (B,). rows: the cache rows the block's rows are (a subset of the batch; per-row starts only)."""
+        if isinstance(start, int) and rows is None:
             return Positions.aligned(start, length)
-        return Positions.per_row(start, length, self.length, self.dtype)
+        if isinstance(start, int):
+            start = torch.full((len(rows),), start, dtype=torch.long, device=rows.device)
+        return Positions.per_row(start, length, self.length, self.dtype, rows)
 
     def move(self, source: torch.Tensor, target: torch.Tensor) -> None:
         """Move the entries at slots source to target (B, P) in the model blocks' caches (see `KVCache.move`)."""
