@@ -126,7 +126,7 @@ def test_end_of_turn_tokens_and_a_separate_chat_template_come_along(tmp_path):
     the chat template in chat_template.jinja. Both reach the checkpoint, stop decoding, and go back out on export."""
     import json
 
-    from multitoken.cli.generate import until_eos
+    from multitoken.decoding.text import until_eos
     from multitoken.interop.export import export
 
     template = "{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}"

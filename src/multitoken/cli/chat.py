@@ -9,7 +9,8 @@ import time
 from jsonargparse import Namespace
 
 from multitoken.cli.common import call, command_parser
-from multitoken.cli.generate import TextStream, check_sampling, check_text, until_eos
+from multitoken.cli.generate import check_sampling, check_text
+from multitoken.decoding.text import TextStream, until_eos
 from multitoken.errors import ConfigError
 
 HELP = "type a message and press Enter; /reset forgets the conversation, /exit (or an empty line at the end) quits"
