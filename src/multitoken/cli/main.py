@@ -10,13 +10,13 @@ import sys
 import warnings
 
 from multitoken.cli import (bench, chat, convert, distill, evaluate, experiment, export, generate, info, prepare,
-                            tokenizer, train)
+                            serve, tokenizer, train)
 from multitoken.cli.common import new_parser
 from multitoken.cli.spellings import DEBUG_HELP, accept_spellings
 
 COMMANDS = {"train": train, "generate": generate, "chat": chat, "eval": evaluate, "info": info, "bench": bench,
             "prepare": prepare, "distill": distill, "tokenizer": tokenizer, "convert": convert, "export": export,
-            "experiment": experiment}
+            "experiment": experiment, "serve": serve}
 
 
 def build_parser():

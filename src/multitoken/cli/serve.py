@@ -1,0 +1,92 @@
+"""`multitoken serve`: an OpenAI-compatible HTTP server over one model, batching requests, with self-speculative
+decoding where the model has extra heads."""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal
+
+from jsonargparse import Namespace
+
+from multitoken.cli.common import call, command_parser
+from multitoken.errors import ConfigError
+
+
+def add_parser(subcommands) -> None:
+    subcommands.add_subcommand("serve", command_parser(serve), help="Serve a model over an OpenAI-compatible API.")
+
+
+def run(args: Namespace) -> int:
+    return call(serve, args)
+
+
+def check_serve_settings(max_batch_size: int, max_queue: int, port: int, context: int | None) -> None:
+    if max_batch_size < 1:
+        raise ConfigError(f"--max-batch-size must be at least 1 (got {max_batch_size})")
+    if max_queue < 1:
+        raise ConfigError(f"--max-queue must be at least 1 (got {max_queue})")
+    if not 0 <= port < 65536:
+        raise ConfigError(f"--port must be in 0..65535 (got {port})")
+    if context is not None and context < 2:
+        raise ConfigError(f"--context must be at least 2 tokens (got {context})")
+
+
+def build_server(ckpt: str, max_batch_size: int = 8, speculative: Literal["auto", "on", "off"] = "auto",
+                 context: int | None = None, max_queue: int = 64, api_key: str | None = None,
+                 device: str = "auto"):
+    """(FastAPI app, engine) for a checkpoint; the engine is started, the app not yet served."""
+    from multitoken.checkpoint import load_checkpoint, resolve_checkpoint
+    from multitoken.serve.api import create_app
+    from multitoken.serve.engine import Engine
+    from multitoken.training.runtime import resolve_device
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ConfigError("serving needs FastAPI and uvicorn: pip install 'multitoken[serve]'") from None
+    model, _, tokenizer = load_checkpoint(ckpt, resolve_device(device))
+    if speculative == "on" and model.n_future == 1:
+        raise ConfigError(f"{ckpt} has no extra heads to draft with: serve it with --speculative off (or auto), or "
+                          "give it heads with `train --init-from ... --freeze base`")
+    engine = Engine(model, max_batch_size, speculative=speculative != "off", context=context,
+                    max_queue=max_queue).start()
+    name = resolve_checkpoint(ckpt).parent.parent.name if resolve_checkpoint(ckpt).parent.name == "checkpoints" \
+        else resolve_checkpoint(ckpt).name
+    return create_app(engine, tokenizer, name, api_key), engine
+
+
+def serve(ckpt: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 8,
+          speculative: Literal["auto", "on", "off"] = "auto", context: int | None = None, max_queue: int = 64,
+          api_key: str | None = None, device: str = "auto") -> int:
+    """Serve a checkpoint over an OpenAI-compatible HTTP API: /v1/completions, /v1/chat/completions (the model's
+    chat template), streamed (server-sent events) or not, /v1/models and /health. One engine decodes every live
+    request in one batch; waiting requests join it between steps. Greedy answers are token for token what
+    `multitoken generate` gives each request alone. Stop with Ctrl-C.
+
+    Args:
+        ckpt: Checkpoint directory (runs/NAME/checkpoints/step_N) or run directory (its newest checkpoint).
+        host: Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).
+        port: Port to listen on.
+        max_batch_size: Requests decoded together, at most; more wait in the queue.
+        speculative: Self-speculative decoding with the model's extra heads: auto (when it has some), on, off.
+        context: Tokens per request (prompt and answer), at most; null for the model's context. Each of the
+            max_batch_size rows keeps a cache this long.
+        max_queue: Requests waiting for a row, at most; beyond it the server answers 503 with Retry-After.
+        api_key: Require `Authorization: Bearer API_KEY` on /v1/ requests; null for none.
+        device: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.
+    """
+    import logging
+
+    check_serve_settings(max_batch_size, max_queue, port, context)
+    app, engine = build_server(ckpt, max_batch_size, speculative, context, max_queue, api_key, device)
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    print(f"serving {ckpt} on http://{host}:{port}/v1 (batch {max_batch_size}, speculative "
+          f"{'on, draft length ' + str(engine.k) if engine.k else 'off'}, context {engine.context})", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        engine.stop()
+    return 0

@@ -1,0 +1,253 @@
+"""`multitoken serve`: the official OpenAI client talks to it; greedy answers are each request's solo answer however
+requests share the batch; bad input, a full queue, a vanished client each get their answer while the others go on."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+
+from multitoken import MTPModel, TrainConfig  # noqa: E402
+from multitoken.checkpoint import load_checkpoint  # noqa: E402
+from multitoken.data.chat import encode_chat  # noqa: E402
+from multitoken.decoding.generate import generate  # noqa: E402
+from multitoken.decoding.text import until_eos  # noqa: E402
+from multitoken.interop.convert import convert  # noqa: E402
+from multitoken.training.checkpoint import save_checkpoint  # noqa: E402
+
+pytestmark = pytest.mark.skipif(sys.version_info < (3, 11), reason="the GGUF-built chat model needs transformers")
+
+QUESTIONS = ["add two numbers", "what is a class", "def", "return x", "class Point with x and y", "pass",
+             "self", "x + y", "a point", "add", "numbers and points", "return self", "def add(x, y)",
+             "class", "y", "what is pass"]
+
+
+@pytest.fixture(scope="module")
+def chat_ckpt(tmp_path_factory):
+    """A tiny random Llama with a ChatML template (converted from GGUF), given two extra heads: copies of head 1's
+    layer, nudged, so that their drafts are sometimes right and mostly wrong (both paths of verification)."""
+    from tests.interop.test_gguf import byte_level_bpe, make_gguf
+
+    root = tmp_path_factory.mktemp("serve")
+    convert(make_gguf(root, byte_level_bpe(320)), root / "base")
+    base, _, tokenizer = load_checkpoint(root / "base")
+    c = base.config
+    config = dataclasses.replace(c, n_future=3, n_layer=c.n_layer + 2)
+    torch.manual_seed(0)
+    model = MTPModel(config).eval()
+    state = dict(base.state_dict())
+    head1 = f"layers.{c.n_trunk_layers}."
+    for j in range(2):
+        for key, value in base.state_dict().items():
+            if key.startswith(head1):
+                state[f"extra_heads.{j}.{key[len(head1):]}"] = value + 0.02 * torch.randn_like(value)
+    model.load_state_dict(state)
+    return save_checkpoint(root / "heads", 1, model, TrainConfig(model=config), tokenizer, {}, {}, 1)
+
+
+class Server:
+    """The app on 127.0.0.1 (a free port), served from a thread; stopped with its engine."""
+
+    def __init__(self, ckpt, **settings) -> None:
+        from multitoken.cli.serve import build_server
+
+        self.app, self.engine = build_server(str(ckpt), device="cpu", **settings)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def client(self, **kwargs):
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=kwargs.pop("api_key", "none"), max_retries=0,
+                             **kwargs)
+
+    def post(self, path: str, body, headers: dict | None = None) -> tuple[int, dict, dict]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method="POST",
+                                         headers={"Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read()), dict(response.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read()), dict(e.headers)
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.engine.stop()
+
+
+@pytest.fixture(scope="module")
+def server(chat_ckpt):
+    s = Server(chat_ckpt, max_batch_size=4, max_queue=64)
+    yield s
+    s.stop()
+
+
+def solo_chat(ckpt, question: str, max_new: int) -> str:
+    """What `generate --chat` gives this question alone: plain greedy decoding, to end-of-sequence."""
+    model, _, tokenizer = load_checkpoint(ckpt)
+    ids = encode_chat(tokenizer, [{"role": "user", "content": question}])
+    new = generate(model, torch.tensor([ids]), max_new, temperature=0.0,
+                   stop_ids=torch.tensor(tokenizer.stop_ids))[0].tolist()
+    return tokenizer.decode(until_eos(new, tokenizer.stop_ids)[0])
+
+
+def test_openai_client_completions_and_chat_streamed_and_not(server, chat_ckpt):
+    client = server.client()
+    assert [m.id for m in client.models.list().data] == ["heads"]
+    done = client.completions.create(model="heads", prompt="def add(x, y):", max_tokens=8, temperature=0)
+    assert done.object == "text_completion" and done.usage.completion_tokens <= 8 and done.choices[0].finish_reason
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="heads", prompt="def add(x, y):", max_tokens=8, temperature=0, stream=True))
+    assert streamed == done.choices[0].text
+    expected = solo_chat(chat_ckpt, "add two numbers", 24)
+    answer = client.chat.completions.create(model="heads", messages=[{"role": "user", "content": "add two numbers"}],
+                                            max_tokens=24, temperature=0)
+    assert answer.choices[0].message.content == expected and answer.usage.prompt_tokens > 0
+    chunks = list(client.chat.completions.create(model="heads", max_tokens=24, temperature=0, stream=True,
+                                                 messages=[{"role": "user", "content": "add two numbers"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[-1].usage.total_tokens > 0
+    sampled = client.chat.completions.create(model="heads", messages=[{"role": "user", "content": "add"}],
+                                             max_tokens=12, temperature=0.8, top_p=0.9, seed=3)
+    again = client.chat.completions.create(model="heads", messages=[{"role": "user", "content": "add"}],
+                                           max_tokens=12, temperature=0.8, top_p=0.9, seed=3)
+    assert sampled.choices[0].message.content == again.choices[0].message.content  # one seed, one answer
+    assert server.get("/health")["status"] == "ok"
+
+
+def test_concurrent_greedy_requests_each_get_their_solo_answer(server, chat_ckpt):
+    """16 requests at once into 4 rows: they join and leave the batch between steps; each answer is what greedy
+    decoding gives that prompt alone."""
+    client = server.client()
+    lengths = [6 + 3 * (i % 5) for i in range(16)]
+
+    def ask(i: int) -> str:
+        reply = client.chat.completions.create(model="heads", temperature=0, max_tokens=lengths[i],
+                                               messages=[{"role": "user", "content": QUESTIONS[i]}])
+        return reply.choices[0].message.content
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, range(16)))
+    for i, answer in enumerate(answers):
+        assert answer == solo_chat(chat_ckpt, QUESTIONS[i], lengths[i]), QUESTIONS[i]
+    # They did share the batch, and the chains' drafts were sometimes kept (both paths of verification ran)
+    assert server.engine.peak_live == 4 and server.engine.k == 2 and server.engine.drafts_accepted > 0
+
+
+MALFORMED = [
+    (b"{not json", "body"), (b"[1, 2]", "body"),
+    ({"prompt": "x", "max_tokens": 4, "temprature": 0.5}, "temprature"),
+    ({"prompt": "x", "max_tokens": 0}, "max_tokens"), ({"prompt": "x", "max_tokens": "many"}, "max_tokens"),
+    ({"prompt": "x", "temperature": -1}, "temperature"), ({"prompt": "x", "temperature": 9}, "temperature"),
+    ({"prompt": "x", "top_p": 0}, "top_p"), ({"prompt": "x", "top_p": 1.5}, "top_p"),
+    ({"prompt": "x", "n": 2}, "n"), ({"prompt": "x", "seed": -3}, "seed"), ({"prompt": "x", "stop": [""]}, "stop"),
+    ({"prompt": ["a", "b"]}, "prompt"), ({"max_tokens": 4}, "prompt"), ({"prompt": 5}, "prompt"),
+    ({"prompt": "x", "stream": "yes please"}, "stream"),
+]
+CHAT_MALFORMED = [
+    ({"messages": []}, "messages"), ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
+    ({"messages": [{"role": "user"}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": "hi", "name": 3}]}, "messages.0.name"),
+]
+
+
+def test_bad_requests_get_400_naming_the_field_and_the_server_goes_on(server):
+    assert len(MALFORMED) + len(CHAT_MALFORMED) == 20
+    for path, cases in (("/v1/completions", MALFORMED), ("/v1/chat/completions", CHAT_MALFORMED)):
+        for body, field in cases:
+            status, reply, _ = server.post(path, body)
+            assert status == 400, (body, reply)
+            error = reply["error"]
+            assert error["type"] == "invalid_request_error" and field in (error["param"] or "") + error["message"], \
+                (body, error)
+    status, reply, _ = server.post("/v1/completions", {"prompt": "w " * 10, "max_tokens": 10 ** 6})
+    assert status == 400 and reply["error"]["code"] == "context_length_exceeded" and \
+        reply["error"]["param"] == "max_tokens"
+    status, reply, _ = server.post("/v1/completions", {"prompt": "def " * 400, "max_tokens": 1})
+    assert status == 400 and reply["error"]["code"] == "context_length_exceeded"
+    status, reply, _ = server.post("/v1/completions", {"prompt": "def add", "max_tokens": 4, "temperature": 0})
+    assert status == 200 and reply["choices"][0]["text"] is not None
+
+
+CLIENT = """
+import http.client, json, sys
+conn = http.client.HTTPConnection("127.0.0.1", {port})
+body = json.dumps({{"prompt": "def", "max_tokens": 120, "temperature": 0, "stream": True}})
+conn.request("POST", "/v1/completions", body, {{"Content-Type": "application/json"}})
+response = conn.getresponse()
+response.readline()
+print("reading", flush=True)
+import time; time.sleep(60)
+"""
+
+
+def test_a_client_killed_mid_stream_frees_its_row(chat_ckpt):
+    s = Server(chat_ckpt, max_batch_size=1, max_queue=4)
+    try:
+        port = s.url.rsplit(":", 1)[1]
+        child = subprocess.Popen([sys.executable, "-c", CLIENT.format(port=port)], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "reading"
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        # The one row comes free (the stream notices the dead socket), and the next request gets it
+        status, reply, _ = s.post("/v1/completions", {"prompt": "def add", "max_tokens": 4, "temperature": 0})
+        assert status == 200 and reply["usage"]["completion_tokens"] >= 1
+        deadline = time.time() + 20
+        while s.get("/health")["live"] and time.time() < deadline:
+            time.sleep(0.05)
+        assert s.get("/health")["live"] == 0 and s.engine.cancelled == 1  # freed by the kill, not by finishing
+    finally:
+        s.stop()
+
+
+def test_a_full_queue_answers_503_with_retry_after(chat_ckpt):
+    s = Server(chat_ckpt, max_batch_size=1, max_queue=1)
+    try:
+        body = {"prompt": "def", "max_tokens": 120, "temperature": 0}
+        with ThreadPoolExecutor(6) as pool:
+            replies = list(pool.map(lambda _: s.post("/v1/completions", body), range(6)))
+        statuses = sorted(status for status, _, _ in replies)
+        assert statuses[0] == 200 and 503 in statuses and set(statuses) <= {200, 503}
+        busy = next((reply, headers) for status, reply, headers in replies if status == 503)
+        assert busy[1].get("retry-after") == "1" or busy[1].get("Retry-After") == "1"
+        assert busy[0]["error"]["type"] == "server_error"
+        assert s.post("/v1/completions", {"prompt": "def", "max_tokens": 2, "temperature": 0})[0] == 200
+    finally:
+        s.stop()
+
+
+def test_api_key(chat_ckpt):
+    s = Server(chat_ckpt, max_batch_size=1, api_key="sesame")
+    try:
+        assert s.post("/v1/completions", {"prompt": "x", "max_tokens": 2})[0] == 401
+        assert s.post("/v1/completions", {"prompt": "x", "max_tokens": 2, "temperature": 0},
+                      {"Authorization": "Bearer sesame"})[0] == 200
+        assert s.get("/health")["status"] == "ok"  # health needs no key
+        with pytest.raises(openai.AuthenticationError):
+            s.client(api_key="wrong").models.list()
+    finally:
+        s.stop()
