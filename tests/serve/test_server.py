@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +26,7 @@ from multitoken.data.chat import encode_chat  # noqa: E402
 from multitoken.decoding.generate import generate  # noqa: E402
 from multitoken.decoding.text import until_eos  # noqa: E402
 from multitoken.interop.convert import convert  # noqa: E402
+from multitoken.serve.local import LocalServer  # noqa: E402
 from multitoken.training.checkpoint import save_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.skipif(sys.version_info < (3, 11), reason="the GGUF-built chat model needs transformers")
@@ -59,21 +59,11 @@ def chat_ckpt(tmp_path_factory):
     return save_checkpoint(root / "heads", 1, model, TrainConfig(model=config), tokenizer, {}, {}, 1)
 
 
-class Server:
-    """The app on 127.0.0.1 (a free port), served from a thread; stopped with its engine."""
+class Server(LocalServer):
+    """The local server with the client calls the tests make."""
 
     def __init__(self, ckpt, **settings) -> None:
-        from multitoken.cli.serve import build_server
-
-        self.app, self.engine = build_server(str(ckpt), device="cpu", **settings)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        super().__init__(str(ckpt), device="cpu", **settings)
 
     def client(self, **kwargs):
         return openai.OpenAI(base_url=self.url + "/v1", api_key=kwargs.pop("api_key", "none"), max_retries=0,
@@ -92,11 +82,6 @@ class Server:
     def get(self, path: str) -> dict:
         with urllib.request.urlopen(self.url + path, timeout=30) as response:
             return json.loads(response.read())
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.engine.stop()
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +236,22 @@ def test_api_key(chat_ckpt):
             s.client(api_key="wrong").models.list()
     finally:
         s.stop()
+
+
+def test_bench_serve_answers_every_request_in_every_case(chat_ckpt, tmp_path, capsys):
+    from multitoken.cli.main import main
+
+    (tmp_path / "text.txt").write_text("def add(x, y):\n    return x + y\n" * 200)  # the validation prompts' source
+    capsys.readouterr()
+    code = main(["bench", "serve", "--ckpt", str(chat_ckpt), "--clients", "6", "--requests", "12",
+                 "--max-new-tokens", "8", "--max-batch-size", "3", "--num-prompts", "4", "--prompt-len", "8",
+                 "--data", str(tmp_path / "text.txt"), "--json", str(tmp_path / "serve.json"), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    record = json.loads((tmp_path / "serve.json").read_text())
+    cases = {c["case"]: c for c in record["cases"]}
+    assert set(cases) == {"speculative", "plain", "one at a time"} and "vs 1-at-a-time" in out
+    for case in cases.values():
+        assert case["answered"] == case["requests"] == 12 and case["output_tokens"] > 0
+    assert cases["one at a time"]["peak_batch"] == 1 and cases["plain"]["peak_batch"] == 3
+    assert cases["speculative"]["draft_len"] == 2 and cases["plain"]["draft_len"] == 0

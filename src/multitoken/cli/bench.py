@@ -20,6 +20,8 @@ def add_parser(subcommands) -> None:
     inner.add_subcommand("decode", command_parser(bench_decode), help="Plain vs self-speculative decoding.")
     inner.add_subcommand("train", command_parser(bench_train),
                          help="Training memory and speed: next-token vs multi-token.")
+    inner.add_subcommand("serve", command_parser(bench_serve),
+                         help="The server under concurrent load: speculative, plain, one at a time.")
 
 
 def bench_decode(ckpt: str, prompts: str | None = None, chat: bool = False, ignore_eos: bool = False,
@@ -94,6 +96,70 @@ def bench_train(vocab_size: str = "32000,128000", n_future: str = "4", d_model: 
         device: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.
     """
     return _run_train(SimpleNamespace(**locals()))
+
+
+def bench_serve(ckpt: str, prompts: str | None = None, chat: bool = False, data: str | list[str] | None = None,
+                num_prompts: int = 32, prompt_len: int = 64, clients: int = 32, requests: int = 256,
+                max_new_tokens: int = 64, max_batch_size: int = 8, cases: str = "speculative,plain,one at a time",
+                context: int | None = None, json: str | None = None, plot: str | None = None,
+                device: str = "auto") -> int:
+    """The server under load on loopback: N concurrent clients each send their share of the requests one after
+    another (streamed, greedy), against a fresh local server per case, all in one run. Reports requests/s, output
+    tokens/s (and its ratio to serving one request at a time), time to first token and time per output token
+    (p50, p90), the largest batch the engine ran, and whether every request was answered.
+
+    Args:
+        ckpt: Checkpoint directory (runs/NAME/checkpoints/step_N) or run directory (its newest checkpoint).
+        prompts: A .jsonl file ({"messages": [...]} or {"prompt": "..."} per line) or a text file with one prompt
+            per line; default: windows from the validation split. Sent as token ids, so every case sees the same.
+        chat: Format each prompt with the model's chat template.
+        data: Text the validation-split prompts come from (the checkpoint's training data); default: the
+            built-in corpus.
+        num_prompts: Prompts taken from the validation split (without --prompts).
+        prompt_len: Tokens per validation-split prompt (without --prompts).
+        clients: Concurrent clients.
+        requests: Requests in all, cycling through the prompts, shared among the clients.
+        max_new_tokens: max_tokens of every request (an answer may end sooner, at end-of-sequence).
+        max_batch_size: The server's batch (the 'one at a time' case uses 1).
+        cases: Comma-separated cases among 'speculative' (self-speculative decoding at the full batch), 'plain'
+            (plain decoding at the full batch) and 'one at a time' (plain decoding, batch 1).
+        context: The server's tokens per request; null for the model's.
+        json: Write every case's numbers (and each request's) here.
+        plot: Write a PNG of tokens/s and the latency percentiles here.
+        device: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.
+    """
+    from multitoken.bench.serve import CASES, bench_serve_cases, plot as plot_serve, report
+    from multitoken.checkpoint import load_checkpoint, read_train_config, resolve_checkpoint
+
+    names = [c.strip() for c in cases.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CASES]
+    if unknown or not names:
+        raise ConfigError(f"--cases {cases!r}: choose among {', '.join(CASES)} (comma-separated)")
+    require_positive(SimpleNamespace(clients=clients, requests=requests, max_new_tokens=max_new_tokens,
+                                     max_batch_size=max_batch_size), "clients", "requests", "max_new_tokens",
+                     "max_batch_size")
+    _check_outputs(json, plot, "serve.png")
+    model, _, tokenizer = load_checkpoint(ckpt, "cpu")
+    if "speculative" in names and model.n_future == 1:
+        raise ConfigError(f"{ckpt} has no extra heads: drop 'speculative' from --cases, or give it heads first")
+    args = SimpleNamespace(prompts=prompts, chat=chat, data=data, num_prompts=num_prompts, prompt_len=prompt_len,
+                           max_new_tokens=max_new_tokens)
+    ids, source = _decode_prompts(args, model, read_train_config(resolve_checkpoint(ckpt)), tokenizer)
+    del model
+    bodies = [{"prompt": ids[i % len(ids)], "max_tokens": max_new_tokens, "temperature": 0}
+              for i in range(requests)]
+    print(f"benchmarking the server on {ckpt}: {requests} requests from {clients} clients ({source}), up to "
+          f"{max_new_tokens} new tokens each, batch {max_batch_size}")
+    results = bench_serve_cases(ckpt, bodies, "/v1/completions", clients, max_batch_size, names, context, device)
+    print(report(results))
+    if json:
+        write_json(json, {"ckpt": str(ckpt), "prompts": source, "clients": clients, "requests": requests,
+                          "max_new_tokens": max_new_tokens, "max_batch_size": max_batch_size, "cases": results})
+    if plot:
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        plot_serve(results, plot)
+        print(f"wrote {plot}")
+    return 0
 
 
 def _prompts_from_file(path: str, tokenizer, chat: bool) -> list[list[int]]:
@@ -335,5 +401,5 @@ def _run_train(args: SimpleNamespace) -> int:
 
 
 def run(args: Namespace) -> int:
-    command = {"decode": bench_decode, "train": bench_train}[args.bench]
+    command = {"decode": bench_decode, "train": bench_train, "serve": bench_serve}[args.bench]
     return call(command, args[args.bench])

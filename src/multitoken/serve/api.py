@@ -41,7 +41,7 @@ class Options(BaseModel):
 
 
 class CompletionRequest(Options):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int]  # text, or (as OpenAI's API allows) token ids
     max_tokens: int = Field(16, ge=1)  # OpenAI's default for completions
 
 
@@ -110,11 +110,17 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: str | None =
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        if isinstance(body.prompt, list) and len(body.prompt) != 1:
-            raise RequestError(400, "prompt: give one prompt per request (n = 1)", "prompt")
-        text = body.prompt[0] if isinstance(body.prompt, list) else body.prompt
-        ids = tokenizer.encode_prompt(text)
-        prefix = ids[1:] if tokenizer.bos_id is not None else ids  # the prompt's text, so the answer decodes in place
+        if body.prompt and isinstance(body.prompt, list) and isinstance(body.prompt[0], int):
+            ids = list(body.prompt)
+            if not all(0 <= i < tokenizer.vocab_size for i in ids):
+                raise RequestError(400, f"prompt: token ids must lie in 0..{tokenizer.vocab_size - 1}", "prompt")
+            prefix = ids
+        else:
+            if isinstance(body.prompt, list) and len(body.prompt) != 1:
+                raise RequestError(400, "prompt: give one prompt per request (n = 1)", "prompt")
+            text = body.prompt[0] if isinstance(body.prompt, list) else body.prompt
+            ids = tokenizer.encode_prompt(text)
+            prefix = ids[1:] if tokenizer.bos_id is not None else ids  # the prompt's text: the answer decodes in place
         return await answer(body, request, ids, prefix, body.max_tokens, "text_completion", "prompt")
 
     @app.post("/v1/chat/completions")

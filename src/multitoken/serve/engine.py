@@ -143,21 +143,16 @@ class Engine:
                         if row is not None:
                             self._finish(i, "error")
 
-    def _forward(self, block: torch.Tensor, rows: torch.Tensor, start: torch.Tensor,
-                 pick: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (R, W or 1, heads, V) of a block (R, W) on cache rows `rows` from positions `start` (R,); pick (R,):
-        unembed only that position of each row (a prefill needs its last)."""
+    def _hidden(self, block: torch.Tensor, rows: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """Every head's hidden state (R, W, heads, d) for a block (R, W) on cache rows `rows` from positions `start`
+        (R,), before the shared norm and unembedding (which the caller applies only where it needs logits)."""
         model = self.model
         where = self.caches.at(start, block.shape[1], rows=rows)
         z = model.trunk(block, where)
         if self.heads is not None:
             cos, sin = model.rope(block.shape[1], where, self.heads.window)
-            h = self.heads(z, cos, sin, where, self.caches.fused)  # (R, W, k + 1, d)
-        else:
-            h = model.head(0, z, where)[:, :, None]
-        if pick is not None:
-            h = h[torch.arange(h.shape[0], device=h.device), pick][:, None]
-        return model.unembed(h)
+            return self.heads(z, cos, sin, where, self.caches.fused)  # (R, W, k + 1, d)
+        return model.head(0, z, where)[:, :, None]
 
     def _admit(self) -> None:
         free = [i for i, row in enumerate(self.rows) if row is None]
@@ -175,7 +170,8 @@ class Engine:
             block[j, :len(job.prompt)] = torch.tensor(job.prompt, device=self.device)
         rows = torch.tensor([i for i, _ in new], device=self.device)
         lengths = torch.tensor([len(job.prompt) for _, job in new], device=self.device)
-        logits = self._forward(block, rows, torch.zeros_like(rows), pick=lengths - 1)[:, 0]  # (n, heads, V)
+        hidden = self._hidden(block, rows, torch.zeros_like(rows))
+        logits = self.model.unembed(hidden[torch.arange(len(new), device=self.device), lengths - 1])  # (n, heads, V)
         for j, (i, job) in enumerate(new):
             first = self._choose(job, logits[j:j + 1, 0])
             self.rows[i] = Row(job, len(job.prompt), [first, *self._drafts(logits[j])])
@@ -197,24 +193,32 @@ class Engine:
         width = min(self.k + 1, min(self.context - row.pos for row in rows)) if chain else 1
         block = torch.tensor([row.block[:width] for row in rows], device=self.device)
         start = torch.tensor([row.pos for row in rows], device=self.device)
-        logits = self._forward(block, torch.tensor(live, device=self.device), start)  # (R, W, heads, V)
+        hidden = self._hidden(block, torch.tensor(live, device=self.device), start)  # (R, W, heads, d)
         self.steps += 1
+        # Head 1 is unembedded at every position (it verifies); the drafting heads only where the row goes on from
+        # (after the accepted prefix): R * (W + k) rows of the vocabulary matrix, not R * W * (k + 1).
+        target = self.model.unembed(hidden[:, :, 0])  # (R, W, V)
         if chain:
-            n_acc, correction = verify_chain(block, logits[:, :, 0])
+            n_acc, correction = verify_chain(block, target)
+            at = n_acc
             n_acc, correction = n_acc.tolist(), correction.tolist()
             self.drafts_accepted += sum(n_acc)
+        else:
+            at = torch.zeros(len(rows), dtype=torch.long, device=self.device)
+        drafts = self.model.unembed(hidden[torch.arange(len(rows), device=self.device), at, 1:]).argmax(-1).tolist() \
+            if self.k else [[] for _ in rows]
         for j, (i, row) in enumerate(zip(live, rows)):
             row.job.forwards += 1
             if chain:
                 a = n_acc[j]
                 kept = row.block[1:a + 1] + [correction[j]]  # the verified drafts, then head 1's own next token
                 row.pos += a + 1
-                row.block = [correction[j], *self._drafts(logits[j, a])]
+                row.block = [correction[j], *drafts[j]]
             else:
-                nxt = self._choose(row.job, logits[j:j + 1, 0, 0])
+                nxt = self._choose(row.job, target[j:j + 1, 0])
                 kept = [nxt]
                 row.pos += 1
-                row.block = [nxt, *self._drafts(logits[j, 0])]
+                row.block = [nxt, *drafts[j]]
             self._deliver(i, kept)
 
     def _deliver(self, i: int, tokens: list[int]) -> None:

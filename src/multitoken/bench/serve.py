@@ -1,0 +1,155 @@
+"""`bench serve`: the server under load on loopback, several ways in one run.
+
+Each case starts a local server (`serve/local.py`) and runs N concurrent clients, each sending its share of the
+requests one after another as streamed completions (or chats), the way an application's users would. Per case:
+requests/s, output tokens/s, time to first token and time per output token (percentiles over requests), tau, and
+whether every request was answered. The cases: speculative decoding at the full batch, plain decoding at the full
+batch, and plain decoding one request at a time (max batch 1: a server without batching).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+CASES = {"speculative": dict(speculative="on"), "plain": dict(speculative="off"),
+         "one at a time": dict(speculative="off", max_batch_size=1)}
+
+
+@dataclass
+class Reply:
+    ok: bool
+    status: int
+    tokens: int = 0
+    first_token_s: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def per_token_s(self) -> float | None:
+        """Time per output token after the first (None for a reply of one token or none)."""
+        if self.first_token_s is None or self.tokens < 2:
+            return None
+        return (self.seconds - self.first_token_s) / (self.tokens - 1)
+
+
+def stream_request(port: int, path: str, body: dict, timeout: float = 600.0) -> Reply:
+    """One streamed request over plain HTTP: when its first text arrived, when it ended, its usage."""
+    start = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", path, json.dumps({**body, "stream": True}), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        if response.status != 200:
+            response.read()
+            return Reply(False, response.status, seconds=time.perf_counter() - start)
+        first, tokens = None, 0
+        for raw in response:
+            line = raw.decode("utf-8").strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            choice = chunk["choices"][0]
+            text = choice.get("text") or (choice.get("delta") or {}).get("content")
+            if text and first is None:
+                first = time.perf_counter() - start
+            if "usage" in chunk:
+                tokens = chunk["usage"]["completion_tokens"]
+        return Reply(True, 200, tokens, first, time.perf_counter() - start)
+    except (OSError, http.client.HTTPException, ValueError):
+        return Reply(False, 0, seconds=time.perf_counter() - start)
+    finally:
+        conn.close()
+
+
+def percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return {"p50": statistics.median(ordered), "p90": at(0.9), "p99": at(0.99)}
+
+
+def run_case(ckpt: str, name: str, bodies: list[dict], path: str, clients: int, settings: dict) -> dict:
+    """One case: a fresh local server with these settings, `clients` threads sharing the requests."""
+    from multitoken.serve.local import LocalServer
+
+    with LocalServer(ckpt, **settings) as server:
+        stream_request(server.port, path, {**bodies[0], "max_tokens": 2})  # warm up: first calls allocate
+        steps_before = server.engine.steps
+        shares = [bodies[c::clients] for c in range(clients)]
+
+        def client(share: list[dict]) -> list[Reply]:
+            return [stream_request(server.port, path, body) for body in share]
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            replies = [r for share in pool.map(client, shares) for r in share]
+        seconds = time.perf_counter() - start
+        engine = server.engine
+        steps = engine.steps - steps_before
+    answered = [r for r in replies if r.ok]
+    tokens = sum(r.tokens for r in answered)
+    return {
+        "case": name, "settings": settings, "requests": len(replies), "answered": len(answered),
+        "failed_statuses": sorted({r.status for r in replies if not r.ok}), "seconds": seconds,
+        "requests_per_s": len(answered) / seconds, "output_tokens": tokens, "output_tokens_per_s": tokens / seconds,
+        "time_to_first_token_s": percentiles([r.first_token_s for r in answered if r.first_token_s is not None]),
+        "time_per_output_token_s": percentiles([r.per_token_s for r in answered if r.per_token_s is not None]),
+        "engine_steps": steps, "peak_batch": engine.peak_live, "draft_len": engine.k,
+        "replies": [asdict(r) for r in replies],
+    }
+
+
+def bench_serve_cases(ckpt: str, bodies: list[dict], path: str, clients: int, max_batch_size: int,
+                      cases: list[str], context: int | None, device: str) -> list[dict]:
+    results = []
+    for name in cases:
+        settings = {"max_batch_size": max_batch_size, "max_queue": max(len(bodies), 1), "context": context,
+                    "device": device, **CASES[name]}
+        results.append(run_case(ckpt, name, bodies, path, clients, settings))
+    return results
+
+
+def report(results: list[dict]) -> str:
+    base = next((r for r in results if r["case"] == "one at a time"), None)
+    lines = [f"{'case':<15} {'answered':>9} {'req/s':>7} {'tokens/s':>9} {'vs 1-at-a-time':>15} "
+             f"{'TTFT p50':>9} {'p90':>7} {'ms/token p50':>13} {'p90':>7} {'batch':>6}"]
+    for r in results:
+        ttft, tpot = r["time_to_first_token_s"], r["time_per_output_token_s"]
+        ratio = f"{r['output_tokens_per_s'] / base['output_tokens_per_s']:.2f}x" if base else "-"
+        ms = lambda v: "-" if v is None else f"{1000 * v:.0f}"  # noqa: E731
+        lines.append(f"{r['case']:<15} {r['answered']:>4}/{r['requests']:<4} {r['requests_per_s']:>7.2f} "
+                     f"{r['output_tokens_per_s']:>9.1f} {ratio:>15} {ms(ttft['p50']):>7}ms {ms(ttft['p90']):>5}ms "
+                     f"{ms(tpot['p50']):>11}ms {ms(tpot['p90']):>5}ms {r['peak_batch']:>6}")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["case"] for r in results]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    axes[0].bar(names, [r["output_tokens_per_s"] for r in results], color="tab:blue")
+    axes[0].set_title("output tokens/s (higher is better)")
+    for ax, key, title in ((axes[1], "time_to_first_token_s", "time to first token (ms)"),
+                           (axes[2], "time_per_output_token_s", "time per output token (ms)")):
+        p50 = [1000 * (r[key]["p50"] or 0) for r in results]
+        p90 = [1000 * (r[key]["p90"] or 0) for r in results]
+        ax.bar(names, p90, color="tab:orange", alpha=0.4, label="p90")
+        ax.bar(names, p50, color="tab:orange", label="p50")
+        ax.set_title(title)
+        ax.legend()
+    for ax in axes:
+        ax.tick_params(axis="x", labelrotation=15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
