@@ -86,7 +86,7 @@ class Server(LocalServer):
 
 @pytest.fixture(scope="module")
 def server(chat_ckpt):
-    s = Server(chat_ckpt, max_batch_size=4, max_queue=64)
+    s = Server(chat_ckpt, max_batch_size=4, max_queue=64, speculative="on")
     yield s
     s.stop()
 
@@ -124,9 +124,25 @@ def test_openai_client_completions_and_chat_streamed_and_not(server, chat_ckpt):
     assert server.get("/health")["status"] == "ok"
 
 
-def test_concurrent_greedy_requests_each_get_their_solo_answer(server, chat_ckpt):
+@pytest.mark.parametrize("speculative", ["on", "auto"])
+def test_concurrent_greedy_requests_each_get_their_solo_answer(chat_ckpt, speculative):
     """16 requests at once into 4 rows: they join and leave the batch between steps; each answer is what greedy
-    decoding gives that prompt alone."""
+    decoding gives that prompt alone: with a chain step at every step, and with the server's own choice, which mixes
+    plain and chain steps (the drafting heads catching up on what they missed)."""
+    server = Server(chat_ckpt, max_batch_size=4, max_queue=64, speculative=speculative)
+    try:
+        _sixteen_at_once(server, chat_ckpt)
+        engine = server.engine
+        assert engine.peak_live == 4 and engine.k == 2 and engine.chain_steps > 0
+        if speculative == "on":  # every step a chain, and the chains' drafts were sometimes kept
+            assert engine.chain_steps == engine.steps and engine.drafts_accepted > 0
+        else:  # both kinds ran
+            assert engine.chain_steps < engine.steps
+    finally:
+        server.stop()
+
+
+def _sixteen_at_once(server, chat_ckpt) -> None:
     client = server.client()
     lengths = [6 + 3 * (i % 5) for i in range(16)]
 
@@ -139,8 +155,6 @@ def test_concurrent_greedy_requests_each_get_their_solo_answer(server, chat_ckpt
         answers = list(pool.map(ask, range(16)))
     for i, answer in enumerate(answers):
         assert answer == solo_chat(chat_ckpt, QUESTIONS[i], lengths[i]), QUESTIONS[i]
-    # They did share the batch, and the chains' drafts were sometimes kept (both paths of verification ran)
-    assert server.engine.peak_live == 4 and server.engine.k == 2 and server.engine.drafts_accepted > 0
 
 
 MALFORMED = [
@@ -250,8 +264,10 @@ def test_bench_serve_answers_every_request_in_every_case(chat_ckpt, tmp_path, ca
     assert code == 0, out
     record = json.loads((tmp_path / "serve.json").read_text())
     cases = {c["case"]: c for c in record["cases"]}
-    assert set(cases) == {"speculative", "plain", "one at a time"} and "vs 1-at-a-time" in out
+    assert set(cases) == {"auto", "speculative", "plain", "one at a time"} and "vs 1-at-a-time" in out
     for case in cases.values():
         assert case["answered"] == case["requests"] == 12 and case["output_tokens"] > 0
     assert cases["one at a time"]["peak_batch"] == 1 and cases["plain"]["peak_batch"] == 3
     assert cases["speculative"]["draft_len"] == 2 and cases["plain"]["draft_len"] == 0
+    assert cases["speculative"]["chain_steps"] == cases["speculative"]["engine_steps"] and \
+        cases["plain"]["chain_steps"] == 0 and cases["auto"]["chain_steps"] > 0  # auto timed a chain step at least

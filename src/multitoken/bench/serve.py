@@ -2,9 +2,10 @@
 
 Each case starts a local server (`serve/local.py`) and runs N concurrent clients, each sending its share of the
 requests one after another as streamed completions (or chats), the way an application's users would. Per case:
-requests/s, output tokens/s, time to first token and time per output token (percentiles over requests), tau, and
-whether every request was answered. The cases: speculative decoding at the full batch, plain decoding at the full
-batch, and plain decoding one request at a time (max batch 1: a server without batching).
+requests/s, output tokens/s, time to first token and time per output token (percentiles over requests), the share
+of chain steps, and whether every request was answered. The cases: the server's own choice per step (auto),
+speculative decoding at every greedy step, plain decoding at the full batch, and plain decoding one request at a
+time (max batch 1: a server without batching).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-CASES = {"speculative": dict(speculative="on"), "plain": dict(speculative="off"),
+CASES = {"auto": dict(speculative="auto"), "speculative": dict(speculative="on"), "plain": dict(speculative="off"),
          "one at a time": dict(speculative="off", max_batch_size=1)}
 
 
@@ -81,7 +82,8 @@ def run_case(ckpt: str, name: str, bodies: list[dict], path: str, clients: int, 
 
     with LocalServer(ckpt, **settings) as server:
         stream_request(server.port, path, {**bodies[0], "max_tokens": 2})  # warm up: first calls allocate
-        steps_before = server.engine.steps
+        steps_before, chain_before = server.engine.steps, server.engine.chain_steps
+        accepted_before = server.engine.drafts_accepted
         shares = [bodies[c::clients] for c in range(clients)]
 
         def client(share: list[dict]) -> list[Reply]:
@@ -101,7 +103,8 @@ def run_case(ckpt: str, name: str, bodies: list[dict], path: str, clients: int, 
         "requests_per_s": len(answered) / seconds, "output_tokens": tokens, "output_tokens_per_s": tokens / seconds,
         "time_to_first_token_s": percentiles([r.first_token_s for r in answered if r.first_token_s is not None]),
         "time_per_output_token_s": percentiles([r.per_token_s for r in answered if r.per_token_s is not None]),
-        "engine_steps": steps, "peak_batch": engine.peak_live, "draft_len": engine.k,
+        "engine_steps": steps, "chain_steps": engine.chain_steps - chain_before, "peak_batch": engine.peak_live,
+        "draft_len": engine.k, "drafts_accepted": engine.drafts_accepted - accepted_before,
         "replies": [asdict(r) for r in replies],
     }
 
@@ -119,14 +122,15 @@ def bench_serve_cases(ckpt: str, bodies: list[dict], path: str, clients: int, ma
 def report(results: list[dict]) -> str:
     base = next((r for r in results if r["case"] == "one at a time"), None)
     lines = [f"{'case':<15} {'answered':>9} {'req/s':>7} {'tokens/s':>9} {'vs 1-at-a-time':>15} "
-             f"{'TTFT p50':>9} {'p90':>7} {'ms/token p50':>13} {'p90':>7} {'batch':>6}"]
+             f"{'TTFT p50':>9} {'p90':>7} {'ms/token p50':>13} {'p90':>7} {'batch':>6} {'chain steps':>12}"]
     for r in results:
         ttft, tpot = r["time_to_first_token_s"], r["time_per_output_token_s"]
         ratio = f"{r['output_tokens_per_s'] / base['output_tokens_per_s']:.2f}x" if base else "-"
         ms = lambda v: "-" if v is None else f"{1000 * v:.0f}"  # noqa: E731
         lines.append(f"{r['case']:<15} {r['answered']:>4}/{r['requests']:<4} {r['requests_per_s']:>7.2f} "
                      f"{r['output_tokens_per_s']:>9.1f} {ratio:>15} {ms(ttft['p50']):>7}ms {ms(ttft['p90']):>5}ms "
-                     f"{ms(tpot['p50']):>11}ms {ms(tpot['p90']):>5}ms {r['peak_batch']:>6}")
+                     f"{ms(tpot['p50']):>11}ms {ms(tpot['p90']):>5}ms {r['peak_batch']:>6} "
+                     f"{r['chain_steps'] / max(r['engine_steps'], 1):>11.0%}")
     return "\n".join(lines)
 
 

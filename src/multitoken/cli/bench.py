@@ -100,7 +100,7 @@ def bench_train(vocab_size: str = "32000,128000", n_future: str = "4", d_model: 
 
 def bench_serve(ckpt: str, prompts: str | None = None, chat: bool = False, data: str | list[str] | None = None,
                 num_prompts: int = 32, prompt_len: int = 64, clients: int = 32, requests: int = 256,
-                max_new_tokens: int = 64, max_batch_size: int = 8, cases: str = "speculative,plain,one at a time",
+                max_new_tokens: int = 64, max_batch_size: int = 8, cases: str = "auto,speculative,plain,one at a time",
                 context: int | None = None, json: str | None = None, plot: str | None = None,
                 device: str = "auto") -> int:
     """The server under load on loopback: N concurrent clients each send their share of the requests one after
@@ -121,8 +121,9 @@ def bench_serve(ckpt: str, prompts: str | None = None, chat: bool = False, data:
         requests: Requests in all, cycling through the prompts, shared among the clients.
         max_new_tokens: max_tokens of every request (an answer may end sooner, at end-of-sequence).
         max_batch_size: The server's batch (the 'one at a time' case uses 1).
-        cases: Comma-separated cases among 'speculative' (self-speculative decoding at the full batch), 'plain'
-            (plain decoding at the full batch) and 'one at a time' (plain decoding, batch 1).
+        cases: Comma-separated cases among 'auto' (the server's own per-step choice), 'speculative'
+            (self-speculative decoding at every step), 'plain' (plain decoding at the full batch) and 'one at a time'
+            (plain decoding, batch 1).
         context: The server's tokens per request; null for the model's.
         json: Write every case's numbers (and each request's) here.
         plot: Write a PNG of tokens/s and the latency percentiles here.
@@ -140,8 +141,8 @@ def bench_serve(ckpt: str, prompts: str | None = None, chat: bool = False, data:
                      "max_batch_size")
     _check_outputs(json, plot, "serve.png")
     model, _, tokenizer = load_checkpoint(ckpt, "cpu")
-    if "speculative" in names and model.n_future == 1:
-        raise ConfigError(f"{ckpt} has no extra heads: drop 'speculative' from --cases, or give it heads first")
+    if {"speculative", "auto"} & set(names) and model.n_future == 1:
+        raise ConfigError(f"{ckpt} has no extra heads: keep to --cases plain,'one at a time', or give it heads first")
     args = SimpleNamespace(prompts=prompts, chat=chat, data=data, num_prompts=num_prompts, prompt_len=prompt_len,
                            max_new_tokens=max_new_tokens)
     ids, source = _decode_prompts(args, model, read_train_config(resolve_checkpoint(ckpt)), tokenizer)

@@ -49,7 +49,7 @@ def build_server(ckpt: str, max_batch_size: int = 8, speculative: Literal["auto"
     if speculative == "on" and model.n_future == 1:
         raise ConfigError(f"{ckpt} has no extra heads to draft with: serve it with --speculative off (or auto), or "
                           "give it heads with `train --init-from ... --freeze base`")
-    engine = Engine(model, max_batch_size, speculative=speculative != "off", context=context,
+    engine = Engine(model, max_batch_size, speculative=speculative, context=context,
                     max_queue=max_queue).start()
     name = resolve_checkpoint(ckpt).parent.parent.name if resolve_checkpoint(ckpt).parent.name == "checkpoints" \
         else resolve_checkpoint(ckpt).name
@@ -69,7 +69,9 @@ def serve(ckpt: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: 
         host: Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).
         port: Port to listen on.
         max_batch_size: Requests decoded together, at most; more wait in the queue.
-        speculative: Self-speculative decoding with the model's extra heads: auto (when it has some), on, off.
+        speculative: Self-speculative decoding with the model's extra heads: auto (per step, whichever of a
+            speculative or a plain step gives more tokens/s at the live batch size, as measured while serving), on
+            (whenever the batch is greedy), off (plain decoding only).
         context: Tokens per request (prompt and answer), at most; null for the model's context. Each of the
             max_batch_size rows keeps a cache this long.
         max_queue: Requests waiting for a row, at most; beyond it the server answers 503 with Retry-After.

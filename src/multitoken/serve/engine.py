@@ -2,13 +2,23 @@
 
 Requests wait in a bounded queue. Between decoding steps the engine admits waiting requests into free rows of its
 caches and prefills them together, on their rows alone (`Positions.rows`: the rows mid-answer are not touched); then
-every live row takes one step. With extra heads and `speculative`, a step is a self-speculative chain: each row
-feeds its certain token and its heads' drafts, head 1 verifies them, and the row keeps the longest agreeing prefix,
-so a greedy request gets exactly the tokens plain decoding would give it alone, whatever else is in the batch. A
-batch holding a sampled request steps one token per row (heads still fed, so their caches stay complete). Finished,
-cancelled and failed rows leave the batch at once and their row takes the next request.
+every live row takes one step, of one of two kinds:
 
-Tokens reach a request through its `emit` callback, called on the engine thread as they become certain.
+- plain: each row feeds its certain token through the trunk and head 1 (the model's own next-token path);
+- chain (greedy batches, a model with extra heads): each row feeds its certain token and its heads' drafts, head 1
+  verifies them, the row keeps the longest agreeing prefix, and the extra heads (one batched layer, their own
+  caches) draft again where it ends. The output is exactly plain greedy decoding's, whatever else is in the batch.
+
+Head 1 always runs with the trunk on its own cache, so either kind of step leaves the model's own state complete;
+only the extra heads skip plain steps. The trunk's output z of every position is kept per row, so before a row's
+next chain step the extra heads catch up on the positions they missed. `speculative="auto"` chooses per step: it
+times both kinds at each batch size, tracks tau (tokens per row per chain step), and runs a chain step only while
+tau x (plain step time) exceeds the chain step's time, so that serving is not slower than plain decoding at any
+load (each kind is timed once per batch size first, then re-timed now and then as tau moves). A batch with a
+sampled request steps plainly.
+
+Finished, cancelled and failed rows leave the batch at once and their row takes the next request. Tokens reach a
+request through its `emit` callback, called on the engine thread as they become certain.
 """
 
 from __future__ import annotations
@@ -67,32 +77,69 @@ class Job:
 @dataclass(eq=False)
 class Row:
     job: Job
-    pos: int  # tokens of this row in the cache
-    block: list[int]  # what the next step feeds: the certain token, then the heads' drafts
+    pos: int  # positions of this row in the trunk's and head 1's caches (and in the stored z)
+    block: list[int]  # what the next step feeds: the certain token, then the heads' drafts (if they are current)
+    heads_pos: int = 0  # positions the extra heads' caches hold for this row
+
+
+class StepTimes:
+    """Seconds per step of each kind at each batch size (moving averages), and tau, for the auto choice."""
+
+    def __init__(self, every: int = 64) -> None:
+        self.seconds: dict[tuple[str, int], float] = {}
+        self.tau: float | None = None
+        self.every, self.count = every, 0
+
+    def record(self, kind: str, batch: int, seconds: float) -> None:
+        key = (kind, batch)
+        old = self.seconds.get(key)
+        self.seconds[key] = seconds if old is None else 0.8 * old + 0.2 * seconds
+
+    def record_tau(self, tokens_per_row: float) -> None:
+        self.tau = tokens_per_row if self.tau is None else 0.9 * self.tau + 0.1 * tokens_per_row
+
+    def choose(self, batch: int) -> str:
+        """'chain' or 'plain' for a greedy batch of this size: each timed first, then the faster in tokens/s,
+        with the other re-timed every `every` steps (tau and the machine move)."""
+        self.count += 1
+        chain, plain = self.seconds.get(("chain", batch)), self.seconds.get(("plain", batch))
+        if chain is None:
+            return "chain"
+        if plain is None:
+            return "plain"
+        best = "chain" if (self.tau or 1.0) * plain > chain else "plain"
+        if self.count % self.every == 0:
+            return "plain" if best == "chain" else "chain"
+        return best
 
 
 class Engine:
     """Continuous batching over max_batch_size cache rows of `context` positions each."""
 
-    def __init__(self, model: MTPModel, max_batch_size: int = 8, speculative: bool = True, context: int | None = None,
-                 max_queue: int = 64, draft_len: int | None = None) -> None:
+    def __init__(self, model: MTPModel, max_batch_size: int = 8, speculative: bool | str = "auto",
+                 context: int | None = None, max_queue: int = 64, draft_len: int | None = None) -> None:
+        """speculative: "auto" (choose per step, see the module), True / "on" (a chain step whenever the batch is
+        greedy) or False / "off" (plain steps only: the extra heads are never run)."""
         self.model = model.eval()
         self.max_batch_size = max_batch_size
         self.context = min(context or model.config.max_seq_len, model.config.max_seq_len)
-        self.k = (draft_len or model.n_future - 1) if speculative and model.n_future > 1 else 0
+        self.mode = {True: "on", False: "off"}.get(speculative, speculative)
+        self.k = (draft_len or model.n_future - 1) if self.mode != "off" and model.n_future > 1 else 0
         self.device = model.output.weight.device
-        if self.k:  # head 1 and the drafting heads as one batched layer, as speculative decoding runs them
-            self.heads = FusedHeads(model, self.k + 1)
-            self.caches = DecodeCaches(model, max_batch_size, self.context, heads="none", fused=self.k + 1)
-        else:
-            self.heads = None
-            self.caches = DecodeCaches(model, max_batch_size, self.context, heads="next")
+        # The trunk and head 1 on their own caches; the drafting heads as one batched layer on theirs.
+        self.caches = DecodeCaches(model, max_batch_size, self.context, heads="next", fused=self.k)
+        self.heads = FusedHeads(model, self.k, first=1) if self.k else None
+        # Every row's trunk output z per position: what the drafting heads read when they catch up.
+        self.z = torch.zeros(max_batch_size, self.context, model.config.d_model, device=self.device,
+                             dtype=model.output.weight.dtype) if self.k else None
+        self.times = StepTimes()
         self.waiting: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self.rows: list[Row | None] = [None] * max_batch_size
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.steps = 0  # decoding steps run, and what they did (for /health, logs and tests)
+        self.chain_steps = 0
         self.peak_live = 0
         self.drafts_accepted = 0
         self.cancelled = 0
@@ -143,16 +190,37 @@ class Engine:
                         if row is not None:
                             self._finish(i, "error")
 
-    def _hidden(self, block: torch.Tensor, rows: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        """Every head's hidden state (R, W, heads, d) for a block (R, W) on cache rows `rows` from positions `start`
-        (R,), before the shared norm and unembedding (which the caller applies only where it needs logits)."""
-        model = self.model
+    def _trunk(self, block: torch.Tensor, rows: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """The trunk's output z (R, W, d) of a block (R, W) on cache rows `rows` from positions `start` (R,), and
+        where the block went."""
         where = self.caches.at(start, block.shape[1], rows=rows)
-        z = model.trunk(block, where)
-        if self.heads is not None:
-            cos, sin = model.rope(block.shape[1], where, self.heads.window)
-            return self.heads(z, cos, sin, where, self.caches.fused)  # (R, W, k + 1, d)
-        return model.head(0, z, where)[:, :, None]
+        z = self.model.trunk(block, where)
+        if self.z is not None:  # kept for the drafting heads (positions past the context are scratch, dropped)
+            slots = (start[:, None] + torch.arange(block.shape[1], device=self.device)).clamp_max(self.context - 1)
+            self.z[rows[:, None], slots] = z
+        return z, where
+
+    def _draft_hidden(self, z: torch.Tensor, rows: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """The drafting heads over z (R, W, d) at positions start.. (R,) on their caches: (R, W, k, d)."""
+        where = self.caches.at(start, z.shape[1], rows=rows)
+        cos, sin = self.model.rope(z.shape[1], where, self.heads.window)
+        return self.heads(z, cos, sin, where, self.caches.fused)
+
+    def _catch_up(self, live: list[int]) -> None:
+        """Run the drafting heads over the positions they missed (plain steps, or the prefill) of these rows, and
+        give each its drafts from the last one."""
+        live = [i for i in live if self.rows[i].heads_pos < self.rows[i].pos]
+        rows = [self.rows[i] for i in live]
+        lag = max(row.pos - row.heads_pos for row in rows)
+        start = torch.tensor([row.heads_pos for row in rows], device=self.device)
+        slots = (start[:, None] + torch.arange(lag, device=self.device)).clamp_max(self.context - 1)
+        rows_t = torch.tensor(live, device=self.device)
+        hidden = self._draft_hidden(self.z[rows_t[:, None], slots], rows_t, start)  # (R, lag, k, d)
+        last = torch.tensor([row.pos - row.heads_pos - 1 for row in rows], device=self.device)
+        drafts = self.model.unembed(hidden[torch.arange(len(rows), device=self.device), last]).argmax(-1).tolist()
+        for row, guess in zip(rows, drafts):
+            row.heads_pos = row.pos
+            row.block = row.block[:1] + guess
 
     def _admit(self) -> None:
         free = [i for i, row in enumerate(self.rows) if row is None]
@@ -170,56 +238,68 @@ class Engine:
             block[j, :len(job.prompt)] = torch.tensor(job.prompt, device=self.device)
         rows = torch.tensor([i for i, _ in new], device=self.device)
         lengths = torch.tensor([len(job.prompt) for _, job in new], device=self.device)
-        hidden = self._hidden(block, rows, torch.zeros_like(rows))
-        logits = self.model.unembed(hidden[torch.arange(len(new), device=self.device), lengths - 1])  # (n, heads, V)
+        z, where = self._trunk(block, rows, torch.zeros_like(rows))
+        h1 = self.model.head(0, z, where)
+        logits = self.model.unembed(h1[torch.arange(len(new), device=self.device), lengths - 1])  # (n, V)
         for j, (i, job) in enumerate(new):
-            first = self._choose(job, logits[j:j + 1, 0])
-            self.rows[i] = Row(job, len(job.prompt), [first, *self._drafts(logits[j])])
+            first = self._choose(job, logits[j:j + 1])
+            self.rows[i] = Row(job, len(job.prompt), [first])  # the drafting heads catch up before a chain step
             self._deliver(i, [first])
 
     def _choose(self, job: Job, logits: torch.Tensor) -> int:
         return int(sample(logits, job.temperature, None, job.top_p, job.generator)[0])
 
-    def _drafts(self, logits: torch.Tensor) -> list[int]:
-        """The extra heads' greedy guesses (heads, V) -> k tokens."""
-        return logits[1:self.k + 1].argmax(-1).tolist() if self.k else []
+    def _kind(self, rows: list[Row]) -> str:
+        if not self.k or not all(row.job.greedy for row in rows):
+            return "plain"
+        if self.mode == "on":
+            return "chain"
+        return self.times.choose(len(rows))
 
     def _step(self) -> None:
         live = [i for i, row in enumerate(self.rows) if row is not None]
         rows = [self.rows[i] for i in live]
         self.peak_live = max(self.peak_live, len(live))
-        chain = self.k > 0 and all(row.job.greedy for row in rows)
+        kind = self._kind(rows)
+        began = time.perf_counter()
+        if kind == "chain" and any(row.heads_pos < row.pos for row in rows):
+            self._catch_up(live)
         # Near the end of the context a chain verifies fewer drafts (its last slots must exist).
-        width = min(self.k + 1, min(self.context - row.pos for row in rows)) if chain else 1
+        width = min(self.k + 1, min(self.context - row.pos for row in rows)) if kind == "chain" else 1
         block = torch.tensor([row.block[:width] for row in rows], device=self.device)
         start = torch.tensor([row.pos for row in rows], device=self.device)
-        hidden = self._hidden(block, torch.tensor(live, device=self.device), start)  # (R, W, heads, d)
+        rows_t = torch.tensor(live, device=self.device)
+        z, where = self._trunk(block, rows_t, start)
+        target = self.model.unembed(self.model.head(0, z, where))  # (R, W, V): head 1 after each block token
         self.steps += 1
-        # Head 1 is unembedded at every position (it verifies); the drafting heads only where the row goes on from
-        # (after the accepted prefix): R * (W + k) rows of the vocabulary matrix, not R * W * (k + 1).
-        target = self.model.unembed(hidden[:, :, 0])  # (R, W, V)
-        if chain:
+        if kind == "chain":
+            self.chain_steps += 1
             n_acc, correction = verify_chain(block, target)
-            at = n_acc
+            # The drafting heads over the block (what they write past the kept prefix is overwritten later), read
+            # where each row goes on from: R * (W + k) rows of the vocabulary matrix, not R * W * (k + 1).
+            hidden = self._draft_hidden(z, rows_t, start)[torch.arange(len(rows), device=self.device), n_acc]
+            drafts = self.model.unembed(hidden).argmax(-1).tolist()
             n_acc, correction = n_acc.tolist(), correction.tolist()
             self.drafts_accepted += sum(n_acc)
-        else:
-            at = torch.zeros(len(rows), dtype=torch.long, device=self.device)
-        drafts = self.model.unembed(hidden[torch.arange(len(rows), device=self.device), at, 1:]).argmax(-1).tolist() \
-            if self.k else [[] for _ in rows]
         for j, (i, row) in enumerate(zip(live, rows)):
             row.job.forwards += 1
-            if chain:
+            if kind == "chain":
                 a = n_acc[j]
                 kept = row.block[1:a + 1] + [correction[j]]  # the verified drafts, then head 1's own next token
                 row.pos += a + 1
+                row.heads_pos = row.pos
                 row.block = [correction[j], *drafts[j]]
             else:
-                nxt = self._choose(row.job, target[j:j + 1, 0])
-                kept = [nxt]
+                kept = [self._choose(row.job, target[j:j + 1, 0])]
                 row.pos += 1
-                row.block = [nxt, *drafts[j]]
+                row.block = kept[:]
             self._deliver(i, kept)
+        if self.mode == "auto" and self.k and all(row.job.greedy for row in rows):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.times.record(kind, len(rows), time.perf_counter() - began)
+            if kind == "chain":
+                self.times.record_tau(sum(n_acc) / len(rows) + 1)
 
     def _deliver(self, i: int, tokens: list[int]) -> None:
         """Hand a row's newly certain tokens to its job, and retire the row when its answer is over."""
