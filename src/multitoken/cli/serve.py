@@ -85,8 +85,10 @@ def serve(ckpt: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: 
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    print(f"serving {ckpt} on http://{host}:{port}/v1 (batch {max_batch_size}, speculative "
-          f"{'on, draft length ' + str(engine.k) if engine.k else 'off'}, context {engine.context})", file=sys.stderr)
+    drafting = f"{engine.mode}, draft length {engine.k}" if engine.k else "off (no extra heads)" \
+        if engine.mode != "off" else "off"
+    print(f"serving {ckpt} on http://{host}:{port}/v1 (batch {max_batch_size}, speculative {drafting}, context "
+          f"{engine.context})", file=sys.stderr)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

@@ -85,28 +85,31 @@ class Row:
 class StepTimes:
     """Seconds per step of each kind at each batch size (moving averages), and tau, for the auto choice."""
 
-    def __init__(self, every: int = 64) -> None:
+    def __init__(self, samples: int = 3, every: int = 256) -> None:
         self.seconds: dict[tuple[str, int], float] = {}
+        self.counts: dict[tuple[str, int], int] = {}
         self.tau: float | None = None
-        self.every, self.count = every, 0
+        self.samples, self.every, self.count = samples, every, 0
 
     def record(self, kind: str, batch: int, seconds: float) -> None:
         key = (kind, batch)
-        old = self.seconds.get(key)
-        self.seconds[key] = seconds if old is None else 0.8 * old + 0.2 * seconds
+        n = self.counts.get(key, 0)
+        old = self.seconds.get(key, seconds)
+        # The plain mean of the first samples, then a moving average (the machine and the rows' lengths drift)
+        self.seconds[key] = old + (seconds - old) / (n + 1) if n < self.samples else 0.8 * old + 0.2 * seconds
+        self.counts[key] = n + 1
 
     def record_tau(self, tokens_per_row: float) -> None:
         self.tau = tokens_per_row if self.tau is None else 0.9 * self.tau + 0.1 * tokens_per_row
 
     def choose(self, batch: int) -> str:
-        """'chain' or 'plain' for a greedy batch of this size: each timed first, then the faster in tokens/s,
-        with the other re-timed every `every` steps (tau and the machine move)."""
+        """'chain' or 'plain' for a greedy batch of this size: each timed `samples` times first, then the faster in
+        tokens/s, with the other re-timed every `every` steps (tau and the machine move)."""
         self.count += 1
-        chain, plain = self.seconds.get(("chain", batch)), self.seconds.get(("plain", batch))
-        if chain is None:
-            return "chain"
-        if plain is None:
-            return "plain"
+        for kind in ("chain", "plain"):
+            if self.counts.get((kind, batch), 0) < self.samples:
+                return kind
+        chain, plain = self.seconds[("chain", batch)], self.seconds[("plain", batch)]
         best = "chain" if (self.tau or 1.0) * plain > chain else "plain"
         if self.count % self.every == 0:
             return "plain" if best == "chain" else "chain"
@@ -261,9 +264,9 @@ class Engine:
         rows = [self.rows[i] for i in live]
         self.peak_live = max(self.peak_live, len(live))
         kind = self._kind(rows)
-        began = time.perf_counter()
         if kind == "chain" and any(row.heads_pos < row.pos for row in rows):
-            self._catch_up(live)
+            self._catch_up(live)  # paid once per switch to chains: not part of a chain step's timing
+        began = time.perf_counter()
         # Near the end of the context a chain verifies fewer drafts (its last slots must exist).
         width = min(self.k + 1, min(self.context - row.pos for row in rows)) if kind == "chain" else 1
         block = torch.tensor([row.block[:width] for row in rows], device=self.device)
