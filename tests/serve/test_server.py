@@ -271,3 +271,15 @@ def test_bench_serve_answers_every_request_in_every_case(chat_ckpt, tmp_path, ca
     assert cases["speculative"]["draft_len"] == 2 and cases["plain"]["draft_len"] == 0
     assert cases["speculative"]["chain_steps"] == cases["speculative"]["engine_steps"] and \
         cases["plain"]["chain_steps"] == 0 and cases["auto"]["chain_steps"] > 0  # auto timed a chain step at least
+
+
+def test_serve_settings_and_a_model_without_heads_get_one_line(chat_ckpt, tmp_path, capsys):
+    from tests.cli.conftest import assert_one_line_error, run_cli
+
+    for argv, message in ((["--max-batch-size", "0"], "--max-batch-size must be at least 1"),
+                          (["--port", "70000"], "--port must be in 0..65535"),
+                          (["--max-queue", "0"], "--max-queue must be at least 1")):
+        code, _, err = run_cli(capsys, "serve", "--ckpt", chat_ckpt, *argv)
+        assert_one_line_error(code, err, message)
+    code, _, err = run_cli(capsys, "serve", "--ckpt", chat_ckpt.parent.parent.parent / "base", "--speculative", "on")
+    assert_one_line_error(code, err, "has no extra heads to draft with")

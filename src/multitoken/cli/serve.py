@@ -10,6 +10,7 @@ from jsonargparse import Namespace
 
 from multitoken.cli.common import call, command_parser
 from multitoken.errors import ConfigError
+from multitoken.serve.server import build_server
 
 
 def add_parser(subcommands) -> None:
@@ -29,31 +30,6 @@ def check_serve_settings(max_batch_size: int, max_queue: int, port: int, context
         raise ConfigError(f"--port must be in 0..65535 (got {port})")
     if context is not None and context < 2:
         raise ConfigError(f"--context must be at least 2 tokens (got {context})")
-
-
-def build_server(ckpt: str, max_batch_size: int = 8, speculative: Literal["auto", "on", "off"] = "auto",
-                 context: int | None = None, max_queue: int = 64, api_key: str | None = None,
-                 device: str = "auto"):
-    """(FastAPI app, engine) for a checkpoint; the engine is started, the app not yet served."""
-    from multitoken.checkpoint import load_checkpoint, resolve_checkpoint
-    from multitoken.serve.api import create_app
-    from multitoken.serve.engine import Engine
-    from multitoken.training.runtime import resolve_device
-
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        raise ConfigError("serving needs FastAPI and uvicorn: pip install 'multitoken[serve]'") from None
-    model, _, tokenizer = load_checkpoint(ckpt, resolve_device(device))
-    if speculative == "on" and model.n_future == 1:
-        raise ConfigError(f"{ckpt} has no extra heads to draft with: serve it with --speculative off (or auto), or "
-                          "give it heads with `train --init-from ... --freeze base`")
-    engine = Engine(model, max_batch_size, speculative=speculative, context=context,
-                    max_queue=max_queue).start()
-    name = resolve_checkpoint(ckpt).parent.parent.name if resolve_checkpoint(ckpt).parent.name == "checkpoints" \
-        else resolve_checkpoint(ckpt).name
-    return create_app(engine, tokenizer, name, api_key), engine
 
 
 def serve(ckpt: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 8,

@@ -11,7 +11,7 @@ class LocalServer:
     def __init__(self, ckpt: str, **settings) -> None:
         import uvicorn
 
-        from multitoken.cli.serve import build_server
+        from multitoken.serve.server import build_server
 
         self.app, self.engine = build_server(str(ckpt), **settings)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning"))
