@@ -283,3 +283,17 @@ def test_serve_settings_and_a_model_without_heads_get_one_line(chat_ckpt, tmp_pa
         assert_one_line_error(code, err, message)
     code, _, err = run_cli(capsys, "serve", "--ckpt", chat_ckpt.parent.parent.parent / "base", "--speculative", "on")
     assert_one_line_error(code, err, "has no extra heads to draft with")
+
+
+def test_stop_strings_cut_the_answer_streamed_and_not(server, chat_ckpt):
+    client = server.client()
+    full = solo_chat(chat_ckpt, "what is a class", 40)
+    stop = full[len(full) // 2:len(full) // 2 + 3]  # three characters from the middle of the greedy answer
+    assert stop and full.find(stop) > 0
+    messages = [{"role": "user", "content": "what is a class"}]
+    reply = client.chat.completions.create(model="heads", messages=messages, max_tokens=40, temperature=0, stop=[stop])
+    assert reply.choices[0].message.content == full[:full.find(stop)] and reply.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(model="heads", messages=messages, max_tokens=40, temperature=0,
+                                                 stop=stop, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == full[:full.find(stop)]
+    assert chunks[-1].choices[0].finish_reason == "stop"
