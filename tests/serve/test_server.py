@@ -297,3 +297,17 @@ def test_stop_strings_cut_the_answer_streamed_and_not(server, chat_ckpt):
                                                  stop=stop, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == full[:full.find(stop)]
     assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+@pytest.mark.slow
+def test_compiled_steps_give_each_request_its_solo_answer(chat_ckpt):
+    """--compile: both kinds of step over every row with fixed shapes (idle rows included), compiled once each;
+    16 concurrent greedy answers (auto: plain and chain steps mixed) still equal their solo answers."""
+    server = Server(chat_ckpt, max_batch_size=4, max_queue=64, speculative="auto", compile=True)
+    try:
+        _sixteen_at_once(server, chat_ckpt)
+        engine = server.engine
+        assert set(engine._compiled) == {"plain", "chain"} and engine.compile_seconds > 0
+        assert 0 < engine.chain_steps < engine.steps
+    finally:
+        server.stop()

@@ -81,8 +81,14 @@ def run_case(ckpt: str, name: str, bodies: list[dict], path: str, clients: int, 
     from multitoken.serve.local import LocalServer
 
     with LocalServer(ckpt, **settings) as server:
-        stream_request(server.port, path, {**bodies[0], "max_tokens": 2})  # warm up: first calls allocate
+        # Warm up (first calls allocate; with compile, each kind of step compiles at its first use, and auto times
+        # chains first): a few greedy requests at once, long enough for both kinds to run.
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda body: stream_request(server.port, path, {**body, "max_tokens": 16}), bodies[:4]))
+        for _ in range(2):
+            stream_request(server.port, path, {**bodies[0], "max_tokens": 16})
         steps_before, chain_before = server.engine.steps, server.engine.chain_steps
+        compiled_before = server.engine.compile_seconds
         accepted_before = server.engine.drafts_accepted
         shares = [bodies[c::clients] for c in range(clients)]
 
@@ -95,6 +101,7 @@ def run_case(ckpt: str, name: str, bodies: list[dict], path: str, clients: int, 
         seconds = time.perf_counter() - start
         engine = server.engine
         steps = engine.steps - steps_before
+        compile_seconds = engine.compile_seconds
     answered = [r for r in replies if r.ok]
     tokens = sum(r.tokens for r in answered)
     return {
@@ -103,6 +110,7 @@ def run_case(ckpt: str, name: str, bodies: list[dict], path: str, clients: int, 
         "requests_per_s": len(answered) / seconds, "output_tokens": tokens, "output_tokens_per_s": tokens / seconds,
         "time_to_first_token_s": percentiles([r.first_token_s for r in answered if r.first_token_s is not None]),
         "time_per_output_token_s": percentiles([r.per_token_s for r in answered if r.per_token_s is not None]),
+        "compile_seconds": compile_seconds, "compile_seconds_in_timing": compile_seconds - compiled_before,
         "engine_steps": steps, "chain_steps": engine.chain_steps - chain_before, "peak_batch": engine.peak_live,
         "draft_len": engine.k, "drafts_accepted": engine.drafts_accepted - accepted_before,
         "replies": [asdict(r) for r in replies],
@@ -110,11 +118,11 @@ def run_case(ckpt: str, name: str, bodies: list[dict], path: str, clients: int, 
 
 
 def bench_serve_cases(ckpt: str, bodies: list[dict], path: str, clients: int, max_batch_size: int,
-                      cases: list[str], context: int | None, device: str) -> list[dict]:
+                      cases: list[str], context: int | None, device: str, compile: bool = False) -> list[dict]:
     results = []
     for name in cases:
         settings = {"max_batch_size": max_batch_size, "max_queue": max(len(bodies), 1), "context": context,
-                    "device": device, **CASES[name]}
+                    "device": device, "compile": compile, **CASES[name]}
         results.append(run_case(ckpt, name, bodies, path, clients, settings))
     return results
 

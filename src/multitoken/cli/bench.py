@@ -101,7 +101,7 @@ def bench_train(vocab_size: str = "32000,128000", n_future: str = "4", d_model: 
 def bench_serve(ckpt: str, prompts: str | None = None, chat: bool = False, data: str | list[str] | None = None,
                 num_prompts: int = 32, prompt_len: int = 64, clients: int = 32, requests: int = 256,
                 max_new_tokens: int = 64, max_batch_size: int = 8, cases: str = "auto,speculative,plain,one at a time",
-                context: int | None = None, json: str | None = None, plot: str | None = None,
+                context: int | None = None, compile: bool = False, json: str | None = None, plot: str | None = None,
                 device: str = "auto") -> int:
     """The server under load on loopback: N concurrent clients each send their share of the requests one after
     another (streamed, greedy), against a fresh local server per case, all in one run. Reports requests/s, output
@@ -125,6 +125,8 @@ def bench_serve(ckpt: str, prompts: str | None = None, chat: bool = False, data:
             (self-speculative decoding at every step), 'plain' (plain decoding at the full batch) and 'one at a time'
             (plain decoding, batch 1).
         context: The server's tokens per request; null for the model's.
+        compile: Serve with compiled steps (`serve --compile`); compiling happens in each case's warm-up request,
+            before the clock starts.
         json: Write every case's numbers (and each request's) here.
         plot: Write a PNG of tokens/s and the latency percentiles here.
         device: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.
@@ -151,11 +153,13 @@ def bench_serve(ckpt: str, prompts: str | None = None, chat: bool = False, data:
               for i in range(requests)]
     print(f"benchmarking the server on {ckpt}: {requests} requests from {clients} clients ({source}), up to "
           f"{max_new_tokens} new tokens each, batch {max_batch_size}")
-    results = bench_serve_cases(ckpt, bodies, "/v1/completions", clients, max_batch_size, names, context, device)
+    results = bench_serve_cases(ckpt, bodies, "/v1/completions", clients, max_batch_size, names, context, device,
+                                compile)
     print(report(results))
     if json:
         write_json(json, {"ckpt": str(ckpt), "prompts": source, "clients": clients, "requests": requests,
-                          "max_new_tokens": max_new_tokens, "max_batch_size": max_batch_size, "cases": results})
+                          "max_new_tokens": max_new_tokens, "max_batch_size": max_batch_size, "compile": compile,
+                          "cases": results})
     if plot:
         Path(plot).parent.mkdir(parents=True, exist_ok=True)
         plot_serve(results, plot)

@@ -34,7 +34,7 @@ def check_serve_settings(max_batch_size: int, max_queue: int, port: int, context
 
 def serve(ckpt: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 8,
           speculative: Literal["auto", "on", "off"] = "auto", context: int | None = None, max_queue: int = 64,
-          api_key: str | None = None, device: str = "auto") -> int:
+          api_key: str | None = None, compile: bool = False, device: str = "auto") -> int:
     """Serve a checkpoint over an OpenAI-compatible HTTP API: /v1/completions, /v1/chat/completions (the model's
     chat template), streamed (server-sent events) or not, /v1/models and /health. One engine decodes every live
     request in one batch; waiting requests join it between steps. Greedy answers are token for token what
@@ -52,19 +52,21 @@ def serve(ckpt: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: 
             max_batch_size rows keeps a cache this long.
         max_queue: Requests waiting for a row, at most; beyond it the server answers 503 with Retry-After.
         api_key: Require `Authorization: Bearer API_KEY` on /v1/ requests; null for none.
+        compile: Run the decoding steps with fixed shapes over every row, compiled by torch.compile (each kind of
+            step compiles on its first use, before its first answer; prefills stay eager).
         device: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.
     """
     import logging
 
     check_serve_settings(max_batch_size, max_queue, port, context)
-    app, engine = build_server(ckpt, max_batch_size, speculative, context, max_queue, api_key, device)
+    app, engine = build_server(ckpt, max_batch_size, speculative, context, max_queue, api_key, device, compile)
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     drafting = f"{engine.mode}, draft length {engine.k}" if engine.k else "off (no extra heads)" \
         if engine.mode != "off" else "off"
     print(f"serving {ckpt} on http://{host}:{port}/v1 (batch {max_batch_size}, speculative {drafting}, context "
-          f"{engine.context})", file=sys.stderr)
+          f"{engine.context}{', compiled steps' if compile else ''})", file=sys.stderr)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

@@ -35,7 +35,7 @@ import torch
 from multitoken.decoding.fused_heads import FusedHeads
 from multitoken.decoding.sampling import sample
 from multitoken.decoding.speculative import verify_chain
-from multitoken.model import DecodeCaches, MTPModel
+from multitoken.model import DecodeCaches, MTPModel, Positions
 
 log = logging.getLogger("multitoken.serve")
 
@@ -120,20 +120,26 @@ class Engine:
     """Continuous batching over max_batch_size cache rows of `context` positions each."""
 
     def __init__(self, model: MTPModel, max_batch_size: int = 8, speculative: bool | str = "auto",
-                 context: int | None = None, max_queue: int = 64, draft_len: int | None = None) -> None:
+                 context: int | None = None, max_queue: int = 64, draft_len: int | None = None,
+                 compile: bool = False) -> None:
         """speculative: "auto" (choose per step, see the module), True / "on" (a chain step whenever the batch is
-        greedy) or False / "off" (plain steps only: the extra heads are never run)."""
+        greedy) or False / "off" (plain steps only: the extra heads are never run). compile: run each kind of step
+        over every cache row with fixed shapes, compiled by torch.compile on its first use (prefills and the
+        drafting heads' catching up stay eager: their shapes vary)."""
         self.model = model.eval()
         self.max_batch_size = max_batch_size
         self.context = min(context or model.config.max_seq_len, model.config.max_seq_len)
         self.mode = {True: "on", False: "off"}.get(speculative, speculative)
         self.k = (draft_len or model.n_future - 1) if self.mode != "off" and model.n_future > 1 else 0
         self.device = model.output.weight.device
+        self.compile, self._compiled, self.compile_seconds = compile, {}, 0.0
+        # A compiled chain always verifies k drafts, also near the end of the context: room for them past it.
+        self.slots = self.context + (self.k if compile else 0)
         # The trunk and head 1 on their own caches; the drafting heads as one batched layer on theirs.
-        self.caches = DecodeCaches(model, max_batch_size, self.context, heads="next", fused=self.k)
+        self.caches = DecodeCaches(model, max_batch_size, self.slots, heads="next", fused=self.k)
         self.heads = FusedHeads(model, self.k, first=1) if self.k else None
         # Every row's trunk output z per position: what the drafting heads read when they catch up.
-        self.z = torch.zeros(max_batch_size, self.context, model.config.d_model, device=self.device,
+        self.z = torch.zeros(max_batch_size, self.slots, model.config.d_model, device=self.device,
                              dtype=model.output.weight.dtype) if self.k else None
         self.times = StepTimes()
         self.waiting: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
@@ -199,7 +205,7 @@ class Engine:
         where = self.caches.at(start, block.shape[1], rows=rows)
         z = self.model.trunk(block, where)
         if self.z is not None:  # kept for the drafting heads (positions past the context are scratch, dropped)
-            slots = (start[:, None] + torch.arange(block.shape[1], device=self.device)).clamp_max(self.context - 1)
+            slots = (start[:, None] + torch.arange(block.shape[1], device=self.device)).clamp_max(self.slots - 1)
             self.z[rows[:, None], slots] = z
         return z, where
 
@@ -216,7 +222,7 @@ class Engine:
         rows = [self.rows[i] for i in live]
         lag = max(row.pos - row.heads_pos for row in rows)
         start = torch.tensor([row.heads_pos for row in rows], device=self.device)
-        slots = (start[:, None] + torch.arange(lag, device=self.device)).clamp_max(self.context - 1)
+        slots = (start[:, None] + torch.arange(lag, device=self.device)).clamp_max(self.slots - 1)
         rows_t = torch.tensor(live, device=self.device)
         hidden = self._draft_hidden(self.z[rows_t[:, None], slots], rows_t, start)  # (R, lag, k, d)
         last = torch.tensor([row.pos - row.heads_pos - 1 for row in rows], device=self.device)
@@ -267,22 +273,11 @@ class Engine:
         if kind == "chain" and any(row.heads_pos < row.pos for row in rows):
             self._catch_up(live)  # paid once per switch to chains: not part of a chain step's timing
         began = time.perf_counter()
-        # Near the end of the context a chain verifies fewer drafts (its last slots must exist).
-        width = min(self.k + 1, min(self.context - row.pos for row in rows)) if kind == "chain" else 1
-        block = torch.tensor([row.block[:width] for row in rows], device=self.device)
-        start = torch.tensor([row.pos for row in rows], device=self.device)
-        rows_t = torch.tensor(live, device=self.device)
-        z, where = self._trunk(block, rows_t, start)
-        target = self.model.unembed(self.model.head(0, z, where))  # (R, W, V): head 1 after each block token
+        step = self._static_step if self.compile else self._eager_step
+        target, n_acc, correction, drafts = step(kind, live)
         self.steps += 1
         if kind == "chain":
             self.chain_steps += 1
-            n_acc, correction = verify_chain(block, target)
-            # The drafting heads over the block (what they write past the kept prefix is overwritten later), read
-            # where each row goes on from: R * (W + k) rows of the vocabulary matrix, not R * W * (k + 1).
-            hidden = self._draft_hidden(z, rows_t, start)[torch.arange(len(rows), device=self.device), n_acc]
-            drafts = self.model.unembed(hidden).argmax(-1).tolist()
-            n_acc, correction = n_acc.tolist(), correction.tolist()
             self.drafts_accepted += sum(n_acc)
         for j, (i, row) in enumerate(zip(live, rows)):
             row.job.forwards += 1
@@ -303,6 +298,80 @@ class Engine:
             self.times.record(kind, len(rows), time.perf_counter() - began)
             if kind == "chain":
                 self.times.record_tau(sum(n_acc) / len(rows) + 1)
+
+    def _eager_step(self, kind: str, live: list[int]):
+        """One step of the live rows alone: (head 1's logits (R, W, V), and for a chain the drafts accepted,
+        corrections and next drafts per row)."""
+        rows = [self.rows[i] for i in live]
+        # Near the end of the context a chain verifies fewer drafts (its last slots must exist).
+        width = min(self.k + 1, min(self.context - row.pos for row in rows)) if kind == "chain" else 1
+        block = torch.tensor([row.block[:width] for row in rows], device=self.device)
+        start = torch.tensor([row.pos for row in rows], device=self.device)
+        rows_t = torch.tensor(live, device=self.device)
+        z, where = self._trunk(block, rows_t, start)
+        target = self.model.unembed(self.model.head(0, z, where))  # (R, W, V): head 1 after each block token
+        if kind != "chain":
+            return target, None, None, None
+        n_acc, correction = verify_chain(block, target)
+        # The drafting heads over the block (what they write past the kept prefix is overwritten later), read
+        # where each row goes on from: R * (W + k) rows of the vocabulary matrix, not R * W * (k + 1).
+        hidden = self._draft_hidden(z, rows_t, start)[torch.arange(len(rows), device=self.device), n_acc]
+        drafts = self.model.unembed(hidden).argmax(-1)
+        return target, n_acc.tolist(), correction.tolist(), drafts.tolist()
+
+    def _static_step(self, kind: str, live: list[int]):
+        """The same step over every cache row with shapes that never change (idle rows feed token 0 at position 0
+        of their own row, which a newcomer's prefill overwrites), so that torch.compile captures it once per kind."""
+        width = self.k + 1 if kind == "chain" else 1
+        block = torch.zeros(self.max_batch_size, width, dtype=torch.long, device=self.device)
+        start = torch.zeros(self.max_batch_size, dtype=torch.long, device=self.device)
+        for i in live:
+            row = self.rows[i]
+            block[i] = torch.tensor(row.block[:width], device=self.device)
+            start[i] = row.pos
+        outputs = self._run_compiled(kind, block, start)
+        index = torch.tensor(live, device=self.device)
+        if kind != "chain":
+            return outputs[index], None, None, None
+        target, n_acc, correction, drafts = (t[index] for t in outputs)
+        return target, n_acc.tolist(), correction.tolist(), drafts.tolist()
+
+    def _run_compiled(self, kind: str, block: torch.Tensor, start: torch.Tensor):
+        from multitoken.decoding.static import compile_options
+
+        if kind not in self._compiled:
+            began = time.perf_counter()
+            fn = torch.compile(self._full_chain if kind == "chain" else self._full_plain, dynamic=False,
+                               fullgraph=True)
+            with torch._inductor.config.patch(compile_options(self.device)):  # read when it compiles: first call
+                result = fn(block, start)
+            self._compiled[kind] = fn
+            self.compile_seconds += time.perf_counter() - began
+            return result
+        if self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        return self._compiled[kind](block, start)
+
+    def _full_plain(self, block: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        where = Positions.per_row(start, block.shape[1], self.slots, self.caches.dtype)
+        z = self._store_z(self.model.trunk(block, where), start)
+        return self.model.unembed(self.model.head(0, z, where))
+
+    def _full_chain(self, block: torch.Tensor, start: torch.Tensor):
+        model = self.model
+        where = Positions.per_row(start, block.shape[1], self.slots, self.caches.dtype)
+        z = self._store_z(model.trunk(block, where), start)
+        target = model.unembed(model.head(0, z, where))
+        n_acc, correction = verify_chain(block, target)
+        cos, sin = model.rope(block.shape[1], where, self.heads.window)
+        hidden = self.heads(z, cos, sin, where, self.caches.fused)[torch.arange(block.shape[0], device=z.device), n_acc]
+        return target, n_acc, correction, model.unembed(hidden).argmax(-1)
+
+    def _store_z(self, z: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        if self.z is not None:
+            slots = (start[:, None] + torch.arange(z.shape[1], device=z.device)).clamp_max(self.slots - 1)
+            self.z[torch.arange(z.shape[0], device=z.device)[:, None], slots] = z
+        return z
 
     def _deliver(self, i: int, tokens: list[int]) -> None:
         """Hand a row's newly certain tokens to its job, and retire the row when its answer is over."""

@@ -9,7 +9,7 @@ from multitoken.errors import ConfigError
 
 def build_server(ckpt: str, max_batch_size: int = 8, speculative: Literal["auto", "on", "off"] = "auto",
                  context: int | None = None, max_queue: int = 64, api_key: str | None = None,
-                 device: str = "auto"):
+                 device: str = "auto", compile: bool = False):
     """(FastAPI app, engine) for a checkpoint; the engine is started, the app not yet served (uvicorn runs it)."""
     import importlib.util
 
@@ -24,8 +24,8 @@ def build_server(ckpt: str, max_batch_size: int = 8, speculative: Literal["auto"
     if speculative == "on" and model.n_future == 1:
         raise ConfigError(f"{ckpt} has no extra heads to draft with: serve it with --speculative off (or auto), or "
                           "give it heads with `train --init-from ... --freeze base`")
-    engine = Engine(model, max_batch_size, speculative=speculative, context=context,
-                    max_queue=max_queue).start()
+    engine = Engine(model, max_batch_size, speculative=speculative, context=context, max_queue=max_queue,
+                    compile=compile).start()
     folder = resolve_checkpoint(ckpt)
     name = folder.parent.parent.name if folder.parent.name == "checkpoints" else folder.name  # the run's name
     return create_app(engine, tokenizer, name, api_key), engine
