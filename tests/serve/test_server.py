@@ -311,3 +311,26 @@ def test_compiled_steps_give_each_request_its_solo_answer(chat_ckpt):
         assert 0 < engine.chain_steps < engine.steps
     finally:
         server.stop()
+
+
+def test_a_failing_step_fails_its_requests_and_the_server_goes_on(chat_ckpt, monkeypatch):
+    """A decoding step that raises (here: once, on purpose) answers the requests it held with a 500 and an error
+    body; the engine keeps serving the next ones."""
+    s = Server(chat_ckpt, max_batch_size=2)
+    try:
+        step, failed = s.engine._step, []
+
+        def fail_once():
+            if not failed:
+                failed.append(True)
+                raise RuntimeError("a deliberate failure")
+            return step()
+
+        monkeypatch.setattr(s.engine, "_step", fail_once)
+        status, reply, _ = s.post("/v1/completions", {"prompt": "def", "max_tokens": 8, "temperature": 0})
+        assert status == 500 and reply["error"]["type"] == "server_error"
+        status, reply, _ = s.post("/v1/completions", {"prompt": "def", "max_tokens": 8, "temperature": 0})
+        assert status == 200 and reply["usage"]["completion_tokens"] == 8
+        assert s.get("/health")["status"] == "degraded"  # it says a step failed
+    finally:
+        s.stop()

@@ -208,7 +208,9 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: str | None =
             finally:
                 job.cancel()
             finished(reason)
-            reason = "stop" if reason == "stop" else "length" if reason == "length" else reason
+            if reason == "error":
+                raise RequestError(500, "decoding failed on the server (its log has the traceback): retry",
+                                   kind="server_error")
             return {"id": rid, "object": kind, "created": created, "model": model_name,
                     "choices": [choice("".join(parts), reason)], "usage": usage()}
 
