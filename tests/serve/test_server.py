@@ -100,7 +100,9 @@ def solo_chat(ckpt, question: str, max_new: int) -> str:
     return tokenizer.decode(until_eos(new, tokenizer.stop_ids)[0])
 
 
-def test_openai_client_completions_and_chat_streamed_and_not(server, chat_ckpt):
+def test_openai_client_completions_and_chat_streamed_and_not(server, chat_ckpt, capsys):
+    from tests.cli.conftest import run_cli
+
     client = server.client()
     assert [m.id for m in client.models.list().data] == ["heads"]
     done = client.completions.create(model="heads", prompt="def add(x, y):", max_tokens=8, temperature=0)
@@ -115,6 +117,9 @@ def test_openai_client_completions_and_chat_streamed_and_not(server, chat_ckpt):
     chunks = list(client.chat.completions.create(model="heads", max_tokens=24, temperature=0, stream=True,
                                                  messages=[{"role": "user", "content": "add two numbers"}]))
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+    code, printed, _ = run_cli(capsys, "generate", "--ckpt", chat_ckpt, "--chat", "--prompt", "add two numbers",
+                               "--temperature", 0, "--max-new-tokens", 24)
+    assert code == 0 and printed == expected + "\n"  # `generate --chat` prints the same answer
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[-1].usage.total_tokens > 0
     sampled = client.chat.completions.create(model="heads", messages=[{"role": "user", "content": "add"}],
                                              max_tokens=12, temperature=0.8, top_p=0.9, seed=3)
