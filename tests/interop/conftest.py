@@ -54,3 +54,10 @@ def make_hf_model(folder: Path, arch: str = "llama", seed: int = 0, shard_size: 
     model.save_pretrained(folder, **kwargs)
     save_hf_tokenizer(folder)
     return model.eval()
+
+
+def transformers_greedy(reference, prompt: torch.Tensor, n: int) -> torch.Tensor:
+    """n new tokens of transformers' own greedy `generate` (no end-of-sequence stop): the reference output."""
+    with torch.no_grad():
+        return reference.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
+                                  pad_token_id=0)[:, prompt.shape[1]:]

@@ -14,7 +14,7 @@ import multitoken
 from multitoken.checkpoint import load_checkpoint, read_weights
 from multitoken.interop.convert import convert
 from multitoken.interop.export import export
-from tests.interop.conftest import VOCAB, make_hf_model
+from tests.interop.conftest import VOCAB, make_hf_model, transformers_greedy
 
 pytestmark = pytest.mark.skipif(sys.version_info < (3, 11), reason="transformers needs Python >= 3.11")
 transformers = pytest.importorskip("transformers")
@@ -69,9 +69,7 @@ def test_greedy_tokens_equal_transformers_generate(converted):
 
     name, reference, model, _ = converted
     prompt = torch.randint(3, VOCAB, (1, 9), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        expected = reference.generate(prompt, max_new_tokens=32, min_new_tokens=32, do_sample=False,
-                                      eos_token_id=None, pad_token_id=0)[:, prompt.shape[1]:]
+    expected = transformers_greedy(reference, prompt, 32)
     assert torch.equal(generate(model, prompt, 32, temperature=0.0), expected), name
     # The same row in a ragged batch (rows at their own positions: the per-row mask path)
     padded, lengths = pad_prompts([[5, 6, 7], prompt[0].tolist()])
