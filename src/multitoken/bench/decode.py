@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from multitoken.errors import ConfigError
+
 from multitoken.decoding.generate import generate, pad_after_stop, pad_prompts, stop_hits
 from multitoken.decoding.speculative import DecodeStats, speculative_generate
 from multitoken.model import MTPModel
@@ -47,12 +49,38 @@ def transformers_decoder(hf_model, max_new_tokens: int, pad_id: int) -> Callable
     return decode
 
 
+def llama_cpp_decoder(gguf_path: str, max_new_tokens: int, context: int, threads: int) -> Callable:
+    """llama.cpp's own plain greedy decoding (llama-cpp-python) of a GGUF file on a (padded prompts, lengths) batch
+    -> new tokens (B, N): one row after another (its batch-1 path, prefill included), every max_new_tokens decoded."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise ConfigError("--against-llama-cpp needs llama-cpp-python (built from source on CPUs: CMAKE_ARGS="
+                          "\"-DGGML_NATIVE=ON\" pip install llama-cpp-python)") from None
+    llm = Llama(model_path=str(gguf_path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
+                n_batch=min(context, 512), verbose=False)
+
+    def decode(batch):
+        prompts, lengths = batch
+        out = torch.zeros(prompts.shape[0], max_new_tokens, dtype=torch.long)
+        for row in range(prompts.shape[0]):
+            tokens = prompts[row, :int(lengths[row])].tolist()
+            for j, token in enumerate(llm.generate(tokens, temp=0.0, top_k=1, reset=True)):
+                out[row, j] = token
+                if j + 1 == max_new_tokens:
+                    break
+        return out.to(prompts.device)
+    return decode
+
+
 def generated_tokens(out: torch.Tensor, stop_ids: torch.Tensor | None) -> torch.Tensor:
     """Tokens each row produced (B,): up to and including its first stop token, or all of it."""
     hit = stop_hits(out, stop_ids)
     return torch.where(hit.any(1), hit.long().argmax(1) + 1, out.shape[1])
 
 
+# The peers a benchmark may time beside plain decoding (case name -> its key in the JSON record's fields).
+REFERENCES = {"transformers": "transformers", "llama.cpp": "llama_cpp"}
 STABLE_WITHIN = 0.02  # a median ratio that moves less than this when a round is added counts as settled
 
 
@@ -79,7 +107,8 @@ class Measurements:
 
 
 def _cases(model: MTPModel, max_new_tokens: int, draft_len: int | None, temperature: float, seed: int, device,
-           reference: Callable | None, compile: bool, tree, stop_ids: torch.Tensor | None) -> dict[str, Callable]:
+           references: dict[str, Callable], compile: bool, tree,
+           stop_ids: torch.Tensor | None) -> dict[str, Callable]:
     """The decoders to compare: batch -> (new tokens, statistics or None)."""
     sampling = dict(temperature=temperature, stop_ids=stop_ids)
 
@@ -95,8 +124,8 @@ def _cases(model: MTPModel, max_new_tokens: int, draft_len: int | None, temperat
     cases = {"plain": plain}
     if model.n_future > 1:
         cases["speculative"] = speculative
-    if reference is not None:
-        cases["transformers"] = lambda batch: (reference(batch), None)
+    for name, reference in references.items():
+        cases[name] = lambda batch, reference=reference: (reference(batch), None)
     return cases
 
 
@@ -126,8 +155,8 @@ def _round(cases: dict[str, Callable], batches: list, measured: Measurements, st
         for name in order:
             (out, call_stats), elapsed = _timed(lambda: cases[name](batch))
             seconds[name] += elapsed
-            # transformers is asked for all max_new_tokens (the comparison is per token decoded)
-            counts = generated_tokens(out, None if name == "transformers" else stop_ids)
+            # A reference (transformers, llama.cpp) decodes all max_new_tokens: the comparison is per token decoded
+            counts = generated_tokens(out, None if name in REFERENCES else stop_ids)
             tokens[name] += int(counts.sum())
             if name == "plain":
                 measured.plain_forwards += int(counts.max())
@@ -156,17 +185,20 @@ def spread(values: list[float]) -> dict[str, float]:
 
 def bench_decode(model: MTPModel, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
                  draft_len: int | None = None, temperature: float = 0.0, repeats: int = 3, seed: int = 0,
-                 device: torch.device | str = "cpu", reference: Callable | None = None, compile: bool = False,
+                 device: torch.device | str = "cpu", references: dict[str, Callable] | None = None,
+                 compile: bool = False,
                  tree=None, stop_ids: torch.Tensor | None = None, max_repeats: int | None = None) -> dict:
     """Time the decoders side by side over `repeats` rounds, then add rounds (up to max_repeats, default twice
     repeats) until every median ratio to plain decoding is settled; the result says whether it was.
 
-    reference: a decoder to compare plain decoding against (e.g. `transformers_decoder`), greedy only.
+    references: decoders to compare against, by name in REFERENCES (`transformers_decoder`, `llama_cpp_decoder`),
+    greedy only.
     compile applies to both plain and speculative decoding, so that the speedup is over the best plain decoding.
     stop_ids: rows end at their first stop token (the model's end-of-sequence), and tokens/s counts the tokens each
     decoder produced up to it (the reference decodes all max_new_tokens: it is compared on plain decoding's tokens)."""
     batches = [pad_prompts(prompts[i:i + batch_size], device) for i in range(0, len(prompts), batch_size)]
-    cases = _cases(model, max_new_tokens, draft_len, temperature, seed, device, reference, compile, tree, stop_ids)
+    cases = _cases(model, max_new_tokens, draft_len, temperature, seed, device, references or {}, compile, tree,
+                   stop_ids)
     compile_seconds = _warm_up(model, cases, batches)
     measured = Measurements()
     max_repeats = max(repeats, 2 * repeats if max_repeats is None else max_repeats)
@@ -199,12 +231,12 @@ def _summary(model: MTPModel, measured: Measurements, compared: list[str], tempe
         result[f"ratio_{name}_beyond_noise"] = len(ratios) >= 2 and (min(ratios) > 1 or max(ratios) < 1)
     if "speculative" in compared:
         result.update(_speculative_fields(model, measured, rates, temperature, tree))
-    if "transformers" in compared:
-        result.update({
-            "tokens_per_s_transformers": rates["transformers"],
-            "plain_vs_transformers": rates["plain"] / rates["transformers"],
-            "identical_to_transformers": measured.identical["transformers"],
-        })
+    for name, key in REFERENCES.items():
+        if name in compared:
+            result.update({f"tokens_per_s_{key}": rates[name], f"plain_vs_{key}": rates["plain"] / rates[name],
+                           f"identical_to_{key}": measured.identical[name]})
+            if "speculative" in rates:
+                result[f"speculative_vs_{key}"] = rates["speculative"] / rates[name]
     return result
 
 

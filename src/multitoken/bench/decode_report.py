@@ -31,12 +31,14 @@ def noise_verdict(result: dict, name: str, what: str) -> str:
 
 
 def format_decode_table(result: dict) -> str:
-    speculative, reference = "tokens_per_s_speculative" in result, "tokens_per_s_transformers" in result
+    from multitoken.bench.decode import REFERENCES
+
+    speculative = "tokens_per_s_speculative" in result
+    references = {name: key for name, key in REFERENCES.items() if f"tokens_per_s_{key}" in result}
     rows = [("plain", result["forwards_plain"], 1.0)]
     if speculative:
         rows.append(("speculative", result["forwards_speculative"], result["tau"]))
-    if reference:
-        rows.append(("transformers", result["forwards_plain"], 1.0))
+    rows += [(name, result["forwards_plain"], 1.0) for name in references]
     lines = [f"{'decoding':<14} {'tokens/s':>10} {'min-max/round':>15} {'forwards':>9} {'tokens/forward':>15}"]
     lines += [f"{name:<14} {_rate_cell(result, name)} {forwards:>9} {tau:>15.2f}" for name, forwards, tau in rows]
     lines.append("")
@@ -61,10 +63,12 @@ def format_decode_table(result: dict) -> str:
                       or "none (plain decoding: no tree was worth its step here)"),
                   f"identical outputs  {'n/a (sampling)' if identical is None else ('yes' if identical else 'NO')}"
                   f"   {footer}"]
-    if reference:
-        lines.append(f"plain vs transformers  {result['plain_vs_transformers']:.2f}x   (same weights, greedy; "
-                     f"identical tokens: {'yes' if result['identical_to_transformers'] else 'NO'}; "
-                     f"transformers {noise_verdict(result, 'transformers', 'the ratio')})")
+    for name, key in references.items():
+        lines.append(f"plain vs {name:<13} {result[f'plain_vs_{key}']:.2f}x   (same weights, greedy; "
+                     f"identical tokens: {'yes' if result[f'identical_to_{key}'] else 'NO'}; "
+                     f"{name} {noise_verdict(result, name, 'the ratio')})")
+        if f"speculative_vs_{key}" in result:
+            lines.append(f"speculative vs {name:<7} {result[f'speculative_vs_{key}']:.2f}x")
     if not speculative:
         lines.append(footer)
     return "\n".join(lines)

@@ -28,7 +28,8 @@ def bench_decode(ckpt: str, prompts: str | None = None, chat: bool = False, igno
                  data: str | list[str] | None = None, num_prompts: int = 8, prompt_len: int = 64,
                  batch_size: str = "1", max_new_tokens: int = 128, draft_len: int | None = None,
                  tree: str = "chain", compile: bool = False, temperature: float = 0.0, repeats: int = 3,
-                 max_repeats: int | None = None, against_transformers: bool = False, json: str | None = None,
+                 max_repeats: int | None = None, against_transformers: bool = False,
+                 against_llama_cpp: str | None = None, json: str | None = None,
                  plot: str | None = None, device: str = "auto") -> int:
     """Plain vs self-speculative decoding on the same prompts in one run, alternating: tokens/s of each, the
     speedup, tau (tokens per forward), acceptance per draft position, and whether the outputs were identical.
@@ -62,6 +63,10 @@ def bench_decode(ckpt: str, prompts: str | None = None, chat: bool = False, igno
         against_transformers: Also time transformers' generate (greedy) on the same weights, exported as a
             LlamaForCausalLM: plain decoding's tokens/s against it, and whether the tokens agree. Needs
             transformers; works for next-token checkpoints too.
+        against_llama_cpp: Also time llama.cpp's plain greedy decoding (llama-cpp-python, its batch-1 path, as many
+            threads as torch uses) of this GGUF file, which should hold the same weights (an F32 GGUF of the model,
+            e.g. from llama.cpp's convert_hf_to_gguf.py on `multitoken export --format hf`); identical tokens are
+            checked, not assumed. Every max_new_tokens is decoded, as for transformers.
         json: Write the results to this JSON file.
         plot: Draw a PNG plot of speedup and tokens/s against batch size here (needs matplotlib).
         device: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.
@@ -186,14 +191,23 @@ def _run_decode(args: SimpleNamespace) -> int:
     device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.ckpt)
     model, cfg, tokenizer = load_checkpoint(ckpt, device)
-    if model.n_future == 1 and not args.against_transformers:
+    if model.n_future == 1 and not (args.against_transformers or args.against_llama_cpp):
         raise ConfigError(f"{ckpt} is a next-token-only model (no extra heads), so there is no speculative decoding "
                           "to compare: add --against-transformers to time plain decoding against transformers, or "
                           "give it heads (train --init-from it with --model.n_future 4 --freeze base)")
     k = check_draft_len(model, args.draft_len) if model.n_future > 1 else None
-    reference = None
+    references = {}
     if args.against_transformers:
-        reference = _transformers_reference(ckpt, model, args.max_new_tokens, tokenizer.eot_id, device)
+        references["transformers"] = _transformers_reference(ckpt, model, args.max_new_tokens, tokenizer.eot_id,
+                                                             device)
+    if args.against_llama_cpp:
+        from multitoken.bench.decode import llama_cpp_decoder
+
+        if not Path(args.against_llama_cpp).is_file():
+            raise ConfigError(f"--against-llama-cpp {args.against_llama_cpp} is not a file: give a .gguf of the "
+                              "model's weights")
+        references["llama.cpp"] = llama_cpp_decoder(args.against_llama_cpp, args.max_new_tokens,
+                                                    model.config.max_seq_len, torch.get_num_threads())
     prompts, source = _decode_prompts(args, model, cfg, tokenizer)
     if max(batch_sizes) > len(prompts):
         raise ConfigError(f"--batch-size {max(batch_sizes)} exceeds the {len(prompts)} prompts: give at least as many "
@@ -209,7 +223,7 @@ def _run_decode(args: SimpleNamespace) -> int:
         if model.n_future > 1 and args.tree == "auto":
             tree, choosing = _timed_auto_tree(model, cfg, tokenizer, batch_size, args, device)
         result = bench_decode(model, prompts, batch_size, args.max_new_tokens, k, args.temperature, args.repeats,
-                              device=device, reference=reference, compile=args.compile, tree=tree,
+                              device=device, references=references, compile=args.compile, tree=tree,
                               stop_ids=stop_ids, max_repeats=args.max_repeats)
         result.update(checkpoint=str(ckpt), prompts=source, tree_requested=args.tree)
         if choosing is not None:
@@ -227,8 +241,9 @@ def _check_decode_settings(args: Namespace) -> list[int]:
         raise ConfigError(f"--max-repeats ({args.max_repeats}) must be at least --repeats ({args.repeats})")
     if args.temperature < 0:
         raise ConfigError(f"--temperature must be >= 0 (got {args.temperature}); 0 is greedy")
-    if args.against_transformers and args.temperature != 0:
-        raise ConfigError("--against-transformers compares greedy decoding: leave --temperature at 0")
+    if (args.against_transformers or args.against_llama_cpp) and args.temperature != 0:
+        raise ConfigError("--against-transformers and --against-llama-cpp compare greedy decoding: leave "
+                          "--temperature at 0")
     if args.chat and args.prompts is None:
         raise ConfigError("--chat formats the prompts of a --prompts file: give one (a .jsonl of conversations, or "
                           "one user message per line)")
