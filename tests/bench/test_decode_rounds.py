@@ -47,3 +47,50 @@ def test_rounds_are_added_until_settled_or_the_maximum(monkeypatch, always_settl
 def test_max_repeats_equal_to_repeats_times_exactly_that_many():
     result = bench_decode(sharp_model(0, 3), [[1, 2, 3]], 1, 4, repeats=2, max_repeats=2)
     assert result["repeats"] == 2 and result["max_repeats"] == 2
+
+
+def test_references_are_timed_in_the_same_rounds_and_checked_for_identical_tokens():
+    """A peer (here a stand-in for llama.cpp that decodes plain greedy itself, and one that is off by a token)
+    gets its tokens/s, plain's and speculative's ratios to it, and an identical-tokens verdict."""
+    from multitoken.decoding.generate import generate
+
+    model = sharp_model(0, 3)
+
+    def same(batch):
+        return generate(model, batch[0], 5, lengths=batch[1])
+
+    def off_by_one(batch):
+        out = same(batch)
+        out[:, -1] = (out[:, -1] + 1) % 16
+        return out
+
+    for peer, identical in ((same, True), (off_by_one, False)):
+        result = bench_decode(model, [[1, 2, 3], [4, 5]], 1, 5, repeats=2, max_repeats=2,
+                              references={"llama.cpp": peer})
+        assert result["identical_to_llama_cpp"] is identical and result["tokens_per_s_llama_cpp"] > 0
+        assert result["speculative_vs_llama_cpp"] == pytest.approx(
+            result["tokens_per_s_speculative"] / result["tokens_per_s_llama_cpp"])
+        table = format_decode_table(result)
+        assert "plain vs llama.cpp" in table and "speculative vs llama.cpp" in table
+        assert ("identical tokens: yes" in table) is identical
+
+
+def test_against_llama_cpp_without_the_package_or_the_file_gets_one_line(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from tests.cli.conftest import assert_one_line_error, run_cli
+
+    ckpt = tmp_path / "ckpt"
+    from multitoken import TrainConfig
+    from multitoken.data.tokenizer import ByteTokenizer
+    from multitoken.training.checkpoint import save_checkpoint
+
+    model = sharp_model(0, 3, vocab=256)
+    save_checkpoint(ckpt, 1, model, TrainConfig(model=model.config), ByteTokenizer(), {}, {}, 1)
+    code, _, err = run_cli(capsys, "bench", "decode", "--ckpt", ckpt, "--against-llama-cpp", tmp_path / "none.gguf",
+                           "--prompts", tmp_path / "none.txt")
+    assert_one_line_error(code, err, "is not a file")
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if llama-cpp-python were not installed
+    code, _, err = run_cli(capsys, "bench", "decode", "--ckpt", ckpt, "--against-llama-cpp", tmp_path / "model.gguf")
+    assert_one_line_error(code, err, "needs llama-cpp-python")

@@ -8,7 +8,9 @@ from pathlib import Path
 
 def _rate_cell(result: dict, name: str) -> str:
     spread = result.get("tokens_per_s_spread", {}).get(name)
-    rate = result[f"tokens_per_s_{name}"]
+    from multitoken.bench.decode import REFERENCES
+
+    rate = result[f"tokens_per_s_{REFERENCES.get(name, name)}"]  # a peer's field is keyed without its dot
     if spread is None or result["repeats"] < 2:
         return f"{rate:>10.1f} {'':>15}"
     return f"{rate:>10.1f} {spread['min']:>7.1f}-{spread['max']:<7.1f}"
