@@ -23,6 +23,7 @@ request through its `emit` callback, called on the engine thread as they become 
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -199,21 +200,36 @@ class Engine:
                         if row is not None:
                             self._finish(i, "error")
 
-    def _trunk(self, block: torch.Tensor, rows: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, object]:
-        """The trunk's output z (R, W, d) of a block (R, W) on cache rows `rows` from positions `start` (R,), and
-        where the block went."""
-        where = self.caches.at(start, block.shape[1], rows=rows)
-        z = self.model.trunk(block, where)
-        if self.z is not None:  # kept for the drafting heads (positions past the context are scratch, dropped)
-            slots = (start[:, None] + torch.arange(block.shape[1], device=self.device)).clamp_max(self.slots - 1)
+    def _store_z(self, z: torch.Tensor, start: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Keep the trunk's output z (R, W, d) of cache rows `rows` (None: all of them) from positions start (R,) for
+        the drafting heads (positions past the cache are scratch, dropped); returns z."""
+        if self.z is not None:
+            slots = (start[:, None] + torch.arange(z.shape[1], device=z.device)).clamp_max(self.slots - 1)
+            rows = torch.arange(z.shape[0], device=z.device) if rows is None else rows
             self.z[rows[:, None], slots] = z
-        return z, where
+        return z
 
-    def _draft_hidden(self, z: torch.Tensor, rows: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        """The drafting heads over z (R, W, d) at positions start.. (R,) on their caches: (R, W, k, d)."""
-        where = self.caches.at(start, z.shape[1], rows=rows)
+    def _draft_hidden(self, z: torch.Tensor, where: Positions) -> torch.Tensor:
+        """The drafting heads over z (R, W, d) where the block went, on their caches: (R, W, k, d)."""
         cos, sin = self.model.rope(z.shape[1], where, self.heads.window)
         return self.heads(z, cos, sin, where, self.caches.fused)
+
+    def _forward_step(self, block: torch.Tensor, start: torch.Tensor, rows: torch.Tensor | None = None,
+                      chain: bool = False):
+        """One step's tensors: the block (R, W) through the trunk and head 1 from positions start (R,) on cache rows
+        `rows` (None: every row, in order: the compiled form) -> head 1's logits (R, W, V); for a chain also the drafts
+        accepted (R,), the corrections (R,) and the next drafts (R, k)."""
+        model = self.model
+        where = self.caches.at(start, block.shape[1], rows=rows)
+        z = self._store_z(model.trunk(block, where), start, rows)
+        target = model.unembed(model.head(0, z, where))  # head 1 after each block token
+        if not chain:
+            return target
+        n_acc, correction = verify_chain(block, target)
+        # The drafting heads over the block (what they write past the kept prefix is overwritten later), read
+        # where each row goes on from: R * (W + k) rows of the vocabulary matrix, not R * W * (k + 1).
+        hidden = self._draft_hidden(z, where)[torch.arange(block.shape[0], device=z.device), n_acc]
+        return target, n_acc, correction, model.unembed(hidden).argmax(-1)
 
     def _catch_up(self, live: list[int]) -> None:
         """Run the drafting heads over the positions they missed (plain steps, or the prefill) of these rows, and
@@ -224,7 +240,8 @@ class Engine:
         start = torch.tensor([row.heads_pos for row in rows], device=self.device)
         slots = (start[:, None] + torch.arange(lag, device=self.device)).clamp_max(self.slots - 1)
         rows_t = torch.tensor(live, device=self.device)
-        hidden = self._draft_hidden(self.z[rows_t[:, None], slots], rows_t, start)  # (R, lag, k, d)
+        where = self.caches.at(start, lag, rows=rows_t)
+        hidden = self._draft_hidden(self.z[rows_t[:, None], slots], where)  # (R, lag, k, d)
         last = torch.tensor([row.pos - row.heads_pos - 1 for row in rows], device=self.device)
         drafts = self.model.unembed(hidden[torch.arange(len(rows), device=self.device), last]).argmax(-1).tolist()
         for row, guess in zip(rows, drafts):
@@ -247,8 +264,9 @@ class Engine:
             block[j, :len(job.prompt)] = torch.tensor(job.prompt, device=self.device)
         rows = torch.tensor([i for i, _ in new], device=self.device)
         lengths = torch.tensor([len(job.prompt) for _, job in new], device=self.device)
-        z, where = self._trunk(block, rows, torch.zeros_like(rows))
-        h1 = self.model.head(0, z, where)
+        start = torch.zeros_like(rows)
+        where = self.caches.at(start, width, rows=rows)
+        h1 = self.model.head(0, self._store_z(self.model.trunk(block, where), start, rows), where)
         logits = self.model.unembed(h1[torch.arange(len(new), device=self.device), lengths - 1])  # (n, V)
         for j, (i, job) in enumerate(new):
             first = self._choose(job, logits[j:j + 1])
@@ -307,17 +325,7 @@ class Engine:
         width = min(self.k + 1, min(self.context - row.pos for row in rows)) if kind == "chain" else 1
         block = torch.tensor([row.block[:width] for row in rows], device=self.device)
         start = torch.tensor([row.pos for row in rows], device=self.device)
-        rows_t = torch.tensor(live, device=self.device)
-        z, where = self._trunk(block, rows_t, start)
-        target = self.model.unembed(self.model.head(0, z, where))  # (R, W, V): head 1 after each block token
-        if kind != "chain":
-            return target, None, None, None
-        n_acc, correction = verify_chain(block, target)
-        # The drafting heads over the block (what they write past the kept prefix is overwritten later), read
-        # where each row goes on from: R * (W + k) rows of the vocabulary matrix, not R * W * (k + 1).
-        hidden = self._draft_hidden(z, rows_t, start)[torch.arange(len(rows), device=self.device), n_acc]
-        drafts = self.model.unembed(hidden).argmax(-1)
-        return target, n_acc.tolist(), correction.tolist(), drafts.tolist()
+        return _per_row(self._forward_step(block, start, torch.tensor(live, device=self.device), kind == "chain"))
 
     def _static_step(self, kind: str, live: list[int]):
         """The same step over every cache row with shapes that never change (idle rows feed token 0 at position 0
@@ -329,19 +337,14 @@ class Engine:
             row = self.rows[i]
             block[i] = torch.tensor(row.block[:width], device=self.device)
             start[i] = row.pos
-        outputs = self._run_compiled(kind, block, start)
-        index = torch.tensor(live, device=self.device)
-        if kind != "chain":
-            return outputs[index], None, None, None
-        target, n_acc, correction, drafts = (t[index] for t in outputs)
-        return target, n_acc.tolist(), correction.tolist(), drafts.tolist()
+        return _per_row(self._run_compiled(kind, block, start), torch.tensor(live, device=self.device))
 
     def _run_compiled(self, kind: str, block: torch.Tensor, start: torch.Tensor):
         from multitoken.decoding.static import compile_options
 
         if kind not in self._compiled:
             began = time.perf_counter()
-            fn = torch.compile(self._full_chain if kind == "chain" else self._full_plain, dynamic=False,
+            fn = torch.compile(functools.partial(self._forward_step, chain=kind == "chain"), dynamic=False,
                                fullgraph=True)
             with torch._inductor.config.patch(compile_options(self.device)):  # read when it compiles: first call
                 result = fn(block, start)
@@ -351,27 +354,6 @@ class Engine:
         if self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
         return self._compiled[kind](block, start)
-
-    def _full_plain(self, block: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        where = Positions.per_row(start, block.shape[1], self.slots, self.caches.dtype)
-        z = self._store_z(self.model.trunk(block, where), start)
-        return self.model.unembed(self.model.head(0, z, where))
-
-    def _full_chain(self, block: torch.Tensor, start: torch.Tensor):
-        model = self.model
-        where = Positions.per_row(start, block.shape[1], self.slots, self.caches.dtype)
-        z = self._store_z(model.trunk(block, where), start)
-        target = model.unembed(model.head(0, z, where))
-        n_acc, correction = verify_chain(block, target)
-        cos, sin = model.rope(block.shape[1], where, self.heads.window)
-        hidden = self.heads(z, cos, sin, where, self.caches.fused)[torch.arange(block.shape[0], device=z.device), n_acc]
-        return target, n_acc, correction, model.unembed(hidden).argmax(-1)
-
-    def _store_z(self, z: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        if self.z is not None:
-            slots = (start[:, None] + torch.arange(z.shape[1], device=z.device)).clamp_max(self.slots - 1)
-            self.z[torch.arange(z.shape[0], device=z.device)[:, None], slots] = z
-        return z
 
     def _deliver(self, i: int, tokens: list[int]) -> None:
         """Hand a row's newly certain tokens to its job, and retire the row when its answer is over."""
@@ -401,6 +383,15 @@ class Engine:
         self.rows[i] = None
         if reason is not None:
             _emit(job, [], reason)
+
+
+def _per_row(outputs, index: torch.Tensor | None = None):
+    """`_forward_step`'s outputs (of the rows at index, when given) as (head 1's logits, and for a chain the drafts
+    accepted, corrections and next drafts as lists per row; None for a plain step)."""
+    if isinstance(outputs, torch.Tensor):
+        return (outputs if index is None else outputs[index]), None, None, None
+    target, n_acc, correction, drafts = (t if index is None else t[index] for t in outputs)
+    return target, n_acc.tolist(), correction.tolist(), drafts.tolist()
 
 
 def _emit(job: Job, tokens: list[int], reason: str | None) -> None:
