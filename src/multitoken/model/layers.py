@@ -21,20 +21,20 @@ from multitoken.model.kv_cache import KVCache
 from multitoken.model.positions import Positions
 
 
-def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_normalize(x: torch.Tensor, eps: float, keep_fp32: bool = False) -> torch.Tensor:
     """x / rms(x) over the last dimension, before any gain. Computed in fp32 (as Llama does) so that bf16
-    activations do not lose the mean square's precision; returned in x's dtype."""
+    activations do not lose the mean square's precision; returned in x's dtype, or left in fp32 (keep_fp32) for a
+    gain that is applied in fp32 too."""
     x_fp32 = x.float()
-    return (x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
+    normed = x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + eps)
+    return normed if keep_fp32 else normed.type_as(x)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: bool = False) -> torch.Tensor:
     """RMSNorm with gain weight: Llama's (normalized in fp32, cast back, times w) or Gemma's (times 1 + w in fp32,
     then cast): the two differ in bf16 rounding, and each family's weights were trained with its own."""
     if unit_offset:
-        x_fp32 = x.float()
-        normed = x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + eps)
-        return (normed * (1.0 + weight.float())).type_as(x)
+        return (rms_normalize(x, eps, keep_fp32=True) * (1.0 + weight.float())).type_as(x)
     return rms_normalize(x, eps) * weight
 
 
