@@ -175,6 +175,11 @@ class ModelConfig:
             _require(not bad, f"model.sliding_layers names layer {bad[0] if bad else 0}, but the model has layers "
                      f"0..{n - 1} (the trunk and head 1)")
 
+    def block_switches(self) -> dict[str, Any]:
+        """The other families' switches this config sets, with their values (empty for a Llama block)."""
+        plain = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+        return {name: getattr(self, name) for name in BLOCK_SWITCHES if getattr(self, name) != plain[name]}
+
     def is_sliding(self, layer: int) -> bool:
         """Whether layers[layer] (trunk and head 1, 0-based) attends within the window."""
         if self.sliding_window is None:
@@ -205,6 +210,10 @@ class ModelConfig:
         hidden = int(2 * (4 * self.d_model) / 3)  # Llama: SwiGLU's 3 matrices cost what a 4x MLP's 2 cost
         return 256 * ((hidden + 255) // 256)
 
+
+# The ModelConfig fields that describe other families' blocks (all at their defaults: a Llama block).
+BLOCK_SWITCHES = ("qkv_bias", "qk_norm", "norm_unit_offset", "sandwich_norm", "scale_embeddings", "activation",
+                  "attention_scale", "sliding_window", "sliding_layers", "rope_local_theta")
 
 ROPE_SCALING_KEYS = {"llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
                      "linear": ("factor",)}

@@ -61,16 +61,15 @@ def info(ckpt: str, json: bool = False) -> int:
     return 0
 
 
+SWITCH_WORDS = {"qkv_bias": "q/k/v biases", "qk_norm": "q/k norms", "norm_unit_offset": "(1 + w) norms",
+                "sandwich_norm": "sandwich norms", "scale_embeddings": "scaled embeddings"}
+
+
 def block_description(m) -> str:
     """The block's switches that differ from a Llama's, in words (empty for a Llama block)."""
-    from multitoken.config import ModelConfig
-
-    plain, parts = ModelConfig(), []
-    for name, words in (("qkv_bias", "q/k/v biases"), ("qk_norm", "q/k norms"), ("norm_unit_offset", "(1 + w) norms"),
-                        ("sandwich_norm", "sandwich norms"), ("scale_embeddings", "scaled embeddings")):
-        if getattr(m, name) != getattr(plain, name):
-            parts.append(words)
-    if m.activation != plain.activation:
+    switches = m.block_switches()
+    parts = [words for name, words in SWITCH_WORDS.items() if name in switches]
+    if "activation" in switches:
         parts.append(f"{m.activation} feed-forward")
     if m.attention_scale is not None:
         parts.append(f"query scale {m.attention_scale:.4g}")

@@ -79,11 +79,9 @@ def configure(family: Family, **values) -> ModelConfig:
 
 def family_of(config: ModelConfig) -> Family:
     """The family whose transformers class computes exactly this config, for export; one line when none does."""
-    defaults = ModelConfig()
     if all(getattr(config, k) == v for k, v in GEMMA_BLOCK.items()):
         return FAMILY["gemma3"]
-    gemma_only = {k: getattr(config, k) for k in GEMMA_BLOCK
-                  if k != "qk_norm" and getattr(config, k) != getattr(defaults, k)}
+    gemma_only = {k: v for k, v in config.block_switches().items() if k in GEMMA_BLOCK and k != "qk_norm"}
     if gemma_only:
         raise CheckpointError(f"no transformers class has this combination of block switches ({gemma_only}, "
                               f"qk_norm {config.qk_norm}): export --format hf writes Llama, Mistral, Qwen2, Qwen3 and "

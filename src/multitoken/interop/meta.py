@@ -130,10 +130,7 @@ def is_tied(tensors: dict[str, LazyTensor]) -> bool:
 
 def params_for(config: ModelConfig) -> dict:
     """params.json for a model (the inverse of `read_params`). One-line errors for what Meta's format cannot say."""
-    plain = ModelConfig()
-    switched = [name for name in ("qkv_bias", "qk_norm", "norm_unit_offset", "sandwich_norm", "scale_embeddings",
-                                  "activation", "attention_scale", "sliding_window", "rope_local_theta")
-                if getattr(config, name) != getattr(plain, name)]
+    switched = config.block_switches()
     if switched:
         raise CheckpointError(f"Meta's format holds Llama blocks only, and this model sets {', '.join(switched)}: "
                               "export it with --format hf")
