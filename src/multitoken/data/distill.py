@@ -133,11 +133,13 @@ def _decode_batch(model, rows: list[list[int]], batch_size: int, cache_len: int,
                    generator=generator, lengths=lengths, compile=options.compile,
                    stop_ids=torch.tensor(stop_ids, device=device),
                    cache_len=cache_len if options.compile else None)
+    from multitoken.decoding.text import until_eos
+
     answers, ended = [], []
     for row in out[:len(rows)].tolist():
-        end = next((i for i, t in enumerate(row) if t in stop_ids), None)
-        ended.append(end is not None)
-        answers.append(row if end is None else row[:end + 1])
+        text, n = until_eos(row, stop_ids)  # n counts the stop token too, where there is one
+        ended.append(len(text) < n)
+        answers.append(row[:n])
     return answers, ended
 
 

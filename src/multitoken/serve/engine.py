@@ -36,6 +36,7 @@ import torch
 from multitoken.decoding.fused_heads import FusedHeads
 from multitoken.decoding.sampling import sample
 from multitoken.decoding.speculative import verify_chain
+from multitoken.decoding.text import until_eos
 from multitoken.model import DecodeCaches, MTPModel, Positions
 
 log = logging.getLogger("multitoken.serve")
@@ -363,12 +364,8 @@ class Engine:
             self.cancelled += 1
             return self._finish(i, None)
         room = job.max_tokens - job.generated
-        tokens = tokens[:room]
-        reason = None
-        for n, token in enumerate(tokens):
-            if token in job.stop_ids:
-                tokens, reason = tokens[:n + 1], "stop"
-                break
+        text, n = until_eos(tokens[:room], job.stop_ids)  # n counts the stop token too, where there is one
+        tokens, reason = tokens[:n], "stop" if len(text) < n else None
         if reason is None and (job.generated + len(tokens) >= job.max_tokens or row.pos >= self.context):
             reason = "length"
         if job.first_token_at is None:
