@@ -112,8 +112,7 @@ def read_config(path: Path, reader, max_seq_len: int | None) -> ModelConfig:
             ffn_hidden=int(_value(reader, f"{arch}.feed_forward_length")),
             rope_theta=float(_value(reader, f"{arch}.rope.freq_base", 1e6 if family.name == "gemma3" else 10000.0)),
             rope_scaling=scaling, norm_eps=float(_value(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-            tie_embeddings="output.weight" not in names, qkv_bias=family.name == "qwen2",
-            sliding_window=window, sliding_layers=sliding_layers, rope_local_theta=local_theta)
+            tie_embeddings="output.weight" not in names, sliding_window=window, sliding_layers=sliding_layers, rope_local_theta=local_theta)
     except TypeError:
         raise CheckpointError(f"{path}: its metadata lacks the model's shape ({arch}.block_count, "
                               f"{arch}.embedding_length, ...): not a complete GGUF model file") from None

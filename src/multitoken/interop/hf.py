@@ -147,7 +147,7 @@ def read_config(folder: Path, max_seq_len: int | None = None) -> tuple[ModelConf
                               f"multitoken converts {known}")
     activation = "gelu_tanh" if family.name == "gemma3" else "silu"
     act = raw.get("hidden_activation") or raw.get("hidden_act") or "silu"
-    if {"silu": ("silu",), "gelu_tanh": ("gelu_pytorch_tanh", "gelu_tanh")}[activation].count(act) == 0:
+    if act not in {"silu": ("silu",), "gelu_tanh": ("gelu_pytorch_tanh", "gelu_tanh")}[activation]:
         raise CheckpointError(f"{path}: the activation is {act!r}, but {arch}'s block in multitoken uses "
                               f"{activation}")
     biased = family.name != "qwen2" and raw.get("attention_bias", False)  # these also bias o_proj, which ours lacks
