@@ -109,7 +109,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: str | None =
                                             "owned_by": "multitoken"}]}
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request):
+    async def completions(body: CompletionRequest):
         if body.prompt and isinstance(body.prompt, list) and isinstance(body.prompt[0], int):
             ids = list(body.prompt)
             if not all(0 <= i < tokenizer.vocab_size for i in ids):
@@ -121,10 +121,10 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: str | None =
             text = body.prompt[0] if isinstance(body.prompt, list) else body.prompt
             ids = tokenizer.encode_prompt(text)
             prefix = ids[1:] if tokenizer.bos_id is not None else ids  # the prompt's text: the answer decodes in place
-        return await answer(body, request, ids, prefix, body.max_tokens, "text_completion", "prompt")
+        return await answer(body, ids, prefix, body.max_tokens, "text_completion", "prompt")
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest, request: Request):
+    async def chat(body: ChatRequest):
         from multitoken.data.chat import encode_chat
         from multitoken.errors import ConfigError
 
@@ -135,10 +135,10 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: str | None =
         except ConfigError as e:
             raise RequestError(400, str(e), "messages") from None
         max_tokens = body.max_completion_tokens or body.max_tokens or engine.context - len(ids)
-        return await answer(body, request, ids, [], max_tokens, "chat.completion", "messages")
+        return await answer(body, ids, [], max_tokens, "chat.completion", "messages")
 
-    async def answer(body: Options, request: Request, ids: list[int], prefix: list[int], max_tokens: int,
-                     kind: str, prompt_field: str):
+    async def answer(body: Options, ids: list[int], prefix: list[int], max_tokens: int, kind: str,
+                     prompt_field: str):
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if any(s == "" for s in stops):
             raise RequestError(400, "stop: an empty string would end the answer before it starts", "stop")
