@@ -275,7 +275,11 @@ def test_bench_serve_answers_every_request_in_every_case(chat_ckpt, tmp_path, ca
     assert cases["one at a time"]["peak_batch"] == 1 and cases["plain"]["peak_batch"] == 3
     assert cases["speculative"]["draft_len"] == 2 and cases["plain"]["draft_len"] == 0
     assert cases["speculative"]["chain_steps"] == cases["speculative"]["engine_steps"] and \
-        cases["plain"]["chain_steps"] == 0 and cases["auto"]["chain_steps"] > 0  # auto timed a chain step at least
+        cases["plain"]["chain_steps"] == 0
+    # auto timed both kinds before choosing (in the warm-up or the timed requests) and tracked tau from its chains
+    timed = cases["auto"]["auto_step_seconds"]
+    assert any(k.startswith("chain@") for k in timed) and any(k.startswith("plain@") for k in timed)
+    assert cases["auto"]["auto_tau"] >= 1.0 and cases["plain"]["auto_step_seconds"] == {}
 
 
 def test_serve_settings_and_a_model_without_heads_get_one_line(chat_ckpt, tmp_path, capsys):

@@ -102,6 +102,10 @@ def run_case(ckpt: str, name: str, bodies: list[dict], path: str, clients: int, 
         engine = server.engine
         steps = engine.steps - steps_before
         compile_seconds = engine.compile_seconds
+        # What auto measured to choose with (warm-up included: it may have settled every batch size before the
+        # timed requests, and then run only the faster kind while timed)
+        step_seconds = {f"{kind}@{batch}": s for (kind, batch), s in sorted(engine.times.seconds.items())}
+        tau = engine.times.tau
     answered = [r for r in replies if r.ok]
     tokens = sum(r.tokens for r in answered)
     return {
@@ -113,6 +117,7 @@ def run_case(ckpt: str, name: str, bodies: list[dict], path: str, clients: int, 
         "compile_seconds": compile_seconds, "compile_seconds_in_timing": compile_seconds - compiled_before,
         "engine_steps": steps, "chain_steps": engine.chain_steps - chain_before, "peak_batch": engine.peak_live,
         "draft_len": engine.k, "drafts_accepted": engine.drafts_accepted - accepted_before,
+        "auto_step_seconds": step_seconds, "auto_tau": tau,
         "replies": [asdict(r) for r in replies],
     }
 
