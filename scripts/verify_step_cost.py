@@ -7,6 +7,10 @@ directly on the static decoder (no Python loop around them beyond the call), the
 medians reported.
 
     python scripts/verify_step_cost.py --ckpt runs/smol-heads --draft-len 3 --json verify-step.json
+    python scripts/verify_step_cost.py --ckpt runs/smol-heads --draft-vocab 4096 --data data/smol-distilled
+
+--phases adds the verify step's first phase alone; --draft-vocab K (with --data, a prepared folder) adds the verify
+step of the same weights drafting over the K tokens most frequent in that data (`model.draft_vocab`).
 """
 
 from __future__ import annotations
@@ -47,7 +51,22 @@ class VerifyOnly:
             return self.step(*args)
 
 
-def make_cases(model, k: int, prompt_len: int, steps: int) -> dict:
+def with_draft_vocab(model, k: int, data: str):
+    """The same weights (shared, not copied), the extra heads drafting over data's k most frequent tokens."""
+    import dataclasses
+
+    from multitoken.data.shards import open_prepared
+    from multitoken.model import MTPModel
+    from multitoken.training.draft_vocab import most_frequent_tokens
+
+    ids, coverage, counted = most_frequent_tokens(open_prepared(data)[1].train, k, model.config.vocab_size)
+    print(f"draft vocabulary: {k:,} tokens, {coverage:.1%} of the {counted:,} tokens of {data}", flush=True)
+    state = {**model.state_dict(), "draft_ids": ids}
+    return MTPModel.from_state_dict(dataclasses.replace(model.config, draft_vocab=k), state).eval(), coverage
+
+
+def make_cases(model, k: int, prompt_len: int, steps: int, phases: bool = True, drafting_model=None,
+               draft_vocab: int = 0) -> dict:
     """name -> (decoder, step arguments); every decoder prefilled with the same prompt."""
     cache_len = cache_slots(model, prompt_len + steps * (k + 1) + k + 1)
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
@@ -58,7 +77,11 @@ def make_cases(model, k: int, prompt_len: int, steps: int) -> dict:
     verify = decoder_for(model, 1, cache_len, DraftTree.chain(k), compile=True)
     tokens = prompt[:, -k - 1:].clone()
     cases["verify"] = (verify, lambda: (tokens, lengths))
-    cases["verify, no drafting"] = (VerifyOnly(verify), lambda: (tokens, lengths))
+    if phases:
+        cases["verify, no drafting"] = (VerifyOnly(verify), lambda: (tokens, lengths))
+    if drafting_model is not None:
+        narrowed = decoder_for(drafting_model, 1, cache_len, DraftTree.chain(k), compile=True)
+        cases[f"verify, {draft_vocab} drafts"] = (narrowed, lambda: (tokens, lengths))
     return cases, prompt, lengths
 
 
@@ -80,10 +103,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="Timed steps per case and round.")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--phases", action="store_true", help="Also time the verify step's first phase alone.")
+    parser.add_argument("--draft-vocab", type=int, default=0, help="Also time drafting over this many tokens.")
+    parser.add_argument("--data", default=None, help="Prepared folder whose most frequent tokens --draft-vocab takes.")
     args = parser.parse_args()
+    if args.draft_vocab and not args.data:
+        parser.error("--draft-vocab needs --data (the prepared folder to count tokens in)")
     model = load_checkpoint(args.ckpt)[0]
+    drafting_model, coverage = with_draft_vocab(model, args.draft_vocab, args.data) if args.draft_vocab else (None, None)
     with torch.no_grad():
-        cases, prompt, lengths = make_cases(model, args.draft_len, args.prompt_len, args.steps)
+        cases, prompt, lengths = make_cases(model, args.draft_len, args.prompt_len, args.steps, args.phases,
+                                            drafting_model, args.draft_vocab)
         compile_seconds = {}
         for name, (decoder, get_args) in cases.items():
             with decoder.caches:
@@ -104,7 +134,8 @@ def main() -> None:
               "step_ms": {n: m * 1e3 for n, m in medians.items()},
               "step_ms_rounds": {n: [x * 1e3 for x in v] for n, v in rounds.items()},
               "ratio_to_plain": {n: m / medians["plain"] for n, m in medians.items()},
-              "compile_seconds": compile_seconds}
+              "compile_seconds": compile_seconds, "draft_vocab": args.draft_vocab or None,
+              "draft_vocab_coverage": coverage}
     for name, ms in result["step_ms"].items():
         print(f"{name:<22} {ms:7.2f} ms   {result['ratio_to_plain'][name]:.2f}x plain")
     if args.json:

@@ -93,6 +93,11 @@ class ModelConfig:
     """Width of each attention head; null means d_model / n_head (some imported models set it apart)."""
     n_future: int = 4
     """Output heads: head i predicts token t+i. 1 is an ordinary next-token language model."""
+    draft_vocab: int = 0
+    """The extra heads draft over only this many tokens, the ones most frequent in the training data (their ids are
+    saved with the weights, `draft_ids`); 0 means over the whole vocabulary. Head 1 still scores every token, so the
+    output does not change; a draft then reads that share of the unembedding instead of all of it, and with the
+    unembedding frozen (`--freeze base`) the extra heads train over these tokens alone, for that share of the cost."""
     max_seq_len: int = 256
     """Context length in tokens: training windows and the largest prompt + generation."""
     ffn_hidden: int | None = None
@@ -141,6 +146,8 @@ class ModelConfig:
                  "use 1 for a next-token model, 4 as in the paper")
         _require(self.n_layer >= self.n_future, f"model.n_layer ({self.n_layer}) must be at least model.n_future "
                  f"({self.n_future}): n_layer counts the trunk and one layer per head")
+        _require(0 <= self.draft_vocab <= self.vocab_size, f"model.draft_vocab must be in 0..vocab_size "
+                 f"({self.vocab_size}), got {self.draft_vocab}: 0 drafts over the whole vocabulary")
         for name in ("vocab_size", "d_model", "n_head", "max_seq_len"):
             _require(getattr(self, name) >= 1, f"model.{name} must be positive (got {getattr(self, name)})")
         if self.head_dim is None:

@@ -143,7 +143,7 @@ def test_eval_batch_matches_training_losses(masked):
     tokens = torch.randint(1, 64, (3, 14))
     tokens[0, 4] = tokens[1, 9] = tokens[2, 2] = 0  # document ends, id 0
     eot_id = 0 if masked else None
-    loss_sums, correct, counts = mtp_eval_batch(model, tokens, eot_id)
+    loss_sums, correct, counts, _ = mtp_eval_batch(model, tokens, eot_id)
     train_losses = mtp_forward_backward(model, tokens, eot_id=eot_id)
     torch.testing.assert_close(loss_sums / counts, train_losses)
     kept = [int((y != IGNORE_INDEX).sum()) for y in split_window(tokens, 3, eot_id)[1]]

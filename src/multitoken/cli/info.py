@@ -51,6 +51,8 @@ def info(ckpt: str, json: bool = False) -> int:
     block = block_description(m)
     if block:
         print(f"block        {block}")
+    if m.draft_vocab:
+        print(f"drafting     extra heads over {m.draft_vocab:,} of the {m.vocab_size:,} tokens (head 1 over all)")
     print("parameters")
     labels = {"tok_embeddings": "input embedding", "trunk": f"trunk ({m.n_trunk_layers} layers)",
               "heads": f"heads ({m.n_future} x 1 layer)", "norm": "final norm",

@@ -144,7 +144,7 @@ def _all_heads_forward(model: MTPModel, num_heads: int, batch_size: int, cache_l
 
     def forward(block: torch.Tensor, where: Positions) -> torch.Tensor:
         cos, sin = model.rope(block.shape[1], where, heads.window)
-        return model.unembed(heads(model.trunk(block, where), cos, sin, where, caches.fused))
+        return model.unembed_heads(heads(model.trunk(block, where), cos, sin, where, caches.fused))
 
     return caches, forward
 

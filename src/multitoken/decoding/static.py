@@ -116,7 +116,7 @@ class StaticDecoder:
         h1 = model.head(0, z, where)
         cos, sin = model.rope(prompt.shape[1], where, self.heads.window)
         hidden = torch.cat([h1[:, :, None], self.heads(z, cos, sin, where, self.caches.fused)], dim=2)  # fill every cache
-        return model.unembed(last_positions(hidden, lengths))
+        return model.unembed_heads(last_positions(hidden, lengths))
 
     def run_step(self, *args: torch.Tensor):
         """One step; the first call of a compiled step compiles it, and its time goes to compile_seconds."""
@@ -168,7 +168,7 @@ class StaticDecoder:
         z_path = z.gather(1, path[:, :, None].expand(-1, -1, z.shape[-1]))  # (B, D + 1, d)
         cos, sin = model.rope(path.shape[1], chain, self.heads.window)
         hidden = self.heads(z_path, cos, sin, chain, self.caches.fused)[rows, n_accepted]  # (B, D, d): heads 2..D+1 at the last kept
-        next_tokens = draft_tokens(target[rows, best], model.unembed(hidden), layout, self.max_rank)
+        next_tokens = draft_tokens(target[rows, best], model.unembed_drafts(hidden), layout, self.max_rank)
         return tokens.gather(1, path), n_accepted, next_tokens
 
 

@@ -88,6 +88,9 @@ def export(ckpt_path: str | Path, fmt: Literal["hf", "meta"], out: str | Path, p
     tokenizer = load_tokenizer(ckpt)
     tensors = safetensors_tensors(ckpt / "model.safetensors")
     check_tensors(tensors, config, str(ckpt), lambda n: n)
+    # The draft vocabulary only narrows what the extra heads propose; neither format has a place for it, and without
+    # it the heads draft over every token (the same outputs: head 1 verifies).
+    tensors.pop("draft_ids", None)
     dtype = tensors["tok_embeddings.weight"].dtype
     if fmt == "meta":
         params = meta.params_for(config)  # refuses, before writing, what Meta's format cannot say

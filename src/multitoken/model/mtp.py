@@ -6,6 +6,9 @@ Layout, as in Meta's release so that weights map one to one:
     head 1 = layers[-1](z),  head i = extra_heads[i - 2](z)  for i = 2..n_future   (every head reads z)
     logits_i = output(norm(head_i))                                                (shared norm and unembedding)
 
+With `draft_vocab` the extra heads' logits cover only the tokens in `draft_ids` (a persistent buffer): a draft's
+unembedding reads those rows alone. Head 1, which decides every output token, always covers the whole vocabulary.
+
 `layers` alone is therefore an ordinary Llama: dropping `extra_heads` leaves a next-token model. The trunk and the
 heads can be called separately (`trunk`, `head`, `unembed`): the memory-efficient loss in `training/loss.py` needs
 that seam to detach z and run each head's forward and backward in turn.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import math
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from multitoken.config import ModelConfig
 from multitoken.model.positions import Positions
@@ -36,6 +40,8 @@ class MTPModel(nn.Module):
         self.output = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:  # one Parameter under two names: state_dict lists both, optimizers see it once
             self.output.weight = self.tok_embeddings.weight
+        if config.draft_vocab:  # sorted token ids; training fills them from its data (`training/draft_vocab.py`)
+            self.register_buffer("draft_ids", torch.arange(config.draft_vocab))
         self.init_rope()
         self.reset_parameters()
 
@@ -50,7 +56,8 @@ class MTPModel(nn.Module):
         state = dict(state)
         if config.tie_embeddings:
             state.setdefault("output.weight", state.get("tok_embeddings.weight"))
-        state = {k: v.to(device=device, dtype=dtype or v.dtype) if v is not None else v for k, v in state.items()}
+        state = {k: v if v is None else v.to(device=device, dtype=(dtype or v.dtype) if v.is_floating_point() else v.dtype)
+                 for k, v in state.items()}  # token ids (draft_ids) stay integers
         model.load_state_dict(state, strict=True, assign=True)
         if config.tie_embeddings:  # assign gave each name its own Parameter: tie them again
             model.output.weight = model.tok_embeddings.weight
@@ -123,9 +130,27 @@ class MTPModel(nn.Module):
         """Shared final norm and unembedding: (..., d_model) -> (..., V)."""
         return self.output(self.norm(h))
 
+    def unembed_drafts(self, h: torch.Tensor) -> torch.Tensor:
+        """An extra head's logits (..., V): `unembed`, or with a draft vocabulary its tokens' logits alone and -inf
+        elsewhere, so that argmax, top-k and softmax see only those tokens (an (..., V) fill is cheap next to
+        reading the unembedding's other rows)."""
+        if not self.config.draft_vocab:
+            return self.unembed(h)
+        small = F.linear(self.norm(h), self.output.weight.index_select(0, self.draft_ids))
+        full = small.new_full((*small.shape[:-1], self.config.vocab_size), float("-inf"))
+        return full.index_copy(-1, self.draft_ids, small)
+
+    def unembed_heads(self, h: torch.Tensor) -> torch.Tensor:
+        """Every head's logits from their hidden states (..., n, d) -> (..., n, V), head 1 first: head 1 over the
+        whole vocabulary, the others through `unembed_drafts`."""
+        if not self.config.draft_vocab or h.shape[-2] == 1:
+            return self.unembed(h)
+        return torch.cat([self.unembed(h[..., :1, :]), self.unembed_drafts(h[..., 1:, :])], dim=-2)
+
     def forward(self, idx: torch.Tensor, return_all_heads: bool = False,
                 where: Positions | None = None) -> torch.Tensor:
-        """Logits (B, T, V) of the next-token head, or (B, T, n_future, V) of all heads.
+        """Logits (B, T, V) of the next-token head, or (B, T, n_future, V) of all heads (`unembed_heads`: the
+        extra heads over their draft vocabulary, if the model has one).
 
         where=None computes causally over idx alone (training). Otherwise it decodes with the KV caches attached by
         a `DecodeCaches`: `where` says each token's cache slot, position and what it may attend to.
@@ -134,7 +159,7 @@ class MTPModel(nn.Module):
         if not return_all_heads:
             return self.unembed(self.head(0, z, where))
         h = torch.stack([self.head(i, z, where) for i in range(self.n_future)], dim=2)  # (B, T, n, d)
-        return self.unembed(h)
+        return self.unembed_heads(h)
 
     def num_params(self) -> dict[str, int]:
         """Parameter counts by part: embeddings (input and unembedding), trunk, heads, norm."""

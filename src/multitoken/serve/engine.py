@@ -230,7 +230,7 @@ class Engine:
         # The drafting heads over the block (what they write past the kept prefix is overwritten later), read
         # where each row goes on from: R * (W + k) rows of the vocabulary matrix, not R * W * (k + 1).
         hidden = self._draft_hidden(z, where)[torch.arange(block.shape[0], device=z.device), n_acc]
-        return target, n_acc, correction, model.unembed(hidden).argmax(-1)
+        return target, n_acc, correction, model.unembed_drafts(hidden).argmax(-1)
 
     def _catch_up(self, live: list[int]) -> None:
         """Run the drafting heads over the positions they missed (plain steps, or the prefill) of these rows, and
@@ -244,7 +244,7 @@ class Engine:
         where = self.caches.at(start, lag, rows=rows_t)
         hidden = self._draft_hidden(self.z[rows_t[:, None], slots], where)  # (R, lag, k, d)
         last = torch.tensor([row.pos - row.heads_pos - 1 for row in rows], device=self.device)
-        drafts = self.model.unembed(hidden[torch.arange(len(rows), device=self.device), last]).argmax(-1).tolist()
+        drafts = self.model.unembed_drafts(hidden[torch.arange(len(rows), device=self.device), last]).argmax(-1).tolist()
         for row, guess in zip(rows, drafts):
             row.heads_pos = row.pos
             row.block = row.block[:1] + guess

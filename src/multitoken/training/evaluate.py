@@ -29,7 +29,7 @@ def evaluate(model: MTPModel, batches: Sequence[torch.Tensor], device: torch.dev
     model.eval()
     n = model.n_future
     batch_fn = batch_fn or (lambda tokens: mtp_eval_batch(model, tokens, eot_id))
-    totals = torch.zeros(3, n, dtype=torch.float64, device=device)  # loss sums, top-1 hits, positions
+    totals = torch.zeros(4, n, dtype=torch.float64, device=device)  # loss sums, top-1 hits, loss positions, positions
     for j, tokens in enumerate(batches):
         tokens = tokens.to(device, non_blocking=True)
         with autocast_for(device, precision):
@@ -37,12 +37,15 @@ def evaluate(model: MTPModel, batches: Sequence[torch.Tensor], device: torch.dev
         if counted is None or counted[j]:
             totals += torch.stack(batch_sums).to(totals.dtype)
     model.train(was_training)
-    loss_sum, correct, count = all_reduce_(totals).tolist()  # the one host sync of the whole evaluation
+    loss_sum, correct, loss_count, count = all_reduce_(totals).tolist()  # the one host sync of the evaluation
     if count[0] == 0:
         raise ValueError("no validation positions")
-    losses = [s / c for s, c in zip(loss_sum, count)]
-    acc = [h / c for h, c in zip(correct, count)]
+    losses = [s / max(c, 1) for s, c in zip(loss_sum, loss_count)]
+    acc = [h / max(c, 1) for h, c in zip(correct, count)]
     result = {"loss": losses, "acc": acc, "tokens": int(count[0]), "tau_sim": simulated_tau(acc)}
+    if model.config.draft_vocab and n > 1:  # how much of what the extra heads must guess their vocabulary holds
+        result["draft_coverage"] = [c / max(t, 1) for c, t in zip(loss_count[1:], count[1:])]
+        result["draft_vocab"] = model.config.draft_vocab
     if byte_level:  # one token is one byte, so bits per byte is the loss in base 2
         result["bpb"] = [x / math.log(2) for x in losses]
     return result
@@ -72,4 +75,8 @@ def format_eval_table(result: dict) -> str:
         rows.append(row + f"  {result['acc'][i]:>9.2%}")
     if len(result["loss"]) > 1 and "tau_sim" in result:
         rows.append(f"simulated tokens per forward with self-speculative decoding: {result['tau_sim']:.2f}")
+    if "draft_coverage" in result:
+        share = min(result["draft_coverage"])
+        rows.append(f"extra heads draft over {result['draft_vocab']:,} tokens: at least {share:.1%} of their targets "
+                    "among them (loss over those, top-1 over all)")
     return "\n".join(rows)

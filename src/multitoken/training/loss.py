@@ -47,14 +47,40 @@ def split_window(tokens: torch.Tensor, n_future: int,
     return tokens[:, :T], targets
 
 
+def draft_vocabulary(model: MTPModel, head: int, scoring: bool = False) -> torch.Tensor | None:
+    """The token ids head `head` (0-based) is trained (or, scoring, evaluated) over: the model's draft vocabulary for
+    an extra head, None for the whole vocabulary. Training narrows only a frozen unembedding: a learning one must
+    see every row's gradient, as the model without a draft vocabulary would."""
+    if head == 0 or not model.config.draft_vocab or (not scoring and model.output.weight.requires_grad):
+        return None
+    return model.draft_ids
+
+
+def in_vocabulary(targets: torch.Tensor, vocab: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Targets (any shape) as indices into vocab (sorted token ids); targets outside it become IGNORE_INDEX."""
+    index = torch.full((vocab_size,), IGNORE_INDEX, dtype=torch.long, device=targets.device)
+    index[vocab] = torch.arange(len(vocab), device=targets.device)
+    return torch.where(targets == IGNORE_INDEX, IGNORE_INDEX, index[targets.clamp(min=0)])
+
+
 def head_loss(model: MTPModel, h: torch.Tensor, targets: torch.Tensor, ce: CrossEntropy = "chunked",
-              weight_grad_into: torch.Tensor | None = None, weight_grad_scale: float = 1.0) -> torch.Tensor:
+              weight_grad_into: torch.Tensor | None = None, weight_grad_scale: float = 1.0,
+              vocab: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy of one head's hidden state (B, T, d) against its targets (B, T).
 
     "chunked" never materializes the (B*T, V) logits (training/chunked_ce.py); "plain" is its reference twin.
     weight_grad_into (chunked only): an fp32 accumulator that receives weight_grad_scale * d loss / d W during this
     forward pass, in place of an unembedding gradient through autograd.
+    vocab: token ids of a frozen unembedding to score over (`draft_vocabulary`): the softmax runs over those rows
+    alone and targets outside them are not scored.
     """
+    if vocab is not None:
+        weight = model.output.weight.detach().index_select(0, vocab)
+        targets = in_vocabulary(targets, vocab, model.config.vocab_size)
+        if ce == "plain":
+            logits = F.linear(model.norm(h), weight)
+            return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+        return chunked_linear_cross_entropy(model.norm(h).flatten(0, 1), weight, targets.flatten())
     if ce == "chunked":
         weight = model.output.weight if weight_grad_into is None else model.output.weight.detach()
         return chunked_linear_cross_entropy(model.norm(h).flatten(0, 1), weight, targets.flatten(),
@@ -91,7 +117,8 @@ def mtp_loss(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequen
     with torch.set_grad_enabled(torch.is_grad_enabled() and trunk_learns):  # a frozen trunk needs no graph
         z = model.trunk(inputs)
     if strategy == "naive":
-        losses = torch.stack([head_loss(model, model.head(i, z), y, ce) for i, y in enumerate(targets)])
+        losses = torch.stack([head_loss(model, model.head(i, z), y, ce, vocab=draft_vocabulary(model, i))
+                              for i, y in enumerate(targets)])
         total = loss_scale * sum(w * loss for w, loss in zip(weights, losses))
         return total, losses.detach()
     params = [p for p in _head_side_params(model) if p.requires_grad]
@@ -146,7 +173,8 @@ class _HeadLoop(torch.autograd.Function):
         with torch.enable_grad():
             for i, y in enumerate(targets):
                 scale = loss_scale * weights[i]
-                loss = head_loss(model, model.head(i, d), y, ce, weight_grad_into=w_acc, weight_grad_scale=scale)
+                loss = head_loss(model, model.head(i, d), y, ce, weight_grad_into=w_acc, weight_grad_scale=scale,
+                                 vocab=draft_vocabulary(model, i))
                 if wrt and loss.requires_grad:  # a frozen head (--freeze base's head 1) only reports its loss
                     grads = list(torch.autograd.grad(scale * loss, wrt, allow_unused=True))
                     for j, t in enumerate(wrt):
@@ -174,17 +202,27 @@ class _HeadLoop(torch.autograd.Function):
 
 @torch.no_grad()
 def mtp_eval_batch(model: MTPModel, tokens: torch.Tensor,
-                   eot_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-head summed cross-entropy, count of correct top-1 predictions and count of scored positions over one
-    window batch, each (n_future,).
+                   eot_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-head summed cross-entropy, count of correct top-1 predictions, count of positions the loss scored and
+    count of scored positions over one window batch, each (n_future,).
 
     The training objective's targets (`split_window`, eot_id masking the ones in the next document), so that
     validation measures what training optimizes. Sums rather than means so that batches of any size combine exactly.
     Heads run one at a time and the loss goes chunk by chunk, as in training, so evaluation never holds even one
-    head's full logits.
+    head's full logits. An extra head with a draft vocabulary is scored as it drafts: its loss over the targets in
+    that vocabulary (the third count), its top-1 hits over all positions (a target outside it is a miss).
     """
     inputs, targets = split_window(tokens, model.n_future, eot_id)
     z = model.trunk(inputs)
-    sums = [chunked_loss_sum_and_correct(model.norm(model.head(i, z)).flatten(0, 1), model.output.weight, y.flatten())
-            for i, y in enumerate(targets)]
+    sums = []
+    for i, y in enumerate(targets):
+        h = model.norm(model.head(i, z)).flatten(0, 1)
+        vocab = draft_vocabulary(model, i, scoring=True)
+        if vocab is None:
+            loss_sum, correct, scored = chunked_loss_sum_and_correct(h, model.output.weight, y.flatten())
+            sums.append((loss_sum, correct, scored, scored))
+        else:
+            loss_sum, correct, in_vocab = chunked_loss_sum_and_correct(
+                h, model.output.weight.index_select(0, vocab), in_vocabulary(y, vocab, model.config.vocab_size).flatten())
+            sums.append((loss_sum, correct, in_vocab, (y != IGNORE_INDEX).sum()))
     return tuple(torch.stack(column) for column in zip(*sums))

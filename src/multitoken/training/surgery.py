@@ -19,14 +19,17 @@ from multitoken.checkpoint import read_train_config, read_weights, require_finit
 _EXTRA_HEAD = re.compile(r"^extra_heads\.(\d+)\.")
 
 
-def model_config_for_init(init_from: str, n_future: int) -> ModelConfig:
-    """The shape of a model initialised from a checkpoint: the checkpoint's, with n_future heads on the same trunk."""
+def model_config_for_init(init_from: str, n_future: int, draft_vocab: int = 0) -> ModelConfig:
+    """The shape of a model initialised from a checkpoint: the checkpoint's, with n_future heads on the same trunk
+    (and this run's draft vocabulary size)."""
     saved = read_train_config(resolve_checkpoint(init_from)).model
-    return dataclasses.replace(saved, n_future=n_future, n_layer=saved.n_trunk_layers + n_future)
+    return dataclasses.replace(saved, n_future=n_future, n_layer=saved.n_trunk_layers + n_future,
+                               draft_vocab=draft_vocab)
 
 
-def init_from_checkpoint(model: MTPModel, init_from: str, tokenizer) -> str:
-    """Load a checkpoint's weights into model, mapping heads; returns a one-line description of what was done."""
+def init_from_checkpoint(model: MTPModel, init_from: str, tokenizer) -> tuple[str, bool]:
+    """Load a checkpoint's weights into model, mapping heads; returns a one-line description of what was done, and
+    whether the model's draft vocabulary came with them (the same size in the checkpoint) or is still to choose."""
     from multitoken.data.tokenizer import load_tokenizer
 
     ckpt = resolve_checkpoint(init_from)
@@ -35,7 +38,7 @@ def init_from_checkpoint(model: MTPModel, init_from: str, tokenizer) -> str:
         raise CheckpointError(f"the tokenizer of {ckpt} differs from this run's data tokenizer: finetune on data "
                               "prepared with the checkpoint's own tokenizer (it is saved in the checkpoint directory)")
     c = model.config
-    if dataclasses.replace(saved, n_future=c.n_future, n_layer=c.n_layer) != c or \
+    if dataclasses.replace(saved, n_future=c.n_future, n_layer=c.n_layer, draft_vocab=c.draft_vocab) != c or \
             saved.n_trunk_layers != c.n_trunk_layers:
         raise CheckpointError(f"{ckpt} has a different model shape than this run: with --init_from, leave model.* "
                               "to the checkpoint and set only model.n_future")
@@ -49,8 +52,13 @@ def init_from_checkpoint(model: MTPModel, init_from: str, tokenizer) -> str:
         for key, value in state.items():
             if key.startswith(head1):
                 mapped[f"extra_heads.{j}.{key[len(head1):]}"] = value.clone()
+    kept_vocab = c.draft_vocab > 0 and saved.draft_vocab == c.draft_vocab
+    if not c.draft_vocab:
+        mapped.pop("draft_ids", None)  # this run drafts over the whole vocabulary
+    elif not kept_vocab:
+        mapped["draft_ids"] = model.draft_ids  # none saved, or another size: the run chooses it from its data
     model.load_state_dict(mapped, strict=True)
-    return f"initialised from {ckpt}: n_future {saved.n_future} -> {c.n_future}"
+    return f"initialised from {ckpt}: n_future {saved.n_future} -> {c.n_future}", kept_vocab
 
 
 def freeze_base(model: MTPModel) -> None:

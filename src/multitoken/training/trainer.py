@@ -34,6 +34,7 @@ from multitoken.training.optim import build_optimizer, get_lr
 from multitoken.training.run_lock import RunLock
 from multitoken.training.runtime import autocast_for, resolve_device
 from multitoken.training.memory import check_fits, training_estimate
+from multitoken.training.draft_vocab import most_frequent_tokens
 from multitoken.training.surgery import freeze_base, freeze_trunk, init_from_checkpoint, model_config_for_init
 
 
@@ -49,7 +50,8 @@ class TrainState:
 class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         if cfg.init_from:  # the shape comes from the checkpoint; only n_future is this run's own
-            cfg = dataclasses.replace(cfg, model=model_config_for_init(cfg.init_from, cfg.model.n_future))
+            cfg = dataclasses.replace(cfg, model=model_config_for_init(cfg.init_from, cfg.model.n_future,
+                                                                       cfg.model.draft_vocab))
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
         self.dist, self.device = init_distributed(resolve_device(cfg.device))
@@ -69,7 +71,14 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.model = MTPModel(cfg.model).to(self.device)
-        self.init_note = init_from_checkpoint(self.model, cfg.init_from, self.tokenizer) if cfg.init_from else None
+        self.init_note, vocab_loaded = init_from_checkpoint(self.model, cfg.init_from, self.tokenizer) \
+            if cfg.init_from else (None, False)
+        self.draft_note = None
+        if cfg.model.draft_vocab and not vocab_loaded:  # a resumed run loads its own later, the same ids
+            ids, coverage, counted = most_frequent_tokens(self.data.train, cfg.model.draft_vocab, cfg.model.vocab_size)
+            self.model.draft_ids.copy_(ids)
+            self.draft_note = (f"draft vocabulary: the {cfg.model.draft_vocab:,} most frequent tokens of the training "
+                               f"data, {coverage:.1%} of its {counted:,} tokens")
         if cfg.freeze == "trunk":
             freeze_trunk(self.model)
         elif cfg.freeze == "base":
@@ -337,6 +346,8 @@ class Trainer:
             bar.write(f"resumed from {self.resumed_from} at step {state.step}")
         elif main and self.init_note:
             bar.write(self.init_note)
+        if main and self.draft_note and self.resumed_from is None:
+            bar.write(self.draft_note)
         window_start, window_steps, loss_sum = time.perf_counter(), 0, None
         while state.step < cfg.max_steps:
             head_losses = self.train_step(state.step)
