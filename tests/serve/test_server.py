@@ -147,6 +147,21 @@ def test_concurrent_greedy_requests_each_get_their_solo_answer(chat_ckpt, specul
         server.stop()
 
 
+def test_a_draft_vocabulary_changes_no_answer(chat_ckpt, tmp_path):
+    """The same heads drafting over half the tokens (`model.draft_vocab`): every answer still its solo answer."""
+    model, config, tokenizer = load_checkpoint(chat_ckpt)
+    narrowed = dataclasses.replace(model.config, draft_vocab=model.config.vocab_size // 2)
+    state = {**model.state_dict(), "draft_ids": torch.arange(0, model.config.vocab_size, 2)}
+    ckpt = save_checkpoint(tmp_path / "narrowed", 1, MTPModel.from_state_dict(narrowed, state),
+                           TrainConfig(model=narrowed), tokenizer, {}, {}, 1)
+    server = Server(ckpt, max_batch_size=4, max_queue=64, speculative="on")
+    try:
+        _sixteen_at_once(server, ckpt)
+        assert server.engine.model.config.draft_vocab == narrowed.draft_vocab and server.engine.chain_steps > 0
+    finally:
+        server.stop()
+
+
 def _sixteen_at_once(server, chat_ckpt) -> None:
     client = server.client()
     lengths = [6 + 3 * (i % 5) for i in range(16)]
