@@ -146,8 +146,9 @@ class ModelConfig:
                  "use 1 for a next-token model, 4 as in the paper")
         _require(self.n_layer >= self.n_future, f"model.n_layer ({self.n_layer}) must be at least model.n_future "
                  f"({self.n_future}): n_layer counts the trunk and one layer per head")
-        _require(0 <= self.draft_vocab <= self.vocab_size, f"model.draft_vocab must be in 0..vocab_size "
-                 f"({self.vocab_size}), got {self.draft_vocab}: 0 drafts over the whole vocabulary")
+        # (At most vocab_size: checked where the size is known, which with --init_from is after this config.)
+        _require(self.draft_vocab >= 0, f"model.draft_vocab must be 0 (draft over the whole vocabulary) or a "
+                 f"number of tokens, got {self.draft_vocab}")
         for name in ("vocab_size", "d_model", "n_head", "max_seq_len"):
             _require(getattr(self, name) >= 1, f"model.{name} must be positive (got {getattr(self, name)})")
         if self.head_dim is None:

@@ -131,3 +131,14 @@ def test_export_leaves_the_draft_vocabulary_out(corpus, tmp_path, source_run):
     idx = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(back(idx), model(idx))
+
+
+def test_a_draft_vocabulary_larger_than_the_model_s_is_one_line(corpus, tmp_path, source_run, capsys):
+    """The size is checked against the checkpoint's vocabulary (256 here), not the command line's default model."""
+    from tests.cli.conftest import assert_one_line_error, run_cli
+
+    code, _, err = run_cli(capsys, "train", "--init-from", source_run, "--model.n_future", "2", "--freeze", "base",
+                           "--model.draft_vocab", "300", "--data", corpus, "--out_dir", tmp_path / "x")
+    assert_one_line_error(code, err, "model.draft_vocab (300) is larger than the vocabulary (256)")
+    code, _, err = run_cli(capsys, "train", "--model.draft_vocab", "-1", "--out_dir", tmp_path / "y")
+    assert_one_line_error(code, err, "model.draft_vocab must be 0")

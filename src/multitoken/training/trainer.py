@@ -62,6 +62,9 @@ class Trainer:
         # Before any data or weights are allocated: a run the machine cannot hold is refused by name, not killed.
         check_fits(training_estimate(cfg.model, cfg.batch_size, cfg.window_tokens, cfg.cross_entropy == "chunked",
                                      cfg.loss_strategy == "naive"), self.device, "training", cfg.model)
+        if cfg.model.draft_vocab > cfg.model.vocab_size:
+            raise ConfigError(f"model.draft_vocab ({cfg.model.draft_vocab:,}) is larger than the vocabulary "
+                              f"({cfg.model.vocab_size:,}): use fewer tokens, or 0 to draft over all of them")
         self.tokenizer, self.data = resolve_data(cfg.data)
         if self.tokenizer.vocab_size > cfg.model.vocab_size:
             raise ConfigError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "
