@@ -110,7 +110,9 @@ def main() -> None:
     if args.draft_vocab and not args.data:
         parser.error("--draft-vocab needs --data (the prepared folder to count tokens in)")
     model = load_checkpoint(args.ckpt)[0]
-    drafting_model, coverage = with_draft_vocab(model, args.draft_vocab, args.data) if args.draft_vocab else (None, None)
+    drafting_model, coverage = (None, None)
+    if args.draft_vocab:
+        drafting_model, coverage = with_draft_vocab(model, args.draft_vocab, args.data)
     with torch.no_grad():
         cases, prompt, lengths = make_cases(model, args.draft_len, args.prompt_len, args.steps, args.phases,
                                             drafting_model, args.draft_vocab)

@@ -56,8 +56,8 @@ class MTPModel(nn.Module):
         state = dict(state)
         if config.tie_embeddings:
             state.setdefault("output.weight", state.get("tok_embeddings.weight"))
-        state = {k: v if v is None else v.to(device=device, dtype=(dtype or v.dtype) if v.is_floating_point() else v.dtype)
-                 for k, v in state.items()}  # token ids (draft_ids) stay integers
+        cast = lambda v: (dtype or v.dtype) if v.is_floating_point() else v.dtype  # noqa: E731 (token ids stay ints)
+        state = {k: v if v is None else v.to(device=device, dtype=cast(v)) for k, v in state.items()}
         model.load_state_dict(state, strict=True, assign=True)
         if config.tie_embeddings:  # assign gave each name its own Parameter: tie them again
             model.output.weight = model.tok_embeddings.weight

@@ -244,7 +244,8 @@ class Engine:
         where = self.caches.at(start, lag, rows=rows_t)
         hidden = self._draft_hidden(self.z[rows_t[:, None], slots], where)  # (R, lag, k, d)
         last = torch.tensor([row.pos - row.heads_pos - 1 for row in rows], device=self.device)
-        drafts = self.model.unembed_drafts(hidden[torch.arange(len(rows), device=self.device), last]).argmax(-1).tolist()
+        at_last = hidden[torch.arange(len(rows), device=self.device), last]
+        drafts = self.model.unembed_drafts(at_last).argmax(-1).tolist()
         for row, guess in zip(rows, drafts):
             row.heads_pos = row.pos
             row.block = row.block[:1] + guess

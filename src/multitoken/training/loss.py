@@ -222,7 +222,8 @@ def mtp_eval_batch(model: MTPModel, tokens: torch.Tensor,
             loss_sum, correct, scored = chunked_loss_sum_and_correct(h, model.output.weight, y.flatten())
             sums.append((loss_sum, correct, scored, scored))
         else:
-            loss_sum, correct, in_vocab = chunked_loss_sum_and_correct(
-                h, model.output.weight.index_select(0, vocab), in_vocabulary(y, vocab, model.config.vocab_size).flatten())
+            inside = in_vocabulary(y, vocab, model.config.vocab_size).flatten()
+            loss_sum, correct, in_vocab = chunked_loss_sum_and_correct(h, model.output.weight.index_select(0, vocab),
+                                                                       inside)
             sums.append((loss_sum, correct, in_vocab, (y != IGNORE_INDEX).sum()))
     return tuple(torch.stack(column) for column in zip(*sums))
