@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from multitoken.decoding.static import block_positions, cache_slots, compile_options, decoder_for
+from multitoken.decoding.static import CompiledStep, block_positions, cache_slots, decoder_for
 from multitoken.decoding.tree import DraftTree
 from multitoken.checkpoint import load_checkpoint
 
@@ -40,15 +40,7 @@ class VerifyOnly:
             where = block_positions(start, decoder.chain_layout, decoder.slots, decoder.dtype)
             return model.unembed(model.head(0, model.trunk(tokens, where), where)).argmax(-1)
 
-        self.step = torch.compile(step, dynamic=False, fullgraph=True)
-        self.compiled = False
-
-    def run_step(self, *args):
-        if self.compiled:
-            return self.step(*args)
-        with torch._inductor.config.patch(compile_options(self.decoder.device)):
-            self.compiled = True
-            return self.step(*args)
+        self.run_step = CompiledStep(step, decoder.device)
 
 
 def with_draft_vocab(model, k: int, data: str):

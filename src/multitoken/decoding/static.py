@@ -69,6 +69,30 @@ def compile_options(device: torch.device) -> dict:
             "max_autotune_report_choices_stats": False}
 
 
+class CompiledStep:
+    """A fixed-shape decoding step, compiled whole by torch.compile at its first call with `compile_options`;
+    `seconds` is how long that first call took. (On CUDA every call starts a new CUDA-graph step.)"""
+
+    def __init__(self, fn, device: torch.device) -> None:
+        self.fn = torch.compile(fn, dynamic=False, fullgraph=True)
+        self.device, self.compiled, self.seconds = device, False, 0.0
+
+    def __call__(self, *args: torch.Tensor):
+        if self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        if self.compiled:
+            return self.fn(*args)
+        start = time.perf_counter()
+        # Inductor reads its settings when it compiles, which is at this first call. (Passed as torch.compile's
+        # options instead, `freezing` did not take: the weights stayed graph inputs, multiplied by library calls.)
+        with torch._inductor.config.patch(compile_options(self.device)):
+            result = self.fn(*args)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds, self.compiled = time.perf_counter() - start, True
+        return result
+
+
 @dataclass(eq=False)
 class StaticDecoder:
     """The caches and steps for one model, batch size and cache length; `tree` None means plain decoding."""
@@ -78,8 +102,6 @@ class StaticDecoder:
     cache_len: int
     tree: DraftTree | None
     compile: bool
-    compile_seconds: float = 0.0  # time spent compiling (the first call of the step)
-    _compiled: bool = False
 
     def __post_init__(self) -> None:
         model = self.model
@@ -100,7 +122,12 @@ class StaticDecoder:
         self.caches = DecodeCaches(model, B, self.slots, heads="next", fused=tree.depth if self.tree else 0,
                                    dtype=self.dtype)
         step = self._plain_step if self.tree is None else self._tree_step
-        self.step = torch.compile(step, dynamic=False, fullgraph=True) if self.compile else step
+        self.step = CompiledStep(step, self.device) if self.compile else step
+
+    @property
+    def compile_seconds(self) -> float:
+        """Time spent compiling (the first call of the step)."""
+        return self.step.seconds if self.compile else 0.0
 
     def prefill(self, prompt: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Fill the caches with the right-padded prompts (slots = positions 0..T0-1; eager: its shape varies from call
@@ -120,20 +147,7 @@ class StaticDecoder:
 
     def run_step(self, *args: torch.Tensor):
         """One step; the first call of a compiled step compiles it, and its time goes to compile_seconds."""
-        if self.compile and self.device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()
-        if not self.compile or self._compiled:
-            return self.step(*args)
-        start = time.perf_counter()
-        # Inductor reads its settings when it compiles, which is at this first call. (Passed as torch.compile's
-        # options instead, `freezing` did not take: the weights stayed graph inputs, multiplied by library calls.)
-        with torch._inductor.config.patch(compile_options(self.device)):
-            result = self.step(*args)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.compile_seconds += time.perf_counter() - start
-        self._compiled = True
-        return result
+        return self.step(*args)
 
     def _plain_step(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """token (B,) at positions pos (B,) -> head 1's logits (B, V) for the token after it."""

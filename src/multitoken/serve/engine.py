@@ -36,6 +36,7 @@ import torch
 from multitoken.decoding.fused_heads import FusedHeads
 from multitoken.decoding.sampling import sample
 from multitoken.decoding.speculative import verify_chain
+from multitoken.decoding.static import CompiledStep
 from multitoken.decoding.text import until_eos
 from multitoken.model import DecodeCaches, MTPModel, Positions
 
@@ -134,7 +135,8 @@ class Engine:
         self.mode = {True: "on", False: "off"}.get(speculative, speculative)
         self.k = (draft_len or model.n_future - 1) if self.mode != "off" and model.n_future > 1 else 0
         self.device = model.output.weight.device
-        self.compile, self._compiled, self.compile_seconds = compile, {}, 0.0
+        self.compile = compile
+        self._compiled: dict[str, CompiledStep] = {}  # by kind of step, each compiled at its first use
         # A compiled chain always verifies k drafts, also near the end of the context: room for them past it.
         self.slots = self.context + (self.k if compile else 0)
         # The trunk and head 1 on their own caches; the drafting heads as one batched layer on theirs.
@@ -342,20 +344,15 @@ class Engine:
         return _per_row(self._run_compiled(kind, block, start), torch.tensor(live, device=self.device))
 
     def _run_compiled(self, kind: str, block: torch.Tensor, start: torch.Tensor):
-        from multitoken.decoding.static import compile_options
-
         if kind not in self._compiled:
-            began = time.perf_counter()
-            fn = torch.compile(functools.partial(self._forward_step, chain=kind == "chain"), dynamic=False,
-                               fullgraph=True)
-            with torch._inductor.config.patch(compile_options(self.device)):  # read when it compiles: first call
-                result = fn(block, start)
-            self._compiled[kind] = fn
-            self.compile_seconds += time.perf_counter() - began
-            return result
-        if self.device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()
+            self._compiled[kind] = CompiledStep(functools.partial(self._forward_step, chain=kind == "chain"),
+                                                self.device)
         return self._compiled[kind](block, start)
+
+    @property
+    def compile_seconds(self) -> float:
+        """Time spent compiling steps (each kind's first call)."""
+        return sum(step.seconds for step in self._compiled.values())
 
     def _deliver(self, i: int, tokens: list[int]) -> None:
         """Hand a row's newly certain tokens to its job, and retire the row when its answer is over."""
