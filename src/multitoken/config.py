@@ -249,8 +249,8 @@ class DataConfig:
     """Where training text comes from and how it is tokenized and split."""
 
     path: str | list[str] | None = None
-    """Text file or folder (or a list of them) to train on; null means the built-in default, this Python's standard
-    library source."""
+    """Text file or folder (or a list of them) to train on, or prepared folders (`multitoken prepare` or `distill`;
+    a list is read as one corpus); null means the built-in default, this Python's standard library source."""
     tokenizer: str = "bytes"
     """Tokenizer: 'bytes' is byte-level (vocab 256), no training needed; or the path of a tokenizer folder or
     tokenizer.json (`multitoken tokenizer train` makes one). Data from `multitoken prepare` brings its own."""

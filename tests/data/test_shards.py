@@ -79,3 +79,28 @@ def test_damaged_prepared_folder_is_a_clear_error(mixed_corpus, tmp_path):
     (out / "manifest.json").unlink()
     with pytest.raises(DataError, match="manifest.json is missing"):
         open_prepared(out)
+
+
+def test_several_prepared_folders_read_as_one_corpus(mixed_corpus, corpus, tmp_path, bpe_dir):
+    bpe = build_tokenizer(str(bpe_dir))
+    prepare([str(mixed_corpus)], bpe, tmp_path / "a", PrepareOptions(**SMALL))
+    prepare([str(corpus)], bpe, tmp_path / "b", PrepareOptions(**SMALL))
+    _, a = open_prepared(tmp_path / "a")
+    _, b = open_prepared(tmp_path / "b")
+    tokenizer, data = resolve_data(DataConfig(path=[str(tmp_path / "a"), str(tmp_path / "b")]))
+    assert tokenizer.fingerprint == bpe.fingerprint and data.meta["tokens"]["train"] == len(a.train) + len(b.train)
+    for split in ("train", "val"):
+        whole = np.concatenate([np.asarray(getattr(a, split)), np.asarray(getattr(b, split))])
+        assert np.array_equal(np.asarray(getattr(data, split)), whole)
+    # A window across the join is read from both folders' shards.
+    n = len(a.train)
+    assert np.array_equal(data.train[n - 5:n + 5], np.concatenate([a.train[n - 5:], b.train[:5]]))
+
+    prepare([str(corpus)], ByteTokenizer(), tmp_path / "bytes", PrepareOptions(**SMALL))
+    with pytest.raises(ConfigError, match="bytes was prepared with another tokenizer .* must share one"):
+        resolve_data(DataConfig(path=[str(tmp_path / "a"), str(tmp_path / "bytes")]))
+    prepare([str(corpus)], bpe, tmp_path / "u32", PrepareOptions(dtype="uint32", **SMALL))
+    with pytest.raises(ConfigError, match="holds uint32 tokens .* the same --dtype"):
+        resolve_data(DataConfig(path=[str(tmp_path / "a"), str(tmp_path / "u32")]))
+    with pytest.raises(ConfigError, match="mixes a prepared folder .* prepare the text first"):
+        resolve_data(DataConfig(path=[str(tmp_path / "a"), str(corpus)]))

@@ -159,3 +159,31 @@ def open_prepared(directory: str | Path) -> tuple[Tokenizer, TokenData]:
     meta = {"prepared": True, "directory": str(directory), "tokenizer": tokenizer.kind, "dtype": manifest["dtype"],
             "eot_id": manifest["eot_id"], "tokens": {"train": len(train), "val": len(val)}, "manifest": manifest}
     return tokenizer, TokenData(train=train, val=val, meta=meta)
+
+
+def join_prepared(directories: list[str | Path]) -> tuple[Tokenizer, TokenData]:
+    """Several prepared folders read as one: each split the concatenation of the folders' splits, in the order given.
+    They must share a tokenizer (the same ids mean the same tokens) and a token dtype."""
+    opened = [(Path(d).expanduser(), *open_prepared(d)) for d in directories]
+    first_dir, tokenizer, first = opened[0]
+    for directory, other, data in opened[1:]:
+        if other.fingerprint != tokenizer.fingerprint:
+            raise ConfigError(f"{directory} was prepared with another tokenizer ({other.kind}, vocab {other.vocab_size}) "
+                              f"than {first_dir} ({tokenizer.kind}, vocab {tokenizer.vocab_size}): folders trained on "
+                              "together must share one; prepare them with the same --tokenizer")
+        if data.train.dtype != first.train.dtype:
+            raise ConfigError(f"{directory} holds {data.train.dtype} tokens and {first_dir} {first.train.dtype}: "
+                              f"prepare them with the same --dtype to train on them together")
+    if len(opened) == 1:
+        return tokenizer, first
+
+    def joined(split: str) -> ShardedTokens:
+        parts = [getattr(data, split) for _, _, data in opened]
+        return ShardedTokens([p for part in parts for p in part.paths],
+                             [int(n) for part in parts for n in np.diff(part.offsets)], first.train.dtype,
+                             tokenizer.vocab_size, [s for part in parts for s in part.starts])
+
+    train, val = joined("train"), joined("val")
+    meta = {**first.meta, "directory": [str(d) for d, _, _ in opened],
+            "tokens": {"train": len(train), "val": len(val)}, "manifest": [data.meta["manifest"] for *_, data in opened]}
+    return tokenizer, TokenData(train=train, val=val, meta=meta)

@@ -19,7 +19,7 @@ from pathlib import Path
 from multitoken.config import DataConfig
 from multitoken.data.documents import default_corpus_sources, find_document_sources
 from multitoken.data.prepare import PrepareOptions, prepare_sources
-from multitoken.data.shards import TokenData, is_prepared, open_prepared
+from multitoken.data.shards import TokenData, is_prepared, join_prepared, open_prepared
 from multitoken.data.tokenizer import ByteTokenizer, Tokenizer, build_tokenizer
 from multitoken.errors import ConfigError, DataError
 from multitoken.files import file_lock, make_folder
@@ -61,14 +61,22 @@ def user_data_config(saved: DataConfig, paths: list[str] | None, flag: str) -> D
 
 
 def resolve_data(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> tuple[Tokenizer, TokenData]:
-    """The tokenizer and token data a config names: a folder written by `multitoken prepare` (its own tokenizer), or
-    text files and folders tokenized through the cache with cfg.tokenizer.
+    """The tokenizer and token data a config names: folders written by `multitoken prepare` or `distill` (their own
+    tokenizer, one for all), or text files and folders tokenized through the cache with cfg.tokenizer.
 
     tokenizer: the one the data must be read with (a checkpoint's, for `eval`): text is tokenized with it, and
     prepared data made with another tokenizer is refused.
     """
-    if cfg.path is not None and len(cfg.path) == 1 and is_prepared(Path(cfg.path[0]).expanduser()):
-        prepared, data = open_prepared(cfg.path[0])
+    prepared_paths = [p for p in cfg.path or [] if is_prepared(Path(p).expanduser())]
+    if prepared_paths and len(prepared_paths) < len(cfg.path):
+        text = next(p for p in cfg.path if p not in prepared_paths)
+        tokenizer_dir = Path(prepared_paths[0]) / "tokenizer"
+        raise ConfigError(f"--data mixes a prepared folder ({prepared_paths[0]}) with text ({text}): prepare the text "
+                          f"first (multitoken prepare --data {text} --tokenizer {tokenizer_dir} --out DIR), then "
+                          "list the prepared folders")
+    if prepared_paths:
+        # Several prepared folders (a first distillation and a second, say) are read as one corpus.
+        prepared, data = join_prepared(prepared_paths)
         if tokenizer is not None and tokenizer.fingerprint != prepared.fingerprint:
             raise ConfigError(f"{cfg.path[0]} was prepared with another tokenizer ({prepared.kind}, vocab "
                               f"{prepared.vocab_size}) than the checkpoint's ({tokenizer.kind}, vocab "
