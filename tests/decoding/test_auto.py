@@ -44,3 +44,33 @@ def test_auto_end_to_end_check_picks_only_measured_wins(measured, monkeypatch):
         assert not choice.tree.paths and choice.tau == 1.0
     fast, _ = speculative_generate(model, prompts, 12, tree=choice.tree)
     assert torch.equal(fast, generate(model, prompts, 12))
+
+
+def test_auto_stops_timing_sizes_that_cannot_pay(monkeypatch):
+    """Each timed size is a compilation on a real model: once a tree's step costs more than the largest tree's tau
+    could make up for, larger trees are not timed, and the choice is the one timing every size gives."""
+    from multitoken.decoding import auto
+
+    # Ranks of the greedy tokens among heads 2 and 3's guesses: the best tree of 8 nodes accepts 47 drafts on these
+    # 26 samples (tau 2.81), and smaller trees less.
+    samples = [(0, 0)] * 10 + [(1, 0)] * 5 + [(0, 1)] * 4 + [(2, 0)] * 3 + [(1, 1)] * 2 + [(3, 0), (0, 2)]
+    ranks = torch.tensor(samples)
+    timed = []
+
+    def step_time(model, batch_size, cache_len, tree, compile):  # a step costs its tokens (a CPU at batch 8)
+        nodes = 1 if tree is None else tree.num_nodes
+        timed.append(nodes)
+        return 100.0 * nodes
+
+    monkeypatch.setattr(auto, "_step_time", step_time)
+    model = counting_model(3)
+    choice = choose_tree(model, ranks, 2, 18, compile=False, max_nodes=8, timed_sizes=(2, 4, 8))
+    assert timed == [1, 2, 4]  # 4 nodes cost 4 plain steps > tau 2.81: the 8-node tree is never timed
+
+    def every_size(model, trees, sizes, plain_us, *args):
+        return {s: step_time(model, 0, 0, trees[s - 1][0], False) for s in sizes}
+
+    monkeypatch.setattr(auto, "_time_sizes", every_size)
+    exhaustive = choose_tree(model, ranks, 2, 18, compile=False, max_nodes=8, timed_sizes=(2, 4, 8))
+    assert timed[3:] == [1, 2, 4, 8]
+    assert choice.tree == exhaustive.tree and choice.tau == exhaustive.tau
