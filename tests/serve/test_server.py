@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import re
 import signal
 import subprocess
 import sys
@@ -178,13 +180,14 @@ def _sixteen_at_once(server, chat_ckpt) -> None:
 
 
 MALFORMED = [
-    (b"{not json", "body"), (b"[1, 2]", "body"),
+    (b"{not json", None), (b"[1, 2]", None),
     ({"prompt": "x", "max_tokens": 4, "temprature": 0.5}, "temprature"),
     ({"prompt": "x", "max_tokens": 0}, "max_tokens"), ({"prompt": "x", "max_tokens": "many"}, "max_tokens"),
     ({"prompt": "x", "temperature": -1}, "temperature"), ({"prompt": "x", "temperature": 9}, "temperature"),
     ({"prompt": "x", "top_p": 0}, "top_p"), ({"prompt": "x", "top_p": 1.5}, "top_p"),
     ({"prompt": "x", "n": 2}, "n"), ({"prompt": "x", "seed": -3}, "seed"), ({"prompt": "x", "stop": [""]}, "stop"),
     ({"prompt": ["a", "b"]}, "prompt"), ({"max_tokens": 4}, "prompt"), ({"prompt": 5}, "prompt"),
+    ({"prompt": ["a", 5]}, "prompt"), ({"prompt": "x", "stop": 3}, "stop"),
     ({"prompt": "x", "stream": "yes please"}, "stream"),
 ]
 CHAT_MALFORMED = [
@@ -195,14 +198,17 @@ CHAT_MALFORMED = [
 
 
 def test_bad_requests_get_400_naming_the_field_and_the_server_goes_on(server):
-    assert len(MALFORMED) + len(CHAT_MALFORMED) == 20
+    """param names the field as the client wrote it: no "body" prefix, no union member pydantic tried
+    ("prompt.str"), and null where the body as a whole is wrong."""
+    assert len(MALFORMED) + len(CHAT_MALFORMED) == 22
     for path, cases in (("/v1/completions", MALFORMED), ("/v1/chat/completions", CHAT_MALFORMED)):
         for body, field in cases:
             status, reply, _ = server.post(path, body)
             assert status == 400, (body, reply)
             error = reply["error"]
-            assert error["type"] == "invalid_request_error" and field in (error["param"] or "") + error["message"], \
-                (body, error)
+            assert error["type"] == "invalid_request_error" and error["param"] == field, (body, error)
+            assert error["message"].startswith(f"{field}: " if field else "the request body"), (body, error)
+    assert server.post("/v1/completions", b"{not json")[1]["error"]["message"] == "the request body is not valid JSON"
     status, reply, _ = server.post("/v1/completions", {"prompt": "w " * 10, "max_tokens": 10 ** 6})
     assert status == 400 and reply["error"]["code"] == "context_length_exceeded" and \
         reply["error"]["param"] == "max_tokens"
@@ -212,38 +218,73 @@ def test_bad_requests_get_400_naming_the_field_and_the_server_goes_on(server):
     assert status == 200 and reply["choices"][0]["text"] is not None
 
 
+def test_every_request_answered_or_refused_writes_one_log_line(server, caplog):
+    caplog.set_level(logging.INFO, logger="multitoken.serve")
+    requests = [({"prompt": "def add", "max_tokens": 4, "temperature": 0}, 200),
+                ({"prompt": "x", "max_tokens": 0}, 400), (b"{not json", 400), ({"prompt": ["a", "b"]}, 400),
+                ({"prompt": "def", "max_tokens": 3, "temperature": 0}, 200)]
+    for body, expected in requests:
+        assert server.post("/v1/completions", body)[0] == expected
+    lines = [r.getMessage() for r in caplog.records if r.name == "multitoken.serve"]
+    assert len(lines) == len(requests), lines
+    for line, (_, status) in zip(lines, requests):
+        if status == 200:  # the answer's id, status, tokens, tau, speed and finish reason
+            assert re.fullmatch(r"cmpl-\w+ 200 text_completion prompt \d+ tokens, \d+ new, tau [\d.]+, "
+                                r"[\d.]+ tokens/s, finish (length|stop)", line), line
+        else:  # the status, and why
+            assert line.startswith("POST /v1/completions 400 invalid_request_error: "), line
+    assert "max_tokens: " in lines[1] and "not valid JSON" in lines[2] and "one prompt per request" in lines[3]
+
+
 CLIENT = """
-import http.client, json, sys
+import http.client, json, sys, time
 conn = http.client.HTTPConnection("127.0.0.1", {port})
-body = json.dumps({{"prompt": "def", "max_tokens": 120, "temperature": 0, "stream": True}})
+body = json.dumps({{"prompt": "def", "max_tokens": 120, "temperature": 0, "stream": {stream}}})
 conn.request("POST", "/v1/completions", body, {{"Content-Type": "application/json"}})
-response = conn.getresponse()
-response.readline()
-print("reading", flush=True)
-import time; time.sleep(60)
+if {stream}:
+    conn.getresponse().readline()  # the stream has begun
+print("waiting", flush=True)
+time.sleep(60)
 """
 
 
-def test_a_client_killed_mid_stream_frees_its_row(chat_ckpt):
-    s = Server(chat_ckpt, max_batch_size=1, max_queue=4)
+@pytest.mark.parametrize("stream", [True, False], ids=["mid-stream", "waiting for the whole answer"])
+def test_a_killed_client_frees_its_row(chat_ckpt, monkeypatch, stream):
+    """A client process killed with SIGKILL while its answer is being decoded: its row is cancelled (not decoded to
+    max_tokens), and the next request gets it. Each step is slowed so that the answer is far from over when the
+    kill lands."""
+    s = Server(chat_ckpt, max_batch_size=1, max_queue=4, speculative="off")
+    child = None
     try:
+        step = s.engine._step
+        monkeypatch.setattr(s.engine, "_step", lambda: (time.sleep(0.02), step()))  # 120 steps: 2.4 s at least
         port = s.url.rsplit(":", 1)[1]
-        child = subprocess.Popen([sys.executable, "-c", CLIENT.format(port=port)], stdout=subprocess.PIPE, text=True)
-        assert child.stdout.readline().strip() == "reading"
+        child = subprocess.Popen([sys.executable, "-c", CLIENT.format(port=port, stream=stream)],
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "waiting"
+        deadline = time.time() + 20
+        while not s.engine.live and time.time() < deadline:  # the request holds the one row
+            time.sleep(0.01)
+        assert s.engine.live == 1
         child.send_signal(signal.SIGKILL)
         child.wait()
-        # The one row comes free (the stream notices the dead socket), and the next request gets it
+        # The one row comes free (the server notices the dead socket), and the next request gets it
         status, reply, _ = s.post("/v1/completions", {"prompt": "def add", "max_tokens": 4, "temperature": 0})
         assert status == 200 and reply["usage"]["completion_tokens"] >= 1
         deadline = time.time() + 20
         while s.get("/health")["live"] and time.time() < deadline:
             time.sleep(0.05)
         assert s.get("/health")["live"] == 0 and s.engine.cancelled == 1  # freed by the kill, not by finishing
+        assert s.engine.steps < 120  # the killed request's 120 steps never all ran
     finally:
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait()
         s.stop()
 
 
-def test_a_full_queue_answers_503_with_retry_after(chat_ckpt):
+def test_a_full_queue_answers_503_with_retry_after(chat_ckpt, caplog):
+    caplog.set_level(logging.INFO, logger="multitoken.serve")
     s = Server(chat_ckpt, max_batch_size=1, max_queue=1)
     try:
         body = {"prompt": "def", "max_tokens": 120, "temperature": 0}
@@ -254,15 +295,20 @@ def test_a_full_queue_answers_503_with_retry_after(chat_ckpt):
         busy = next((reply, headers) for status, reply, headers in replies if status == 503)
         assert busy[1].get("retry-after") == "1" or busy[1].get("Retry-After") == "1"
         assert busy[0]["error"]["type"] == "server_error"
+        refused = [r.getMessage() for r in caplog.records if " 503 server_error: " in r.getMessage()]
+        assert len(refused) == statuses.count(503)  # one log line per refusal
         assert s.post("/v1/completions", {"prompt": "def", "max_tokens": 2, "temperature": 0})[0] == 200
     finally:
         s.stop()
 
 
-def test_api_key(chat_ckpt):
+def test_api_key(chat_ckpt, caplog):
+    caplog.set_level(logging.INFO, logger="multitoken.serve")
     s = Server(chat_ckpt, max_batch_size=1, api_key="sesame")
     try:
         assert s.post("/v1/completions", {"prompt": "x", "max_tokens": 2})[0] == 401
+        lines = [r.getMessage() for r in caplog.records if r.name == "multitoken.serve"]
+        assert len(lines) == 1 and lines[0].startswith("POST /v1/completions 401 authentication_error: "), lines
         assert s.post("/v1/completions", {"prompt": "x", "max_tokens": 2, "temperature": 0},
                       {"Authorization": "Bearer sesame"})[0] == 200
         assert s.get("/health")["status"] == "ok"  # health needs no key
@@ -295,6 +341,28 @@ def test_bench_serve_answers_every_request_in_every_case(chat_ckpt, tmp_path, ca
     timed = cases["auto"]["auto_step_seconds"]
     assert any(k.startswith("chain@") for k in timed) and any(k.startswith("plain@") for k in timed)
     assert cases["auto"]["auto_tau"] >= 1.0 and cases["plain"]["auto_step_seconds"] == {}
+
+
+def test_bench_serve_for_a_duration_cycles_the_prompts_until_the_time_is_up(chat_ckpt, tmp_path, capsys):
+    from multitoken.cli.main import main
+    from tests.cli.conftest import assert_one_line_error, run_cli
+
+    (tmp_path / "text.txt").write_text("def add(x, y):\n    return x + y\n" * 200)
+    common = ["--ckpt", str(chat_ckpt), "--clients", "3", "--max-new-tokens", "4", "--num-prompts", "2",
+              "--prompt-len", "8", "--data", str(tmp_path / "text.txt"), "--device", "cpu", "--cases", "plain"]
+    capsys.readouterr()
+    code = main(["bench", "serve", *common, "--duration", "0.5", "--json", str(tmp_path / "serve.json")])
+    out = capsys.readouterr().out
+    assert code == 0 and "3 clients sending requests for 0.5 s" in out, out
+    record = json.loads((tmp_path / "serve.json").read_text())
+    case = record["cases"][0]
+    assert record["duration_s"] == case["duration_s"] == 0.5 and record["requests"] is None
+    # More requests than prompts (the clients went round them), every one answered, the last ones after the time
+    assert case["answered"] == case["requests"] > 2 and case["seconds"] >= 0.5
+    code, _, err = run_cli(capsys, "bench", "serve", *common, "--duration", "1", "--requests", "4")
+    assert_one_line_error(code, err, "--requests and --duration: give one")
+    code, _, err = run_cli(capsys, "bench", "serve", *common, "--duration", "0")
+    assert_one_line_error(code, err, "--duration must be a positive number of seconds")
 
 
 def test_serve_settings_and_a_model_without_heads_get_one_line(chat_ckpt, tmp_path, capsys):

@@ -1,19 +1,22 @@
 """`bench serve`: the server under load on loopback, several ways in one run.
 
 Each case starts a local server (`serve/local.py`) and runs N concurrent clients, each sending its share of the
-requests one after another as streamed completions (or chats), the way an application's users would. Per case:
-requests/s, output tokens/s, time to first token and time per output token (percentiles over requests), the share
-of chain steps, and whether every request was answered. The cases: the server's own choice per step (auto),
-speculative decoding at every greedy step, plain decoding at the full batch, and plain decoding one request at a
-time (max batch 1: a server without batching).
+requests one after another as streamed completions (or chats), the way an application's users would: a count of
+requests in all, or (with a duration) requests cycling through the prompts until the time is up, those under way
+then run to their end and counted. Per case: requests/s, output tokens/s, time to first token and time per output
+token (percentiles over requests), the share of chain steps, and whether every request was answered. The cases:
+the server's own choice per step (auto), speculative decoding at every greedy step, plain decoding at the full
+batch, and plain decoding one request at a time (max batch 1: a server without batching).
 """
 
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import statistics
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -76,8 +79,22 @@ def percentiles(values: list[float]) -> dict:
     return {"p50": statistics.median(ordered), "p90": at(0.9), "p99": at(0.99)}
 
 
-def run_case(ckpt: str, name: str, bodies: list[dict], path: str, clients: int, settings: dict) -> dict:
-    """One case: a fresh local server with these settings, `clients` threads sharing the requests."""
+def client_bodies(bodies: list[dict], client: int, clients: int, deadline: float | None) -> Iterator[dict]:
+    """What one of `clients` clients sends, in turn: every clients-th body from its own offset; with a deadline
+    (time.perf_counter), cycling through the bodies until it has passed (a request begun before it runs to its end)."""
+    if deadline is None:
+        yield from bodies[client::clients]
+        return
+    for i in itertools.count(client, clients):
+        if time.perf_counter() >= deadline:
+            return
+        yield bodies[i % len(bodies)]
+
+
+def run_case(ckpt: str, name: str, bodies: list[dict], path: str, clients: int, settings: dict,
+             duration: float | None = None) -> dict:
+    """One case: a fresh local server with these settings, `clients` threads sharing the requests (each body once),
+    or, given a duration in seconds, sending them over and over until it is over."""
     from multitoken.serve.local import LocalServer
 
     with LocalServer(ckpt, **settings) as server:
@@ -90,14 +107,14 @@ def run_case(ckpt: str, name: str, bodies: list[dict], path: str, clients: int, 
         steps_before, chain_before = server.engine.steps, server.engine.chain_steps
         compiled_before = server.engine.compile_seconds
         accepted_before = server.engine.drafts_accepted
-        shares = [bodies[c::clients] for c in range(clients)]
-
-        def client(share: list[dict]) -> list[Reply]:
-            return [stream_request(server.port, path, body) for body in share]
-
         start = time.perf_counter()
+        deadline = None if duration is None else start + duration
+
+        def client(c: int) -> list[Reply]:
+            return [stream_request(server.port, path, body) for body in client_bodies(bodies, c, clients, deadline)]
+
         with ThreadPoolExecutor(clients) as pool:
-            replies = [r for share in pool.map(client, shares) for r in share]
+            replies = [r for share in pool.map(client, range(clients)) for r in share]
         seconds = time.perf_counter() - start
         engine = server.engine
         steps = engine.steps - steps_before
@@ -109,8 +126,9 @@ def run_case(ckpt: str, name: str, bodies: list[dict], path: str, clients: int, 
     answered = [r for r in replies if r.ok]
     tokens = sum(r.tokens for r in answered)
     return {
-        "case": name, "settings": settings, "requests": len(replies), "answered": len(answered),
-        "failed_statuses": sorted({r.status for r in replies if not r.ok}), "seconds": seconds,
+        "case": name, "settings": settings, "duration_s": duration, "requests": len(replies),
+        "answered": len(answered), "failed_statuses": sorted({r.status for r in replies if not r.ok}),
+        "seconds": seconds,
         "requests_per_s": len(answered) / seconds, "output_tokens": tokens, "output_tokens_per_s": tokens / seconds,
         "time_to_first_token_s": percentiles([r.first_token_s for r in answered if r.first_token_s is not None]),
         "time_per_output_token_s": percentiles([r.per_token_s for r in answered if r.per_token_s is not None]),
@@ -123,12 +141,14 @@ def run_case(ckpt: str, name: str, bodies: list[dict], path: str, clients: int, 
 
 
 def bench_serve_cases(ckpt: str, bodies: list[dict], path: str, clients: int, max_batch_size: int,
-                      cases: list[str], context: int | None, device: str, compile: bool = False) -> list[dict]:
+                      cases: list[str], context: int | None, device: str, compile: bool = False,
+                      duration: float | None = None) -> list[dict]:
     results = []
     for name in cases:
-        settings = {"max_batch_size": max_batch_size, "max_queue": max(len(bodies), 1), "context": context,
+        # Room in the queue for every request that can be waiting at once: never a 503 in a benchmark
+        settings = {"max_batch_size": max_batch_size, "max_queue": max(len(bodies), clients, 1), "context": context,
                     "device": device, "compile": compile, **CASES[name]}
-        results.append(run_case(ckpt, name, bodies, path, clients, settings))
+        results.append(run_case(ckpt, name, bodies, path, clients, settings, duration))
     return results
 
 

@@ -104,14 +104,15 @@ def bench_train(vocab_size: str = "32000,128000", n_future: str = "4", d_model: 
 
 
 def bench_serve(ckpt: str, prompts: str | None = None, chat: bool = False, data: str | list[str] | None = None,
-                num_prompts: int = 32, prompt_len: int = 64, clients: int = 32, requests: int = 256,
-                max_new_tokens: int = 64, max_batch_size: int = 8, cases: str = "auto,speculative,plain,one at a time",
-                context: int | None = None, compile: bool = False, json: str | None = None, plot: str | None = None,
-                device: str = "auto") -> int:
-    """The server under load on loopback: N concurrent clients each send their share of the requests one after
-    another (streamed, greedy), against a fresh local server per case, all in one run. Reports requests/s, output
-    tokens/s (and its ratio to serving one request at a time), time to first token and time per output token
-    (p50, p90), the largest batch the engine ran, and whether every request was answered.
+                num_prompts: int = 32, prompt_len: int = 64, clients: int = 32, requests: int | None = None,
+                duration: float | None = None, max_new_tokens: int = 64, max_batch_size: int = 8,
+                cases: str = "auto,speculative,plain,one at a time", context: int | None = None,
+                compile: bool = False, json: str | None = None, plot: str | None = None, device: str = "auto") -> int:
+    """The server under load on loopback: N concurrent clients each send their share of the requests (or requests
+    for --duration seconds) one after another (streamed, greedy), against a fresh local server per case, all in one
+    run. Reports requests/s, output tokens/s (and its ratio to serving one request at a time), time to first token
+    and time per output token (p50, p90), the largest batch the engine ran, and whether every request was
+    answered.
 
     Args:
         ckpt: Checkpoint directory (runs/NAME/checkpoints/step_N) or run directory (its newest checkpoint).
@@ -123,7 +124,9 @@ def bench_serve(ckpt: str, prompts: str | None = None, chat: bool = False, data:
         num_prompts: Prompts taken from the validation split (without --prompts).
         prompt_len: Tokens per validation-split prompt (without --prompts).
         clients: Concurrent clients.
-        requests: Requests in all, cycling through the prompts, shared among the clients.
+        requests: Requests in all, cycling through the prompts, shared among the clients (256 unless --duration).
+        duration: Seconds of load instead of a count: each client sends requests, cycling through the prompts,
+            until the time is up; requests under way then run to their end and are counted.
         max_new_tokens: max_tokens of every request (an answer may end sooner, at end-of-sequence).
         max_batch_size: The server's batch (the 'one at a time' case uses 1).
         cases: Comma-separated cases among 'auto' (the server's own per-step choice), 'speculative'
@@ -143,9 +146,14 @@ def bench_serve(ckpt: str, prompts: str | None = None, chat: bool = False, data:
     unknown = [c for c in names if c not in CASES]
     if unknown or not names:
         raise ConfigError(f"--cases {cases!r}: choose among {', '.join(CASES)} (comma-separated)")
+    if requests is not None and duration is not None:
+        raise ConfigError("--requests and --duration: give one (a count of requests, or seconds of load)")
+    if duration is not None and not duration > 0:
+        raise ConfigError(f"--duration must be a positive number of seconds (got {duration})")
+    requests = 256 if requests is None and duration is None else requests
     require_positive(SimpleNamespace(clients=clients, requests=requests, max_new_tokens=max_new_tokens,
-                                     max_batch_size=max_batch_size), "clients", "requests", "max_new_tokens",
-                     "max_batch_size")
+                                     max_batch_size=max_batch_size), "clients", "max_new_tokens", "max_batch_size",
+                     *(["requests"] if requests is not None else []))
     _check_outputs(json, plot, "serve.png")
     model, _, tokenizer = load_checkpoint(ckpt, "cpu")
     if {"speculative", "auto"} & set(names) and model.n_future == 1:
@@ -154,17 +162,20 @@ def bench_serve(ckpt: str, prompts: str | None = None, chat: bool = False, data:
                            max_new_tokens=max_new_tokens)
     ids, source = _decode_prompts(args, model, read_train_config(resolve_checkpoint(ckpt)), tokenizer)
     del model
+    # A count of requests: that many bodies, each sent once; a duration: one per prompt, sent over and over
     bodies = [{"prompt": ids[i % len(ids)], "max_tokens": max_new_tokens, "temperature": 0}
-              for i in range(requests)]
-    print(f"benchmarking the server on {ckpt}: {requests} requests from {clients} clients ({source}), up to "
-          f"{max_new_tokens} new tokens each, batch {max_batch_size}")
+              for i in range(requests if duration is None else len(ids))]
+    load = f"{requests} requests from {clients} clients" if duration is None else \
+        f"{clients} clients sending requests for {duration:g} s"
+    print(f"benchmarking the server on {ckpt}: {load} ({source}), up to {max_new_tokens} new tokens each, batch "
+          f"{max_batch_size}")
     results = bench_serve_cases(ckpt, bodies, "/v1/completions", clients, max_batch_size, names, context, device,
-                                compile)
+                                compile, duration)
     print(report(results))
     if json:
         write_json(json, {"ckpt": str(ckpt), "prompts": source, "clients": clients, "requests": requests,
-                          "max_new_tokens": max_new_tokens, "max_batch_size": max_batch_size, "compile": compile,
-                          "cases": results})
+                          "duration_s": duration, "max_new_tokens": max_new_tokens, "max_batch_size": max_batch_size,
+                          "compile": compile, "cases": results})
     if plot:
         Path(plot).parent.mkdir(parents=True, exist_ok=True)
         plot_serve(results, plot)

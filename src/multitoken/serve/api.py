@@ -1,9 +1,10 @@
 """The OpenAI-compatible HTTP API over the engine: /v1/completions, /v1/chat/completions (the model's chat template),
 streamed as server-sent events or not, /v1/models and /health. FastAPI on uvicorn.
 
-Bad requests get a 400 with OpenAI's error body naming the field (unknown fields included, so a misspelt option is
-never silently ignored); a full queue a 503 with Retry-After; a missing or wrong API key a 401. A client that goes
-away mid-stream cancels its row, which the next request takes.
+Bad requests get a 400 with OpenAI's error body naming the field as the client wrote it (unknown fields included, so
+a misspelt option is never silently ignored); a full queue a 503 with Retry-After; a missing or wrong API key a 401.
+A client that goes away, mid-stream or while waiting for a whole answer, cancels its row, which the next request
+takes. Every completion request, answered or refused, writes one log line.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
 from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from multitoken.decoding.text import TextStream
@@ -72,29 +74,80 @@ def error_body(message: str, kind: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+def refusal(request: Request, status: int, message: str, kind: str, param: str | None = None,
+            code: str | None = None, headers: dict | None = None) -> JSONResponse:
+    """OpenAI's error response, logged: a refused request gets its log line as an answered one does."""
+    log.info("%s %s %d %s: %s", request.method, request.url.path, status, kind, message)
+    return JSONResponse(error_body(message, kind, param, code), status_code=status, headers=headers)
+
+
+# Every name a request body may hold at any depth: what a validation error's location keeps (see `field_path`)
+FIELDS = frozenset({*CompletionRequest.model_fields, *ChatRequest.model_fields, *Message.model_fields})
+
+
+def field_path(loc: tuple, kind: str) -> str | None:
+    """A validation error's location as the client wrote the field ("messages.0.role"), None for the body as a whole.
+    FastAPI puts "body" first; pydantic names the union member it tried ("prompt.str", "prompt.list[int].0"): both
+    go. An unknown field (the error kind "extra_forbidden") is named as sent."""
+    path = loc[1:] if loc[:1] == ("body",) else loc
+    kept = [str(p) for i, p in enumerate(path) if isinstance(p, int) or p in FIELDS
+            or (kind == "extra_forbidden" and i == len(path) - 1)]
+    return ".".join(kept) or None
+
+
+def invalid_body(errors: list[dict]) -> tuple[str, str | None]:
+    """(message, param) for a body that failed validation: its first error, with every complaint about the same
+    field (a union field's value fails each of its members: "prompt: Input should be a valid string or Input should
+    be a valid list")."""
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return "the request body is not valid JSON", None
+    param = field_path(first["loc"], first["type"])
+    if param is None:  # valid JSON, but not an object
+        return f"the request body: {first['msg']}", None
+    complaints = dict.fromkeys(e["msg"] for e in errors if field_path(e["loc"], e["type"]) == param)
+    unknown = " (not a field of this request)" if first["type"] == "extra_forbidden" else ""
+    return f"{param}: {' or '.join(complaints)}{unknown}", param
+
+
+async def disconnected(request: Request) -> None:
+    """Return once the client has closed its connection. The body is already read, so ASGI's next message is the
+    disconnect (an event from the server, not a poll)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(request: Request, work: Coroutine):
+    """work's result, or None if the client closes its connection first (work is then cancelled): a client that has
+    stopped waiting must not hold a batch row until its answer ends."""
+    task, gone = asyncio.ensure_future(work), asyncio.ensure_future(disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+    return task.result() if task.done() else None
+
+
 def create_app(engine: Engine, tokenizer, model_name: str, api_key: str | None = None) -> FastAPI:
     app = FastAPI(title="multitoken", description="OpenAI-compatible serving with self-speculative decoding")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-        message = "the request body is not valid JSON" if first.get("type") == "json_invalid" else \
-            f"{where}: {first.get('msg', 'invalid')}" + (" (not a field of this request)"
-                                                          if first.get("type") == "extra_forbidden" else "")
-        return JSONResponse(error_body(message, "invalid_request_error", where), status_code=400)
+        message, param = invalid_body(list(exc.errors()))
+        return refusal(request, 400, message, "invalid_request_error", param)
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, exc: RequestError):
-        return JSONResponse(error_body(exc.message, exc.kind, exc.param, exc.code), status_code=exc.status,
-                            headers=exc.headers)
+        return refusal(request, exc.status, exc.message, exc.kind, exc.param, exc.code, exc.headers)
 
     @app.middleware("http")
     async def authorize(request: Request, call_next):
         if api_key is not None and request.url.path.startswith("/v1/") and \
                 request.headers.get("authorization") != f"Bearer {api_key}":
-            return JSONResponse(error_body("missing or wrong API key: send Authorization: Bearer <key>",
-                                           "authentication_error"), status_code=401)
+            return refusal(request, 401, "missing or wrong API key: send Authorization: Bearer <key>",
+                           "authentication_error")
         return await call_next(request)
 
     @app.get("/health")
@@ -109,7 +162,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: str | None =
                                             "owned_by": "multitoken"}]}
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, request: Request):
         if body.prompt and isinstance(body.prompt, list) and isinstance(body.prompt[0], int):
             ids = list(body.prompt)
             if not all(0 <= i < tokenizer.vocab_size for i in ids):
@@ -121,10 +174,10 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: str | None =
             text = body.prompt[0] if isinstance(body.prompt, list) else body.prompt
             ids = tokenizer.encode_prompt(text)
             prefix = ids[1:] if tokenizer.bos_id is not None else ids  # the prompt's text: the answer decodes in place
-        return await answer(body, ids, prefix, body.max_tokens, "text_completion", "prompt")
+        return await answer(request, body, ids, prefix, body.max_tokens, "text_completion", "prompt")
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest):
+    async def chat(body: ChatRequest, request: Request):
         from multitoken.data.chat import encode_chat
         from multitoken.errors import ConfigError
 
@@ -135,9 +188,9 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: str | None =
         except ConfigError as e:
             raise RequestError(400, str(e), "messages") from None
         max_tokens = body.max_completion_tokens or body.max_tokens or engine.context - len(ids)
-        return await answer(body, ids, [], max_tokens, "chat.completion", "messages")
+        return await answer(request, body, ids, [], max_tokens, "chat.completion", "messages")
 
-    async def answer(body: Options, ids: list[int], prefix: list[int], max_tokens: int, kind: str,
+    async def answer(request: Request, body: Options, ids: list[int], prefix: list[int], max_tokens: int, kind: str,
                      prompt_field: str):
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if any(s == "" for s in stops):
@@ -187,10 +240,11 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: str | None =
             return {"prompt_tokens": len(ids), "completion_tokens": job.generated,
                     "total_tokens": len(ids) + job.generated}
 
-        def finished(reason: str) -> None:
+        def finished(reason: str, status: int = 200) -> None:
             seconds = time.perf_counter() - job.submitted
-            log.info("%s %s prompt %d tokens, %d new, tau %.2f, %.1f tokens/s, finish %s", rid, kind, len(ids),
-                     job.generated, job.generated / max(job.forwards, 1), job.generated / max(seconds, 1e-9), reason)
+            log.info("%s %d %s prompt %d tokens, %d new, tau %.2f, %.1f tokens/s, finish %s", rid, status, kind,
+                     len(ids), job.generated, job.generated / max(job.forwards, 1), job.generated / max(seconds, 1e-9),
+                     reason)
 
         def choice(content: str, reason: str | None, first: bool = False) -> dict:
             if kind == "text_completion":
@@ -200,19 +254,28 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: str | None =
                 return {"index": 0, "delta": delta, "finish_reason": reason}
             return {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": reason}
 
+        async def whole() -> tuple[str, str | None]:
+            """The answer's text and finish reason, once it is over."""
+            parts, reason = [], None
+            async for delta, reason in deltas():
+                parts.append(delta)
+            return "".join(parts), reason
+
         if not body.stream:
             try:
-                parts, reason = [], None
-                async for delta, reason in deltas():
-                    parts.append(delta)
-            finally:
+                answered = await unless_disconnected(request, whole())
+            finally:  # answered, failed or abandoned: the row is free
                 job.cancel()
-            finished(reason)
-            if reason == "error":
+            if answered is None:
+                finished("cancelled", 499)
+                return Response(status_code=499)  # nginx's "client closed request": nobody is there to read it
+            content, reason = answered
+            if reason == "error":  # the refusal's log line is this request's line
                 raise RequestError(500, "decoding failed on the server (its log has the traceback): retry",
                                    kind="server_error")
+            finished(reason)
             return {"id": rid, "object": kind, "created": created, "model": model_name,
-                    "choices": [choice("".join(parts), reason)], "usage": usage()}
+                    "choices": [choice(content, reason)], "usage": usage()}
 
         chunk_kind = "text_completion" if kind == "text_completion" else "chat.completion.chunk"
 
