@@ -43,16 +43,31 @@ def test_folder_of_neither_format(tmp_path, capsys):
     assert_nothing_written(tmp_path / "out")
 
 
+# Look-alikes of the supported families that the one block cannot compute: transformers' class, the config fields
+# beyond a tiny Llama's that it needs, and the reason the refusal gives.
+UNSUPPORTED = {
+    "Phi3": (dict(pad_token_id=0), "it fuses q, k and v"),
+    "Mixtral": (dict(num_local_experts=2, num_experts_per_tok=1), "it is a mixture of experts"),
+    "Qwen2Moe": (dict(moe_intermediate_size=16, shared_expert_intermediate_size=16, num_experts=2,
+                      num_experts_per_tok=1), "it is a mixture of experts"),
+    "Qwen3Moe": (dict(moe_intermediate_size=16, num_experts=2, num_experts_per_tok=1), "it is a mixture of experts"),
+    "Gemma2": (dict(head_dim=16), "it soft-caps attention and logits"),
+}
+
+
 @needs_transformers
-def test_unsupported_architecture(tmp_path, capsys):
+@pytest.mark.parametrize("family", list(UNSUPPORTED))
+def test_unsupported_architecture(tmp_path, capsys, family):
     transformers = pytest.importorskip("transformers")
-    config = transformers.Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2, moe_intermediate_size=16,
-                                         num_experts=2, num_experts_per_tok=1)
-    transformers.Qwen3MoeForCausalLM(config).save_pretrained(tmp_path / "moe")
-    code, err = run_cli(capsys, "convert", str(tmp_path / "moe"), "--out", str(tmp_path / "out"))
-    assert_one_line_error(code, err, "Qwen3MoeForCausalLM is not supported", "mixture of experts",
-                          "Gemma3ForCausalLM")
+    config_class = getattr(transformers, f"{family}Config", None)
+    if config_class is None:
+        pytest.skip(f"this transformers has no {family}Config")
+    extra, reason = UNSUPPORTED[family]
+    config = config_class(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=2, **extra)
+    getattr(transformers, f"{family}ForCausalLM")(config).save_pretrained(tmp_path / "model")
+    code, err = run_cli(capsys, "convert", str(tmp_path / "model"), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, f"{family}ForCausalLM is not supported ({reason})", "Gemma3ForCausalLM")
     assert_nothing_written(tmp_path / "out")
 
 

@@ -1,6 +1,7 @@
 """Model families beyond Llama (Qwen2, Qwen3, Gemma 3, a windowed Mistral), each the one block with switches:
-converted logits and greedy tokens equal transformers', export gives transformers' own class back, and each switch
-is needed (turned off, the logits move)."""
+converted (or `load_model`ed) logits and greedy tokens equal transformers', export gives transformers' own class back,
+each switch is needed (turned off, the logits move), and extra heads, copies of the family's last layer, decode
+exactly and travel through export and back bit for bit."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import multitoken
-from multitoken.checkpoint import load_checkpoint, read_weights
+from multitoken.checkpoint import load_checkpoint, read_weights, resolve_checkpoint
 from multitoken.interop.convert import convert
 from multitoken.interop.export import export
 from tests.interop.conftest import VOCAB, make_hf_model, transformers_greedy
@@ -40,6 +41,15 @@ SWITCHES = {
                    attention_scale=None, sliding_window=None, rope_local_theta=None, qk_norm=False),
     "qwen3-window": dict(sliding_window=None, qk_norm=False),
     "mistral-window": dict(sliding_window=None),
+}
+# The per-layer tensors each variant's switches add to a Llama block: every head must carry them.
+SWITCH_TENSORS = {
+    "qwen2": {"attention.wq.bias", "attention.wk.bias", "attention.wv.bias"},
+    "qwen3": {"attention.q_norm.weight", "attention.k_norm.weight"},
+    "gemma3": {"attention.q_norm.weight", "attention.k_norm.weight", "post_attention_norm.weight",
+               "post_ffn_norm.weight"},
+    "qwen3-window": {"attention.q_norm.weight", "attention.k_norm.weight"},
+    "mistral-window": set(),
 }
 
 
@@ -90,6 +100,15 @@ def test_export_gives_the_family_back_and_convert_is_bit_identical(converted, tm
     assert load_checkpoint(tmp_path / "again")[0].config == model.config
 
 
+def test_load_model_reads_the_family_folder(converted):
+    name, reference, model, root = converted
+    loaded = multitoken.load_model(root / "hf")
+    idx = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        assert (reference(idx).logits - loaded(idx)).abs().max().item() < 1e-4, name
+        assert torch.equal(loaded(idx), model(idx)), name  # the very weights that convert writes
+
+
 def test_each_switch_is_needed(converted):
     """Negative controls: each switch of the family, turned off on the same weights, moves the logits by > 1e-3."""
     name, reference, model, _ = converted
@@ -115,6 +134,30 @@ def test_model_folder_gains_no_class_per_family():
     classes = {name for module in (layers, mtp) for name, obj in vars(module).items()
                if inspect.isclass(obj) and obj.__module__ == module.__name__}
     assert classes == {"RMSNorm", "Attention", "FeedForward", "TransformerBlock", "MTPModel"}
+
+
+def test_new_heads_start_as_copies_of_the_last_layer(converted):
+    """Surgery (`train --init-from` with more heads) starts every new head as the family's last layer, tensor for
+    tensor, its biases, q/k norms and sandwich norms included: each head then says what head 1 says."""
+    from multitoken.data.tokenizer import load_tokenizer
+    from multitoken.training.surgery import init_from_checkpoint, model_config_for_init
+
+    name, _, source, root = converted
+    model = multitoken.MTPModel(model_config_for_init(str(root / "mt"), 3)).eval()
+    init_from_checkpoint(model, str(root / "mt"), load_tokenizer(root / "mt"))
+    last = source.layers[-1].state_dict()
+    assert SWITCH_TENSORS[name] <= last.keys(), name
+    assert len(model.extra_heads) == 2
+    for j, head in enumerate(model.extra_heads):
+        copy = head.state_dict()
+        assert copy.keys() == last.keys(), (name, j)
+        for key, value in last.items():
+            assert torch.equal(copy[key], value), (name, j, key)
+    idx = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        logits = model(idx, return_all_heads=True)  # (B, T, 3, V)
+    for j in (1, 2):  # the same block switches and window as head 1's layer, not only the same tensors
+        assert torch.equal(logits[:, :, j], logits[:, :, 0]), (name, j)
 
 
 def add_heads(root):
@@ -163,22 +206,84 @@ def test_frozen_base_heads_decode_exactly_what_the_model_says(with_heads):
         assert torch.equal(unfused, expected), name
 
 
-@pytest.mark.slow
-def test_frozen_base_heads_decode_exactly_when_compiled(tmp_path):
-    """Compiled plain and tree steps on Gemma 3, the block with every switch (windows, own rotary base for the
-    window layers, q/k norms, sandwich norms, GeGLU, a query scale)."""
+def test_export_with_heads_gives_head1_to_transformers_and_every_head_back(converted, with_heads, tmp_path):
+    """A family model given trained extra heads: transformers' own class on the export is head 1, and converting the
+    export back gives every tensor bit for bit, the extra heads' biases, q/k norms and sandwich norms included."""
+    import json
+
+    name, reference, _, root = converted
+    _, _, model = with_heads
+    export(root / "heads", "hf", tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "mtp_heads.json").read_text())["n_future"] == 3
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(back).__name__ == type(reference).__name__
+    idx = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        assert (back(idx).logits - model(idx)).abs().max().item() < 1e-4, name
+    convert(tmp_path / "hf", tmp_path / "again")
+    before, after = read_weights(resolve_checkpoint(root / "heads")), read_weights(tmp_path / "again")
+    assert {f"extra_heads.{j}.{t}" for j in (0, 1) for t in SWITCH_TENSORS[name]} <= before.keys(), name
+    # Trained apart, so that heads written in each other's place would show below
+    assert not torch.equal(before["extra_heads.0.attention.wq.weight"], before["extra_heads.1.attention.wq.weight"])
+    assert before.keys() == after.keys(), name
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), (name, key)
+    assert load_checkpoint(tmp_path / "again")[0].config == model.config
+
+
+RAGGED = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [14, 15, 16]]
+
+
+def assert_compiled_speculative_is_greedy(source, model, tree):
+    """Compiled speculative decoding of a ragged batch with model's heads (tree None: the chain of their 2 drafts)
+    gives the eager source model's greedy tokens, and accepts at each depth as many drafts as eager decoding (the
+    compiled fused heads draft what the heads say). Returns the compiled call's statistics."""
     from multitoken.decoding.generate import generate, pad_prompts
     from multitoken.decoding.speculative import speculative_generate
     from multitoken.decoding.tree import DraftTree
 
+    padded, lengths = pad_prompts(RAGGED)
+    fast, stats = speculative_generate(model, padded, 20, lengths=lengths, compile=True, tree=tree)
+    assert stats.compile_seconds > 0 and stats.tree_nodes == (tree or DraftTree.chain(2)).num_nodes  # compiled, tree
+    assert torch.equal(fast, generate(source, padded, 20, lengths=lengths))
+    # A chain's reference runs each head through its own layer (fused=False); a tree's, the same steps eagerly.
+    _, eager = speculative_generate(model, padded, 20, lengths=lengths, tree=tree, fused=tree is not None)
+    assert stats.accepted_per_position == eager.accepted_per_position
+    return stats
+
+
+# Every compiled shape (batch size, draft tree) costs about a minute on a 2-core CPU, so the two families that
+# together hold every switch share the cases out: three shapes in all, each case once.
+@pytest.mark.slow
+def test_frozen_base_heads_decode_exactly_when_compiled(tmp_path):
+    """Compiled plain steps on one row and tree steps on a ragged batch, on Gemma 3, the block with every switch but
+    q/k/v biases (windows, own rotary base for the window layers, q/k norms, sandwich norms, GeGLU, a query scale)."""
+    from multitoken.decoding.generate import generate
+    from multitoken.decoding.static import total_compile_seconds
+    from multitoken.decoding.tree import DraftTree
+
     _, source = convert_family("gemma3", tmp_path)
     model = add_heads(tmp_path)
-    padded, lengths = pad_prompts([[5, 6, 7, 8, 9, 10, 11, 12, 13], [14, 15, 16]])
-    expected = generate(source, padded, 20, lengths=lengths)
-    assert torch.equal(generate(model, padded, 20, lengths=lengths, compile=True), expected)
-    fast, _ = speculative_generate(model, padded, 20, lengths=lengths, compile=True,
-                                   tree=DraftTree.parse("(0,), (1,), (0, 0)"))
-    assert torch.equal(fast, expected)
+    prompt = torch.tensor(RAGGED[:1])
+    assert torch.equal(generate(model, prompt, 20, compile=True), generate(source, prompt, 20))
+    assert total_compile_seconds(model) > 0  # the step was compiled, not run eagerly
+    stats = assert_compiled_speculative_is_greedy(source, model, DraftTree.parse("(0,), (1,), (0, 0)"))
+    assert sum(stats.accepted_per_position) > 0  # the accepted paths' caches are gathered, not only rejections
+
+
+@pytest.mark.slow
+def test_qkv_biases_decode_exactly_when_compiled(tmp_path):
+    """Compiled chain steps on a ragged batch on Qwen2: its q/k/v biases, the switch Gemma 3 lacks, through the
+    compiled trunk and the compiled fused extra heads."""
+    _, source = convert_family("qwen2", tmp_path)
+    model = add_heads(tmp_path)
+    # Head 2 made head 1's copy again: this model's greedy continuations repeat one token, so it is always right,
+    # while the trained head 3 is right only at times, and steps keep one draft or both.
+    with torch.no_grad():
+        model.extra_heads[0].load_state_dict(model.layers[-1].state_dict())
+    stats = assert_compiled_speculative_is_greedy(source, model, None)
+    accepted, attempted = stats.accepted_per_position, stats.attempted_per_position
+    assert accepted[0] > 0 and 0 < accepted[1] < attempted[1], (accepted, attempted)
 
 
 def test_info_names_the_block(converted, capsys):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import multitoken
 from multitoken.errors import CheckpointError
 from multitoken.interop.convert import convert
 from multitoken.checkpoint import load_checkpoint
@@ -144,8 +145,6 @@ def test_gguf_logits_equal_transformers_gguf_loader(tmp_path, tokenizer, qtype, 
     with torch.no_grad():
         assert (reference(idx).logits - model(idx)).abs().max().item() < 1e-4
     # load_model reads the file directly, with the same weights
-    import multitoken
-
     direct = multitoken.load_model(path)
     with torch.no_grad():
         assert torch.equal(direct(idx), model(idx))
@@ -331,3 +330,7 @@ def test_family_gguf_logits_equal_transformers_gguf_loader(tmp_path, tokenizer, 
         assert (reference(idx).logits - model(idx)).abs().max().item() < 1e-4
         if qtype == "F32":  # unquantized, it is the Hugging Face model itself
             assert (hf_model(idx).logits - model(idx)).abs().max().item() < 1e-4
+        # load_model reads the file directly: transformers' logits, and the very weights convert writes
+        direct = multitoken.load_model(path)
+        assert (reference(idx).logits - direct(idx)).abs().max().item() < 1e-4
+        assert torch.equal(direct(idx), model(idx))
