@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,18 +87,28 @@ def test_greedy_tokens_equal_transformers_generate(converted):
     assert torch.equal(generate(model, padded, 32, lengths=lengths)[1], expected[0]), name
 
 
-def test_export_gives_the_family_back_and_convert_is_bit_identical(converted, tmp_path):
-    name, reference, model, root = converted
-    export(root / "mt", "hf", tmp_path / "hf")
-    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+def assert_export_round_trip(name: str, reference, model, ckpt: Path, out: Path, seed: int) -> dict:
+    """`export --format hf` of ckpt gives the reference's own transformers class, whose logits are model's head 1
+    (< 1e-4), and converting the export back gives every tensor bit for bit and the same config. Returns ckpt's
+    weights."""
+    export(ckpt, "hf", out / "hf")
+    back = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()
     assert type(back).__name__ == type(reference).__name__
-    idx = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(3))
+    idx = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         assert (back(idx).logits - model(idx)).abs().max().item() < 1e-4, name
-    convert(tmp_path / "hf", tmp_path / "again")
-    before, after = read_weights(root / "mt"), read_weights(tmp_path / "again")
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    assert load_checkpoint(tmp_path / "again")[0].config == model.config
+    convert(out / "hf", out / "again")
+    before, after = read_weights(resolve_checkpoint(ckpt)), read_weights(out / "again")
+    assert before.keys() == after.keys(), name
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), (name, key)
+    assert load_checkpoint(out / "again")[0].config == model.config
+    return before
+
+
+def test_export_gives_the_family_back_and_convert_is_bit_identical(converted, tmp_path):
+    name, reference, model, root = converted
+    assert_export_round_trip(name, reference, model, root / "mt", tmp_path, seed=3)
 
 
 def test_load_model_reads_the_family_folder(converted):
@@ -213,22 +224,11 @@ def test_export_with_heads_gives_head1_to_transformers_and_every_head_back(conve
 
     name, reference, _, root = converted
     _, _, model = with_heads
-    export(root / "heads", "hf", tmp_path / "hf")
+    before = assert_export_round_trip(name, reference, model, root / "heads", tmp_path, seed=9)
     assert json.loads((tmp_path / "hf" / "mtp_heads.json").read_text())["n_future"] == 3
-    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    assert type(back).__name__ == type(reference).__name__
-    idx = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(9))
-    with torch.no_grad():
-        assert (back(idx).logits - model(idx)).abs().max().item() < 1e-4, name
-    convert(tmp_path / "hf", tmp_path / "again")
-    before, after = read_weights(resolve_checkpoint(root / "heads")), read_weights(tmp_path / "again")
     assert {f"extra_heads.{j}.{t}" for j in (0, 1) for t in SWITCH_TENSORS[name]} <= before.keys(), name
-    # Trained apart, so that heads written in each other's place would show below
+    # Trained apart, so that heads written in each other's place would have shown in the round trip
     assert not torch.equal(before["extra_heads.0.attention.wq.weight"], before["extra_heads.1.attention.wq.weight"])
-    assert before.keys() == after.keys(), name
-    for key, value in before.items():
-        assert torch.equal(value, after[key]), (name, key)
-    assert load_checkpoint(tmp_path / "again")[0].config == model.config
 
 
 RAGGED = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [14, 15, 16]]
