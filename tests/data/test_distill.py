@@ -119,6 +119,24 @@ def test_train_reads_a_distilled_dataset(heads_model):
     assert load_checkpoint(heads_model)[0].n_future == 3
 
 
+def test_chat_with_heads_answers_as_plain_decoding_through_a_chain_or_a_tree(heads_model, capsys, monkeypatch):
+    """`multitoken chat` on a model with heads, driven through stdin: through the chain and through a draft tree
+    (--tree), each answer of the conversation is plain greedy decoding's, and tau is reported; a tree deeper than the
+    heads gets one line."""
+    import io
+
+    conversation = "add two\nclass Point\n"
+    answers, cases = {}, {"plain": ["--speculative", "false"], "chain": [], "tree": ["--tree", "(0,), (1,), (0, 0)"]}
+    for case, extra in cases.items():
+        monkeypatch.setattr("sys.stdin", io.StringIO(conversation))
+        code, answers[case], err = run_cli(capsys, "chat", "--ckpt", heads_model, "--max-new-tokens", 12, *extra)
+        assert code == 0 and err.count("tokens/s") == 2 and ("tau" in err) == (case != "plain")
+    assert answers["chain"] == answers["tree"] == answers["plain"] and answers["plain"].count("\n") == 2
+    monkeypatch.setattr("sys.stdin", io.StringIO(conversation))
+    code, _, err = run_cli(capsys, "chat", "--ckpt", heads_model, "--tree", "(0,), (0, 0), (0, 0, 0)")
+    assert_one_line_error(code, err, "3 drafts deep but the model has 2 extra heads")
+
+
 @pytest.mark.slow
 def test_bench_decode_chat_prompts_stop_at_eos(heads_model, tmp_path, capsys):
     """bench decode --prompts FILE.jsonl --chat: conversations through the template, rows ending at EOS (tokens/s

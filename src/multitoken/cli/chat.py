@@ -9,7 +9,7 @@ import time
 from jsonargparse import Namespace
 
 from multitoken.cli.common import call, command_parser
-from multitoken.cli.generate import check_sampling, check_text
+from multitoken.cli.generate import check_sampling, check_text, parse_tree
 from multitoken.decoding.text import TextStream, until_eos
 from multitoken.errors import ConfigError
 
@@ -26,7 +26,7 @@ def run(args: Namespace) -> int:
 
 def chat(ckpt: str, system: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0,
          top_k: int | None = None, top_p: float | None = 0.9, seed: int = 0, speculative: bool = True,
-         device: str = "auto") -> int:
+         tree: str = "chain", compile: bool = False, device: str = "auto") -> int:
     """Chat with a model that has a chat template (a model converted from a Hugging Face folder or a GGUF file).
     Reads one message per line from standard input and streams each answer as it is decoded; models with extra
     heads answer with self-speculative decoding (same text, fewer forwards).
@@ -40,6 +40,11 @@ def chat(ckpt: str, system: str | None = None, max_new_tokens: int = 256, temper
         top_p: Nucleus sampling: keep the most likely tokens covering this probability; null for all.
         seed: Seed for sampling (same seed, same conversation).
         speculative: Decode with the model's extra heads when it has any (false: plain decoding).
+        tree: Draft tree verified per step (greedy): 'chain' (each extra head's top guess), or paths of candidate
+            ranks such as "(0,), (1,), (0, 0)", e.g. the tree `bench decode --tree auto` picked for this model and
+            machine. Sampling uses the chain.
+        compile: Compile the decoding steps with torch.compile (the first answer waits for it, a few minutes on a
+            CPU; later answers reuse the steps while the conversation stays within the same cache length).
         device: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.
     """
     import torch
@@ -50,6 +55,8 @@ def chat(ckpt: str, system: str | None = None, max_new_tokens: int = 256, temper
     check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
     device = resolve_device(device)
     model, _, tokenizer = load_checkpoint(ckpt, device)
+    speculative = speculative and model.n_future > 1
+    draft_tree = parse_tree(tree, model, None) if speculative else None
     if not tokenizer.chat_template:
         raise ConfigError(f"{ckpt}: this model's tokenizer has no chat template, so it has no chat format: use "
                           "`multitoken generate --prompt` to continue text instead")
@@ -72,10 +79,11 @@ def chat(ckpt: str, system: str | None = None, max_new_tokens: int = 256, temper
             print("[conversation reset]", file=sys.stderr)
         elif message.strip():
             history.append({"role": "user", "content": check_text(message, "the message")})
-            _answer(model, tokenizer, history, max_new_tokens, speculative and model.n_future > 1, sampling)
+            _answer(model, tokenizer, history, max_new_tokens, speculative, draft_tree, compile, sampling)
 
 
-def _answer(model, tokenizer, history: list[dict], max_new_tokens: int, speculative: bool, sampling: dict) -> None:
+def _answer(model, tokenizer, history: list[dict], max_new_tokens: int, speculative: bool, tree, compile: bool,
+            sampling: dict) -> None:
     """Stream the model's answer to the conversation so far and append it to history (or, when the conversation no
     longer fits the context, drop the last message and say so)."""
     import torch
@@ -83,6 +91,7 @@ def _answer(model, tokenizer, history: list[dict], max_new_tokens: int, speculat
     from multitoken.data.chat import encode_chat
     from multitoken.decoding import generate
     from multitoken.decoding.speculative import speculative_generate
+    from multitoken.decoding.static import total_compile_seconds
 
     ids = encode_chat(tokenizer, history)
     room = model.config.max_seq_len - len(ids)
@@ -93,14 +102,17 @@ def _answer(model, tokenizer, history: list[dict], max_new_tokens: int, speculat
         return
     prompt = torch.tensor([ids], device=model.output.weight.device)
     stream = TextStream(tokenizer, [], tokenizer.stop_ids, [])
-    start = time.perf_counter()
+    compiled_before, start = total_compile_seconds(model), time.perf_counter()
+    n = min(max_new_tokens, room)
     if speculative:
-        new, stats = speculative_generate(model, prompt, min(max_new_tokens, room), on_tokens=stream, **sampling)
+        new, stats = speculative_generate(model, prompt, n, tree=tree, compile=compile, on_tokens=stream, **sampling)
     else:
-        new, stats = generate(model, prompt, min(max_new_tokens, room), on_tokens=stream, **sampling), None
-    elapsed = time.perf_counter() - start
+        new, stats = generate(model, prompt, n, compile=compile, on_tokens=stream, **sampling), None
+    compiling = total_compile_seconds(model) - compiled_before  # the first answer at a cache length compiles
+    elapsed = time.perf_counter() - start - compiling
     stream.close(new[0].tolist())
     n_new = until_eos(new[0].tolist(), tokenizer.stop_ids)[1]
     history.append({"role": "assistant", "content": stream.text})
     detail = f", tau {stats.tau:.2f}" if stats is not None else ""
+    detail += f", compiling {compiling:.0f} s not counted" if compiling > 0 else ""
     print(f"[{n_new} tokens, {n_new / max(elapsed, 1e-9):.1f} tokens/s{detail}]", file=sys.stderr)
