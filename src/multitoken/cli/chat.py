@@ -4,12 +4,11 @@ decoded self-speculatively when the model has extra heads (the same answer plain
 from __future__ import annotations
 
 import sys
-import time
 
 from jsonargparse import Namespace
 
 from multitoken.cli.common import call, command_parser
-from multitoken.cli.generate import check_sampling, check_text, parse_tree
+from multitoken.cli.generate import check_sampling, check_text, decode_timed, parse_tree
 from multitoken.decoding.text import TextStream, until_eos
 from multitoken.errors import ConfigError
 
@@ -89,9 +88,6 @@ def _answer(model, tokenizer, history: list[dict], max_new_tokens: int, speculat
     import torch
 
     from multitoken.data.chat import encode_chat
-    from multitoken.decoding import generate
-    from multitoken.decoding.speculative import speculative_generate
-    from multitoken.decoding.static import total_compile_seconds
 
     ids = encode_chat(tokenizer, history)
     room = model.config.max_seq_len - len(ids)
@@ -102,14 +98,9 @@ def _answer(model, tokenizer, history: list[dict], max_new_tokens: int, speculat
         return
     prompt = torch.tensor([ids], device=model.output.weight.device)
     stream = TextStream(tokenizer, [], tokenizer.stop_ids, [])
-    compiled_before, start = total_compile_seconds(model), time.perf_counter()
-    n = min(max_new_tokens, room)
-    if speculative:
-        new, stats = speculative_generate(model, prompt, n, tree=tree, compile=compile, on_tokens=stream, **sampling)
-    else:
-        new, stats = generate(model, prompt, n, compile=compile, on_tokens=stream, **sampling), None
-    compiling = total_compile_seconds(model) - compiled_before  # the first answer at a cache length compiles
-    elapsed = time.perf_counter() - start - compiling
+    # The first answer at a cache length compiles its step (with --compile): reported apart from tokens/s.
+    new, stats, elapsed, compiling = decode_timed(model, prompt, min(max_new_tokens, room), speculative, None, tree,
+                                                  compile, dict(sampling, on_tokens=stream))
     stream.close(new[0].tolist())
     n_new = until_eos(new[0].tolist(), tokenizer.stop_ids)[1]
     history.append({"role": "assistant", "content": stream.text})

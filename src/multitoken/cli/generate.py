@@ -135,32 +135,38 @@ def generate_text(ckpt: str, prompt: str, chat: bool = False, system: str | None
                     generator=torch.Generator(device=device).manual_seed(seed),
                     stop_ids=None if stop_ids is None else torch.tensor(stop_ids, device=device),
                     on_tokens=text if stream else None)
-    new, stats, elapsed = _decode(model, torch.tensor([ids], device=device), max_new_tokens, speculative, k,
-                                  draft_tree, compile, sampling)
+    prompt_ids = torch.tensor([ids], device=device)
+    new, stats, elapsed, compiling = decode_timed(model, prompt_ids, max_new_tokens, speculative, k, draft_tree,
+                                                  compile, sampling)
     text.close(new[0].tolist())
-    _report_speed(until_eos(new[0].tolist(), stop_ids)[1], elapsed, stats, k)
+    _report_speed(until_eos(new[0].tolist(), stop_ids)[1], elapsed, stats, k, compiling)
     return 0
 
 
-def _decode(model, prompt, max_new_tokens: int, speculative: bool, draft_len: int | None, tree, compile: bool,
-            sampling: dict):
-    """New tokens, the speculative statistics (None for plain decoding) and the seconds decoding took (compiling
-    is reported apart)."""
+def decode_timed(model, prompt, max_new_tokens: int, speculative: bool, draft_len: int | None, tree, compile: bool,
+                 sampling: dict):
+    """New tokens, the speculative statistics (None for plain decoding), the seconds decoding took and, apart from
+    them, the seconds spent compiling steps (a call at a new shape compiles)."""
     from multitoken.decoding import generate
     from multitoken.decoding.speculative import speculative_generate
+    from multitoken.decoding.static import total_compile_seconds
 
-    start = time.perf_counter()
-    if not speculative:
-        new = generate(model, prompt, max_new_tokens, compile=compile, **sampling)
-        return new, None, time.perf_counter() - start
-    new, stats = speculative_generate(model, prompt, max_new_tokens, draft_len=draft_len, tree=tree, compile=compile,
-                                      **sampling)
-    return new, stats, time.perf_counter() - start - stats.compile_seconds
+    compiled_before, start = total_compile_seconds(model), time.perf_counter()
+    if speculative:
+        new, stats = speculative_generate(model, prompt, max_new_tokens, draft_len=draft_len, tree=tree,
+                                          compile=compile, **sampling)
+    else:
+        new, stats = generate(model, prompt, max_new_tokens, compile=compile, **sampling), None
+    compiling = total_compile_seconds(model) - compiled_before
+    return new, stats, time.perf_counter() - start - compiling, compiling
 
 
-def _report_speed(n_new: int, elapsed: float, stats, draft_len: int | None) -> None:
-    """The line after the text (on stderr): tokens/s, and for speculative decoding what the heads did."""
+def _report_speed(n_new: int, elapsed: float, stats, draft_len: int | None, compiling: float) -> None:
+    """The line after the text (on stderr): tokens/s (compiling apart), and for speculative decoding what the heads
+    did."""
     summary = f"{n_new} tokens in {elapsed:.2f} s, {n_new / max(elapsed, 1e-9):.1f} tokens/s"
+    if compiling > 0:
+        summary += f" (compiling {compiling:.0f} s not counted)"
     if stats is not None:
         acceptance = " ".join(f"{a:.0%}" for a in stats.acceptance_per_position)
         summary += (f" | speculative, draft length {draft_len}: {stats.forwards} forwards, tau {stats.tau:.2f} "
