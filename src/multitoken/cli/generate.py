@@ -139,7 +139,8 @@ def generate_text(ckpt: str, prompt: str, chat: bool = False, system: str | None
     new, stats, elapsed, compiling = decode_timed(model, prompt_ids, max_new_tokens, speculative, k, draft_tree,
                                                   compile, sampling)
     text.close(new[0].tolist())
-    _report_speed(until_eos(new[0].tolist(), stop_ids)[1], elapsed, stats, k, compiling)
+    drafts = f"draft length {k}" if draft_tree is None or temperature > 0 else draft_tree.describe()
+    _report_speed(until_eos(new[0].tolist(), stop_ids)[1], elapsed, stats, drafts, compiling)
     return 0
 
 
@@ -161,7 +162,7 @@ def decode_timed(model, prompt, max_new_tokens: int, speculative: bool, draft_le
     return new, stats, time.perf_counter() - start - compiling, compiling
 
 
-def _report_speed(n_new: int, elapsed: float, stats, draft_len: int | None, compiling: float) -> None:
+def _report_speed(n_new: int, elapsed: float, stats, drafts: str, compiling: float) -> None:
     """The line after the text (on stderr): tokens/s (compiling apart), and for speculative decoding what the heads
     did."""
     summary = f"{n_new} tokens in {elapsed:.2f} s, {n_new / max(elapsed, 1e-9):.1f} tokens/s"
@@ -169,7 +170,7 @@ def _report_speed(n_new: int, elapsed: float, stats, draft_len: int | None, comp
         summary += f" (compiling {compiling:.0f} s not counted)"
     if stats is not None:
         acceptance = " ".join(f"{a:.0%}" for a in stats.acceptance_per_position)
-        summary += (f" | speculative, draft length {draft_len}: {stats.forwards} forwards, tau {stats.tau:.2f} "
+        summary += (f" | speculative, {drafts}: {stats.forwards} forwards, tau {stats.tau:.2f} "
                     f"tokens/forward, acceptance by draft position {acceptance}")
     print(f"[{summary}]", file=sys.stderr)
 
