@@ -135,6 +135,9 @@ def test_chat_with_heads_answers_as_plain_decoding_through_a_chain_or_a_tree(hea
     code, out, err = run_cli(capsys, "generate", "--ckpt", heads_model, "--chat", "--prompt", "add two",
                              "--temperature", 0, "--speculative", *cases["tree"], "--max-new-tokens", 12)
     assert code == 0 and out == answers["plain"].split("\n")[0] + "\n" and "tree of 4 nodes, depth 2:" in err
+    code, _, err = run_cli(capsys, "generate", "--ckpt", heads_model, "--prompt", "add", "--temperature", 0.7,
+                           "--speculative", "--tree", "(0,), (1,)", "--max-new-tokens", 12)
+    assert code == 0 and "speculative, draft length 1:" in err  # sampling verifies the tree's depth as a chain
     monkeypatch.setattr("sys.stdin", io.StringIO(conversation))
     code, _, err = run_cli(capsys, "chat", "--ckpt", heads_model, "--tree", "(0,), (0, 0), (0, 0, 0)")
     assert_one_line_error(code, err, "3 drafts deep but the model has 2 extra heads")

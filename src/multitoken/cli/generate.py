@@ -139,7 +139,10 @@ def generate_text(ckpt: str, prompt: str, chat: bool = False, system: str | None
     new, stats, elapsed, compiling = decode_timed(model, prompt_ids, max_new_tokens, speculative, k, draft_tree,
                                                   compile, sampling)
     text.close(new[0].tolist())
-    drafts = f"draft length {k}" if draft_tree is None or temperature > 0 else draft_tree.describe()
+    if draft_tree is None:
+        drafts = f"draft length {k}"
+    else:  # sampling verifies a chain as deep as the tree (speculative_generate), greedy decoding the tree itself
+        drafts = f"draft length {draft_tree.depth}" if temperature > 0 else draft_tree.describe()
     _report_speed(until_eos(new[0].tolist(), stop_ids)[1], elapsed, stats, drafts, compiling)
     return 0
 
