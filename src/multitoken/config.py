@@ -98,6 +98,12 @@ class ModelConfig:
     saved with the weights, `draft_ids`); 0 means over the whole vocabulary. Head 1 still scores every token, so the
     output does not change; a draft then reads that share of the unembedding instead of all of it, and with the
     unembedding frozen (`--freeze base`) the extra heads train over these tokens alone, for that share of the cost."""
+    heads_read_next_token: bool = False
+    """Each extra head also reads the token that follows its position, embedded and projected into its input (a
+    learned d_model x d_model matrix per head, zero at the start): a draft of token t+2 then knows token t+1, which
+    head 1 has just chosen. When training that token is the text's; when decoding, head 1's choice. Drafts agree
+    with head 1 much more often (the token removes the uncertainty a parallel head guesses past, as in EAGLE and
+    Hydra); head 1 is unchanged, so the output is too. Off: the paper's parallel heads, which read z alone."""
     max_seq_len: int = 256
     """Context length in tokens: training windows and the largest prompt + generation."""
     ffn_hidden: int | None = None
@@ -345,11 +351,12 @@ class TrainConfig:
     the checkpoint except model.n_future, which may differ: heads it lacks are copied from its head 1, heads beyond
     model.n_future are dropped, the trunk is kept. The optimizer and schedule start fresh."""
     freeze: Literal["none", "trunk", "base"] = "none"
-    """'base': train only the extra heads (heads 2..n); embeddings, trunk, head 1, the shared norm and the unembedding
-    stay bit for bit as they were, so the model says exactly what it said and speculative decoding is lossless: the
-    choice for giving a model you already have (converted, or --init-from) speculative-decoding heads. 'trunk': train
-    the heads, head 1 among them, the shared norm and the unembedding with embeddings and trunk layers fixed: cheaper
-    than a full finetune, but head 1 moves, so the model's own text changes too."""
+    """'base': train only the extra heads (heads 2..n, with their next-token projections); embeddings, trunk, head
+    1, the shared norm and the unembedding stay bit for bit as they were, so the model says exactly what it said and
+    speculative decoding is lossless: the choice for giving a model you already have (converted, or --init-from)
+    speculative-decoding heads. 'trunk': train the heads, head 1 among them, the shared norm and the unembedding with
+    embeddings and trunk layers fixed: cheaper than a full finetune, but head 1 moves, so the model's own text changes
+    too."""
     parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
     """Data parallelism under torchrun: 'ddp' (replicated weights), 'fsdp' (FSDP2, sharded weights and optimizer
     state), 'auto' = ddp when launched with more than one process, else none."""

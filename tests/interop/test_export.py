@@ -15,6 +15,7 @@ from multitoken.interop.convert import convert
 from multitoken.interop.export import export
 from multitoken.interop.meta import ffn_rule_for, ffn_width
 from multitoken.checkpoint import read_weights
+from multitoken.errors import CheckpointError
 from multitoken.training.checkpoint import save_checkpoint
 
 SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -84,3 +85,12 @@ def test_meta_export_refuses_what_the_format_cannot_say(tmp_path):
     with pytest.raises(CheckpointError, match="head_dim"):
         export(ckpt, "meta", tmp_path / "meta")
     assert not (tmp_path / "meta").exists()
+
+
+def test_heads_that_read_the_next_token_are_refused_in_one_line(tmp_path):
+    config = ModelConfig(vocab_size=256, d_model=32, n_layer=3, n_head=4, n_future=2, heads_read_next_token=True)
+    ckpt = save_checkpoint(tmp_path / "run", 1, MTPModel(config), TrainConfig(model=config), ByteTokenizer(), {}, {}, 1)
+    for fmt in ("hf", "meta"):
+        with pytest.raises(CheckpointError, match="read the next token") as caught:
+            export(ckpt, fmt, tmp_path / fmt)
+        assert "\n" not in str(caught.value) and not (tmp_path / fmt).exists()

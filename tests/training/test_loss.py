@@ -82,6 +82,31 @@ def test_gradients_are_the_sum_of_per_head_cross_entropies():
     _assert_grads_equal(_grads(model), _grads(reference))
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_heads_that_read_the_next_token_learn_from_the_texts_next_token(tied):
+    """The head loop and the naive backward against an independent reference: the all-heads forward given the
+    text's next token after each position by hand. The projections learn; the embedding gets no gradient through
+    them (it belongs to the base model)."""
+    torch.manual_seed(0)
+    model = MTPModel(tiny_model_config(n_future=3, heads_read_next_token=True, tie_embeddings=tied))
+    with torch.no_grad():
+        for proj in model.next_token_proj:
+            proj.weight.normal_(std=0.1)
+    naive, reference = copy.deepcopy(model), copy.deepcopy(model)
+    tokens = torch.randint(0, 64, (2, 13))
+    losses = mtp_forward_backward(model, tokens)
+    mtp_forward_backward(naive, tokens, "naive", ce="plain")
+    T = 10
+    logits = reference(tokens[:, :T], return_all_heads=True, next_tokens=tokens[:, 1:T + 1])
+    ref_losses = [F.cross_entropy(logits[:, :, i].flatten(0, 1), tokens[:, i + 1:i + 1 + T].flatten())
+                  for i in range(3)]
+    sum(ref_losses).backward()
+    torch.testing.assert_close(losses, torch.stack(ref_losses).detach())
+    _assert_grads_equal(_grads(model), _grads(reference))
+    _assert_grads_equal(_grads(naive), _grads(reference))
+    assert all(p.grad.abs().sum() > 0 for p in model.next_token_proj.parameters())
+
+
 def test_windows_are_views_not_copies():
     tokens = torch.arange(2 * 14).view(2, 14)
     inputs, targets = split_window(tokens, 4)

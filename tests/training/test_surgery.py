@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from multitoken.config import DataConfig, TrainConfig
 from multitoken.errors import CheckpointError, ConfigError
 from multitoken.checkpoint import list_checkpoints
+from multitoken.decoding.tree import DraftTree
 from multitoken.training.trainer import Trainer, train
 from tests.conftest import tiny_model_config, tiny_train_config
 
@@ -124,3 +125,32 @@ def test_frozen_base_needs_extra_heads(corpus, tmp_path):
     with pytest.raises(ConfigError, match="n_future 2"):
         Trainer(tiny_train_config(corpus, tmp_path / "x", freeze="base", model=tiny_model_config(n_future=1,
                                                                                                    vocab_size=256)))
+
+
+def test_heads_that_read_the_next_token_start_as_the_checkpoints_heads_and_learn_alone(corpus, tmp_path, base_run):
+    """--model.heads_read_next_token on a checkpoint of parallel heads: the projections start at zero, so every
+    head's logits are the checkpoint's; with --freeze base the heads and their projections alone learn, and the
+    model still says exactly what the checkpoint says."""
+    from multitoken.checkpoint import load_checkpoint
+    from multitoken.decoding.generate import generate
+    from multitoken.decoding.speculative import speculative_generate
+
+    cfg = tiny_train_config(corpus, tmp_path / "next", init_from=str(base_run), freeze="base", max_steps=4,
+                            model=tiny_model_config(vocab_size=256, n_future=3, heads_read_next_token=True))
+    trainer = Trainer(cfg)
+    old = load_checkpoint(base_run)[0]
+    idx = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(trainer.model(idx, return_all_heads=True), old(idx, return_all_heads=True))
+    assert all(p.requires_grad for p in trainer.model.next_token_proj.parameters())
+    trainer.fit()
+    trainer.close()
+    before, after = _final(base_run), _final(tmp_path / "next")
+    assert all(torch.equal(after[k], before[k]) for k in before if not k.startswith("extra_heads."))
+    assert all(after[f"next_token_proj.{j}.weight"].abs().sum() > 0 for j in range(2))  # the projections learned
+    new = load_checkpoint(tmp_path / "next")[0]
+    assert new.config.heads_read_next_token
+    prompt = idx[:1, :8]
+    expected = generate(old, prompt, 20)
+    assert torch.equal(speculative_generate(new, prompt, 20)[0], expected)
+    assert torch.equal(speculative_generate(new, prompt, 20, tree=DraftTree(((0,), (1,), (0, 0))))[0], expected)

@@ -53,9 +53,12 @@ def info(ckpt: str, json: bool = False) -> int:
         print(f"block        {block}")
     if m.draft_vocab:
         print(f"drafting     extra heads over {m.draft_vocab:,} of the {m.vocab_size:,} tokens (head 1 over all)")
+    if m.heads_read_next_token and m.n_future > 1:
+        print("drafting     extra heads read the token after their position (head 1's choice when decoding)")
     print("parameters")
     labels = {"tok_embeddings": "input embedding", "trunk": f"trunk ({m.n_trunk_layers} layers)",
-              "heads": f"heads ({m.n_future} x 1 layer)", "norm": "final norm",
+              "heads": f"heads ({m.n_future} x 1 layer"
+              + (", with next-token projections)" if m.heads_read_next_token else ")"), "norm": "final norm",
               "output": "unembedding (tied to input)" if m.tie_embeddings else "unembedding (output)", "total": "total"}
     for key, label in labels.items():
         share = counts[key] / counts["total"]

@@ -19,6 +19,7 @@ import torch
 
 from multitoken.config import ModelConfig
 from multitoken.data.tokenizer import SentencePieceTokenizer, load_tokenizer
+from multitoken.errors import CheckpointError
 from multitoken.interop import families, hf, meta
 from multitoken.files import check_new_folder, new_folder
 from multitoken.interop.source import check_tensors
@@ -86,6 +87,10 @@ def export(ckpt_path: str | Path, fmt: Literal["hf", "meta"], out: str | Path, p
     ckpt = resolve_checkpoint(ckpt_path)
     config = read_train_config(ckpt).model
     tokenizer = load_tokenizer(ckpt)
+    if config.heads_read_next_token:
+        raise CheckpointError(f"{ckpt}: its extra heads read the next token (model.heads_read_next_token), and "
+                              f"neither the {fmt} layout nor transformers has a place for their projections: decode "
+                              "it with multitoken, or export a checkpoint whose heads read z alone")
     tensors = safetensors_tensors(ckpt / "model.safetensors")
     check_tensors(tensors, config, str(ckpt), lambda n: n)
     # The draft vocabulary only narrows what the extra heads propose; neither format has a place for it, and without

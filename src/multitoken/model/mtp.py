@@ -9,6 +9,10 @@ Layout, as in Meta's release so that weights map one to one:
 With `draft_vocab` the extra heads' logits cover only the tokens in `draft_ids` (a persistent buffer): a draft's
 unembedding reads those rows alone. Head 1, which decides every output token, always covers the whole vocabulary.
 
+With `heads_read_next_token` each extra head's input is z plus a projection of the embedded token that follows
+its position (`next_token_proj`): head i then predicts t+i knowing t+1. Training gives it the text's next token;
+decoding gives it head 1's choice (`follow_tokens`), which is the text's next token wherever decoding keeps it.
+
 `layers` alone is therefore an ordinary Llama: dropping `extra_heads` leaves a next-token model. The trunk and the
 heads can be called separately (`trunk`, `head`, `unembed`): the memory-efficient loss in `training/loss.py` needs
 that seam to detach z and run each head's forward and backward in turn.
@@ -36,6 +40,9 @@ class MTPModel(nn.Module):
                                     for i in range(config.n_trunk_layers + 1))
         head_window = config.window_of(config.n_trunk_layers)  # extra heads are head 1's kind of layer
         self.extra_heads = nn.ModuleList(TransformerBlock(config, head_window) for _ in range(config.n_future - 1))
+        if config.heads_read_next_token:
+            self.next_token_proj = nn.ModuleList(nn.Linear(config.d_model, config.d_model, bias=False)
+                                                 for _ in range(config.n_future - 1))
         self.norm = RMSNorm(config.d_model, config.norm_eps, config.norm_unit_offset)
         self.output = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:  # one Parameter under two names: state_dict lists both, optimizers see it once
@@ -80,7 +87,8 @@ class MTPModel(nn.Module):
         if self.output.weight.is_meta:  # shapes only (parameter counts, or weights about to be assigned)
             return
         for name, p in self.named_parameters():
-            if name.endswith("bias"):
+            if name.endswith("bias") or name.startswith("next_token_proj."):
+                # A zero projection: heads that start out reading z alone, as the parallel heads they may come from.
                 nn.init.zeros_(p)
             elif p.dim() < 2:  # norm gains: 1, or an offset of 0 from it
                 nn.init.zeros_(p) if self.config.norm_unit_offset else nn.init.ones_(p)
@@ -120,11 +128,28 @@ class MTPModel(nn.Module):
             x = layer(x, *tables[layer.window], where)
         return x
 
-    def head(self, i: int, z: torch.Tensor, where: Positions | None = None) -> torch.Tensor:
-        """Head i (0-based) applied to the trunk output z: (B, T, d_model) -> (B, T, d_model), before the norm."""
+    def head(self, i: int, z: torch.Tensor, where: Positions | None = None,
+             next_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Head i (0-based) applied to the trunk output z: (B, T, d_model) -> (B, T, d_model), before the norm.
+        next_tokens (B, T): the token after each position, which an extra head of a `heads_read_next_token` model
+        reads (required there, ignored elsewhere)."""
         block = self.head_block(i)
         cos, sin = self.rope(z.shape[1], where, block.window)
-        return block(z, cos, sin, where)
+        return block(self.head_input(i, z, next_tokens), cos, sin, where)
+
+    def head_input(self, i: int, z: torch.Tensor, next_tokens: torch.Tensor | None) -> torch.Tensor:
+        """What head i reads: z, plus for an extra head of a `heads_read_next_token` model its projection of the
+        next token's embedding. The embedding is read, not trained, through this path: it belongs to the base model,
+        which `--freeze base` keeps exactly as it was; the projection learns instead."""
+        if i == 0 or not self.config.heads_read_next_token:
+            return z
+        if next_tokens is None:
+            raise ValueError("this model's extra heads read the token after each position: pass next_tokens")
+        return z + self.next_token_proj[i - 1](self.embed(next_tokens).detach())
+
+    def follow_tokens(self, next_tokens: torch.Tensor, head1_logits: torch.Tensor) -> torch.Tensor:
+        """next_tokens (B, T) with every -1 replaced by head 1's choice there (argmax of head1_logits (B, T, V))."""
+        return torch.where(next_tokens < 0, head1_logits.argmax(-1), next_tokens)
 
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
         """Shared final norm and unembedding: (..., d_model) -> (..., V)."""
@@ -148,18 +173,29 @@ class MTPModel(nn.Module):
         return torch.cat([self.unembed(h[..., :1, :]), self.unembed_drafts(h[..., 1:, :])], dim=-2)
 
     def forward(self, idx: torch.Tensor, return_all_heads: bool = False,
-                where: Positions | None = None) -> torch.Tensor:
+                where: Positions | None = None, next_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, V) of the next-token head, or (B, T, n_future, V) of all heads (`unembed_heads`: the
         extra heads over their draft vocabulary, if the model has one).
 
         where=None computes causally over idx alone (training). Otherwise it decodes with the KV caches attached by
         a `DecodeCaches`: `where` says each token's cache slot, position and what it may attend to.
+        next_tokens (B, T), for a `heads_read_next_token` model: the token after each position, -1 where head 1's
+        choice goes (a block of drafts: all -1). None: idx's own next tokens, head 1's choice after the last.
         """
         z = self.trunk(idx, where)
         if not return_all_heads:
             return self.unembed(self.head(0, z, where))
-        h = torch.stack([self.head(i, z, where) for i in range(self.n_future)], dim=2)  # (B, T, n, d)
-        return self.unembed_heads(h)
+        if not self.config.heads_read_next_token:
+            h = torch.stack([self.head(i, z, where) for i in range(self.n_future)], dim=2)  # (B, T, n, d)
+            return self.unembed_heads(h)
+        first = self.unembed(self.head(0, z, where))  # (B, T, V): the extra heads read its choices
+        if next_tokens is None:
+            next_tokens = F.pad(idx[:, 1:], (0, 1), value=-1)
+        following = self.follow_tokens(next_tokens, first)
+        extra = [self.head(i, z, where, following) for i in range(1, self.n_future)]
+        if not extra:
+            return first[:, :, None]
+        return torch.cat([first[:, :, None], self.unembed_drafts(torch.stack(extra, dim=2))], dim=2)
 
     def num_params(self) -> dict[str, int]:
         """Parameter counts by part: embeddings (input and unembedding), trunk, heads, norm."""
@@ -167,7 +203,7 @@ class MTPModel(nn.Module):
         parts = {
             "tok_embeddings": count([self.tok_embeddings]),
             "trunk": count(self.layers[:-1]),
-            "heads": count([self.layers[-1], *self.extra_heads]),
+            "heads": count([self.layers[-1], *self.extra_heads, *getattr(self, "next_token_proj", [])]),
             "norm": count([self.norm]),
             "output": 0 if self.config.tie_embeddings else count([self.output]),  # tied: counted once, as input
         }

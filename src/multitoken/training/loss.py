@@ -112,17 +112,19 @@ def mtp_loss(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequen
     if strategy not in ("naive", "sequential"):
         raise ValueError(f"unknown loss strategy {strategy!r}: use 'sequential' or 'naive'")
     inputs, targets = split_window(tokens, n, eot_id)
+    following = next_tokens(tokens, inputs.shape[1])
     trunk_learns = any(p.requires_grad for p in (*model.tok_embeddings.parameters(),
                                                  *model.layers[:-1].parameters()))
     with torch.set_grad_enabled(torch.is_grad_enabled() and trunk_learns):  # a frozen trunk needs no graph
         z = model.trunk(inputs)
     if strategy == "naive":
-        losses = torch.stack([head_loss(model, model.head(i, z), y, ce, vocab=draft_vocabulary(model, i))
+        losses = torch.stack([head_loss(model, model.head(i, z, next_tokens=following), y, ce,
+                                        vocab=draft_vocabulary(model, i))
                               for i, y in enumerate(targets)])
         total = loss_scale * sum(w * loss for w, loss in zip(weights, losses))
         return total, losses.detach()
     params = [p for p in _head_side_params(model) if p.requires_grad]
-    total, losses = _HeadLoop.apply(z, (model, targets, weights, loss_scale, ce), *params)
+    total, losses = _HeadLoop.apply(z, (model, targets, following, weights, loss_scale, ce), *params)
     return total, losses
 
 
@@ -136,10 +138,19 @@ def mtp_forward_backward(model: MTPModel, tokens: torch.Tensor, strategy: Strate
     return losses
 
 
+def next_tokens(tokens: torch.Tensor, T: int) -> torch.Tensor:
+    """The token after each of the T input positions of a window (B, T + n_future): what the extra heads of a
+    `heads_read_next_token` model read in training (the text's own, document boundaries included: the token is an
+    input there, not a target)."""
+    return tokens[:, 1:T + 1]
+
+
 def _head_side_params(model: MTPModel) -> list[torch.nn.Parameter]:
-    """Everything after the trunk: every head's layer, the shared norm and the unembedding."""
+    """Everything after the trunk: every head's layer (with its next-token projection), the shared norm and the
+    unembedding."""
     blocks = [model.head_block(i) for i in range(model.n_future)]
-    return [p for m in (*blocks, model.norm, model.output) for p in m.parameters()]
+    return [p for m in (*blocks, *getattr(model, "next_token_proj", []), model.norm, model.output)
+            for p in m.parameters()]
 
 
 class _HeadLoop(torch.autograd.Function):
@@ -157,7 +168,7 @@ class _HeadLoop(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, spec, *params):
-        model, targets, weights, loss_scale, ce = spec
+        model, targets, following, weights, loss_scale, ce = spec
         weight = model.output.weight
         # With the chunked loss every head adds its unembedding gradient into one fp32 accumulator during its forward,
         # instead of each head holding a (V, d) gradient of its own: a 4-token step then needs no more memory than a
@@ -173,7 +184,7 @@ class _HeadLoop(torch.autograd.Function):
         with torch.enable_grad():
             for i, y in enumerate(targets):
                 scale = loss_scale * weights[i]
-                loss = head_loss(model, model.head(i, d), y, ce, weight_grad_into=w_acc, weight_grad_scale=scale,
+                loss = head_loss(model, model.head(i, d, next_tokens=following), y, ce, weight_grad_into=w_acc, weight_grad_scale=scale,
                                  vocab=draft_vocabulary(model, i))
                 if wrt and loss.requires_grad:  # a frozen head (--freeze base's head 1) only reports its loss
                     grads = list(torch.autograd.grad(scale * loss, wrt, allow_unused=True))
@@ -213,10 +224,11 @@ def mtp_eval_batch(model: MTPModel, tokens: torch.Tensor,
     that vocabulary (the third count), its top-1 hits over all positions (a target outside it is a miss).
     """
     inputs, targets = split_window(tokens, model.n_future, eot_id)
+    following = next_tokens(tokens, inputs.shape[1])
     z = model.trunk(inputs)
     sums = []
     for i, y in enumerate(targets):
-        h = model.norm(model.head(i, z)).flatten(0, 1)
+        h = model.norm(model.head(i, z, next_tokens=following)).flatten(0, 1)
         vocab = draft_vocabulary(model, i, scoring=True)
         if vocab is None:
             loss_sum, correct, scored = chunked_loss_sum_and_correct(h, model.output.weight, y.flatten())

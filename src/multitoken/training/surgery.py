@@ -11,20 +11,23 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import torch
+
 from multitoken.config import ModelConfig
 from multitoken.errors import CheckpointError
 from multitoken.model import MTPModel
 from multitoken.checkpoint import read_train_config, read_weights, require_finite, resolve_checkpoint
 
-_EXTRA_HEAD = re.compile(r"^extra_heads\.(\d+)\.")
+_EXTRA_HEAD = re.compile(r"^(?:extra_heads|next_token_proj)\.(\d+)\.")
 
 
-def model_config_for_init(init_from: str, n_future: int, draft_vocab: int = 0) -> ModelConfig:
+def model_config_for_init(init_from: str, n_future: int, draft_vocab: int = 0,
+                          heads_read_next_token: bool = False) -> ModelConfig:
     """The shape of a model initialised from a checkpoint: the checkpoint's, with n_future heads on the same trunk
-    (and this run's draft vocabulary size)."""
+    (and this run's draft vocabulary size and kind of heads)."""
     saved = read_train_config(resolve_checkpoint(init_from)).model
     return dataclasses.replace(saved, n_future=n_future, n_layer=saved.n_trunk_layers + n_future,
-                               draft_vocab=draft_vocab)
+                               draft_vocab=draft_vocab, heads_read_next_token=heads_read_next_token)
 
 
 def init_from_checkpoint(model: MTPModel, init_from: str, tokenizer) -> tuple[str, bool]:
@@ -38,16 +41,23 @@ def init_from_checkpoint(model: MTPModel, init_from: str, tokenizer) -> tuple[st
         raise CheckpointError(f"the tokenizer of {ckpt} differs from this run's data tokenizer: finetune on data "
                               "prepared with the checkpoint's own tokenizer (it is saved in the checkpoint directory)")
     c = model.config
-    if dataclasses.replace(saved, n_future=c.n_future, n_layer=c.n_layer, draft_vocab=c.draft_vocab) != c or \
+    if dataclasses.replace(saved, n_future=c.n_future, n_layer=c.n_layer, draft_vocab=c.draft_vocab,
+                           heads_read_next_token=c.heads_read_next_token) != c or \
             saved.n_trunk_layers != c.n_trunk_layers:
         raise CheckpointError(f"{ckpt} has a different model shape than this run: with --init_from, leave model.* "
-                              "to the checkpoint and set only model.n_future")
+                              "to the checkpoint and set only model.n_future, model.draft_vocab and "
+                              "model.heads_read_next_token")
     state = read_weights(ckpt, model.output.weight.device)
     require_finite(state, ckpt)
     head1 = f"layers.{saved.n_trunk_layers}."
     # Everything but the extra heads beyond the new n_future (those are dropped).
     mapped = {key: value for key, value in state.items()
               if (m := _EXTRA_HEAD.match(key)) is None or int(m.group(1)) < c.n_future - 1}
+    for j in range(c.n_future - 1):  # projections the checkpoint lacks start at zero: heads as they were
+        if c.heads_read_next_token and f"next_token_proj.{j}.weight" not in mapped:
+            mapped[f"next_token_proj.{j}.weight"] = torch.zeros_like(model.next_token_proj[j].weight)
+    if not c.heads_read_next_token:  # parallel heads from a checkpoint whose heads read the next token
+        mapped = {key: value for key, value in mapped.items() if not key.startswith("next_token_proj.")}
     for j in range(saved.n_future - 1, c.n_future - 1):  # heads the checkpoint lacks start as copies of its head 1
         for key, value in state.items():
             if key.startswith(head1):
@@ -58,7 +68,10 @@ def init_from_checkpoint(model: MTPModel, init_from: str, tokenizer) -> tuple[st
     elif not kept_vocab:
         mapped["draft_ids"] = model.draft_ids  # none saved, or another size: the run chooses it from its data
     model.load_state_dict(mapped, strict=True)
-    return f"initialised from {ckpt}: n_future {saved.n_future} -> {c.n_future}", kept_vocab
+    note = f"initialised from {ckpt}: n_future {saved.n_future} -> {c.n_future}"
+    if c.heads_read_next_token and not saved.heads_read_next_token and c.n_future > 1:
+        note += " (the heads' next-token projections start at zero: the heads begin as they were)"
+    return note, kept_vocab
 
 
 def freeze_base(model: MTPModel) -> None:
@@ -67,6 +80,8 @@ def freeze_base(model: MTPModel) -> None:
     source model's greedy output."""
     model.requires_grad_(False)
     model.extra_heads.requires_grad_(True)
+    if model.config.heads_read_next_token:
+        model.next_token_proj.requires_grad_(True)
 
 
 def freeze_trunk(model: MTPModel) -> None:

@@ -49,9 +49,10 @@ class TrainState:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
-        if cfg.init_from:  # the shape comes from the checkpoint; only n_future is this run's own
+        if cfg.init_from:  # the shape comes from the checkpoint; n_future and the extra heads' kind are this run's own
             cfg = dataclasses.replace(cfg, model=model_config_for_init(cfg.init_from, cfg.model.n_future,
-                                                                       cfg.model.draft_vocab))
+                                                                       cfg.model.draft_vocab,
+                                                                       cfg.model.heads_read_next_token))
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
         self.dist, self.device = init_distributed(resolve_device(cfg.device))
