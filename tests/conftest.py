@@ -33,27 +33,33 @@ def sharp_model(seed: int, n_future: int, vocab: int = 16):
 
 
 def counting_model(n_future: int, wrong_heads: frozenset[int] = frozenset(), vocab: int = 32,
-                   max_seq_len: int = 128):
+                   max_seq_len: int = 128, read_next: bool = False):
     """A real MTP model, its weights set by hand, on the sequence x_{t+1} = x_t + 1 (mod V): head 1 predicts
     x_t + 1 and head h (1-based) x_t + h, always right, except the heads in wrong_heads, which say x_t + h + 1 and so
     are always wrong. Acceptance counts can be predicted exactly.
 
     How: the embedding and the unembedding are the identity, attention and the trunk add nothing (every residual
     branch's output projection is zero), so z is the token's one-hot vector; each head's SwiGLU maps that one-hot
-    vector to a much larger one at its guess, which the identity unembedding turns into a confident logit."""
+    vector to a much larger one at its guess, which the identity unembedding turns into a confident logit.
+
+    read_next: the extra heads read the next token (`heads_read_next_token`), ten times louder than z, and add h - 1
+    to it rather than h to x_t: they are right only when they are given x_{t+1}."""
     from multitoken import MTPModel
 
     model = MTPModel(tiny_model_config(vocab_size=vocab, d_model=vocab, n_head=4, n_future=n_future,
-                                       n_layer=n_future + 1, ffn_hidden=vocab, max_seq_len=max_seq_len)).eval()
+                                       n_layer=n_future + 1, ffn_hidden=vocab, max_seq_len=max_seq_len,
+                                       heads_read_next_token=read_next)).eval()
     eye = torch.eye(vocab)
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(torch.ones_like(p) if p.dim() == 1 else torch.zeros_like(p))  # norm gains 1, matrices 0
         model.tok_embeddings.weight.copy_(eye)
         model.output.weight.copy_(eye)
+        for proj in getattr(model, "next_token_proj", []):
+            proj.weight.copy_(10 * eye)
         for i in range(n_future):
             head = i + 1
-            shift = head + (1 if head in wrong_heads else 0)
+            shift = head - (1 if read_next and head > 1 else 0) + (1 if head in wrong_heads else 0)
             ffn = model.head_block(i).feed_forward
             ffn.w1.weight.copy_(10 * eye)
             ffn.w3.weight.copy_(eye)

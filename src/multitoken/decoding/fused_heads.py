@@ -40,6 +40,14 @@ class FusedHeads(nn.Module):
         stack("w_2", lambda b: b.feed_forward.w2.weight.t())
         stack("attention_norm", lambda b: b.attention_norm.weight[None, :])  # (m, 1, d)
         stack("ffn_norm", lambda b: b.ffn_norm.weight[None, :])
+        # Heads that read the next token: each one's projection of its embedding, as (m, d, d) (head 1 reads z alone).
+        self.reads_next = c.heads_read_next_token and first + num_heads > 1
+        if self.reads_next:
+            weight = model.output.weight
+            zero = torch.zeros(c.d_model, c.d_model, dtype=weight.dtype, device=weight.device)
+            w_next = [zero if i == 0 else model.next_token_proj[i - 1].weight.detach().t()
+                      for i in range(first, first + num_heads)]
+            self.register_buffer("w_next", torch.stack(w_next).contiguous(), persistent=False)
         self.has_bias, self.has_qk_norm, self.has_sandwich = c.qkv_bias, c.qk_norm, c.sandwich_norm
         if c.qkv_bias:
             stack("b_qkv", lambda b: torch.cat([b.attention.wq.bias, b.attention.wk.bias, b.attention.wv.bias])[None])
@@ -54,12 +62,17 @@ class FusedHeads(nn.Module):
         return rms_norm(x, weight, self.eps, self.unit_offset)
 
     def forward(self, z: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, where: Positions,
-                cache: KVCache) -> torch.Tensor:
+                cache: KVCache, next_embedded: torch.Tensor | None = None) -> torch.Tensor:
         """z (B, T, d) -> every head's hidden state (B, T, m, d), before the shared final norm. cache: the heads'
-        one cache of m * B rows (`DecodeCaches(..., fused=m).fused`); cos, sin: `model.rope(T, where, self.window)`."""
+        one cache of m * B rows (`DecodeCaches(..., fused=m).fused`); cos, sin: `model.rope(T, where, self.window)`.
+        next_embedded (B, T, d): for heads that read the next token, its embedding (`model.embed`) at each position."""
         m, H, Hkv, hd = self.m, self.n_head, self.n_kv_head, self.head_dim
         B, T, d = z.shape
         x = z.reshape(1, B * T, d)
+        if self.reads_next:  # (m, B*T, d): each head's own input
+            if next_embedded is None:
+                raise ValueError("these heads read the token after each position: pass next_embedded")
+            x = x + torch.bmm(next_embedded.reshape(1, B * T, d).expand(m, -1, -1), self.w_next)
         a = self.norm(x, self.attention_norm)  # (m, B*T, d): the input is shared, only the gains differ
         qkv = torch.bmm(a, self.w_qkv)
         if self.has_bias:

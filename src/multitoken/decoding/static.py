@@ -133,7 +133,7 @@ class StaticDecoder:
         """Fill the caches with the right-padded prompts (slots = positions 0..T0-1; eager: its shape varies from call
         to call). Logits at each row's last prompt position: (B, V) of head 1, or (B, heads, V) with a tree (only
         those positions are unembedded)."""
-        from multitoken.decoding.generate import last_positions, prefill
+        from multitoken.decoding.generate import last_positions, prefill, prompt_next_tokens
 
         model = self.model
         if self.heads is None:
@@ -142,8 +142,15 @@ class StaticDecoder:
         z = model.trunk(prompt, where)
         h1 = model.head(0, z, where)
         cos, sin = model.rope(prompt.shape[1], where, self.heads.window)
-        hidden = torch.cat([h1[:, :, None], self.heads(z, cos, sin, where, self.caches.fused)], dim=2)  # fill every cache
-        return model.unembed_heads(last_positions(hidden, lengths))
+        if not self.heads.reads_next:
+            hidden = torch.cat([h1[:, :, None], self.heads(z, cos, sin, where, self.caches.fused)], dim=2)  # fill every cache
+            return model.unembed_heads(last_positions(hidden, lengths))
+        # Heads that read the next token: the prompt's own, and after its last token head 1's choice.
+        first = model.unembed(last_positions(h1, lengths))  # (B, V)
+        following = prompt_next_tokens(prompt, lengths)
+        following = torch.where(following < 0, first.argmax(-1, keepdim=True), following)
+        extra = self.heads(z, cos, sin, where, self.caches.fused, model.embed(following))
+        return torch.cat([first[:, None], model.unembed_drafts(last_positions(extra, lengths))], dim=1)
 
     def run_step(self, *args: torch.Tensor):
         """One step; the first call of a compiled step compiles it, and its time goes to compile_seconds."""
@@ -181,7 +188,11 @@ class StaticDecoder:
         chain = block_positions(start, self.chain_layout, self.slots, self.dtype)
         z_path = z.gather(1, path[:, :, None].expand(-1, -1, z.shape[-1]))  # (B, D + 1, d)
         cos, sin = model.rope(path.shape[1], chain, self.heads.window)
-        hidden = self.heads(z_path, cos, sin, chain, self.caches.fused)[rows, n_accepted]  # (B, D, d): heads 2..D+1 at the last kept
+        # Heads that read the next token get head 1's choice after each path node: the next node's token where that
+        # was accepted, the correction after the last one.
+        following = model.embed(target.gather(1, path)) if self.heads.reads_next else None
+        # (B, D, d): heads 2..D+1 at the last kept node
+        hidden = self.heads(z_path, cos, sin, chain, self.caches.fused, following)[rows, n_accepted]
         next_tokens = draft_tokens(target[rows, best], model.unembed_drafts(hidden), layout, self.max_rank)
         return tokens.gather(1, path), n_accepted, next_tokens
 

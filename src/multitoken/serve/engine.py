@@ -83,6 +83,8 @@ class Row:
     pos: int  # positions of this row in the trunk's and head 1's caches (and in the stored z)
     block: list[int]  # what the next step feeds: the certain token, then the heads' drafts (if they are current)
     heads_pos: int = 0  # positions the extra heads' caches hold for this row
+    fed: list[int] = field(default_factory=list)  # tokens at positions 0..pos-1 (heads that read the next token
+    # catch up on positions they missed with the token after each)
 
 
 class StepTimes:
@@ -212,10 +214,12 @@ class Engine:
             self.z[rows[:, None], slots] = z
         return z
 
-    def _draft_hidden(self, z: torch.Tensor, where: Positions) -> torch.Tensor:
-        """The drafting heads over z (R, W, d) where the block went, on their caches: (R, W, k, d)."""
+    def _draft_hidden(self, z: torch.Tensor, where: Positions, following: torch.Tensor | None = None) -> torch.Tensor:
+        """The drafting heads over z (R, W, d) where the block went, on their caches: (R, W, k, d). following (R, W):
+        the token after each position, for heads that read it."""
         cos, sin = self.model.rope(z.shape[1], where, self.heads.window)
-        return self.heads(z, cos, sin, where, self.caches.fused)
+        embedded = self.model.embed(following) if self.heads.reads_next else None
+        return self.heads(z, cos, sin, where, self.caches.fused, embedded)
 
     def _forward_step(self, block: torch.Tensor, start: torch.Tensor, rows: torch.Tensor | None = None,
                       chain: bool = False):
@@ -231,7 +235,9 @@ class Engine:
         n_acc, correction = verify_chain(block, target)
         # The drafting heads over the block (what they write past the kept prefix is overwritten later), read
         # where each row goes on from: R * (W + k) rows of the vocabulary matrix, not R * W * (k + 1).
-        hidden = self._draft_hidden(z, where)[torch.arange(block.shape[0], device=z.device), n_acc]
+        # (Heads that read the next token read head 1's choice after each block token: a greedy batch's own.)
+        following = target.argmax(-1) if self.heads.reads_next else None
+        hidden = self._draft_hidden(z, where, following)[torch.arange(block.shape[0], device=z.device), n_acc]
         return target, n_acc, correction, model.unembed_drafts(hidden).argmax(-1)
 
     def _catch_up(self, live: list[int]) -> None:
@@ -244,7 +250,11 @@ class Engine:
         slots = (start[:, None] + torch.arange(lag, device=self.device)).clamp_max(self.slots - 1)
         rows_t = torch.tensor(live, device=self.device)
         where = self.caches.at(start, lag, rows=rows_t)
-        hidden = self._draft_hidden(self.z[rows_t[:, None], slots], where)  # (R, lag, k, d)
+        following = None
+        if self.heads.reads_next:  # the token after each missed position: what the row fed next, then its certain one
+            after = [(row.fed + row.block[:1])[row.heads_pos + 1:row.pos + 1] for row in rows]
+            following = torch.tensor([tokens + [0] * (lag - len(tokens)) for tokens in after], device=self.device)
+        hidden = self._draft_hidden(self.z[rows_t[:, None], slots], where, following)  # (R, lag, k, d)
         last = torch.tensor([row.pos - row.heads_pos - 1 for row in rows], device=self.device)
         at_last = hidden[torch.arange(len(rows), device=self.device), last]
         drafts = self.model.unembed_drafts(at_last).argmax(-1).tolist()
@@ -274,7 +284,8 @@ class Engine:
         logits = self.model.unembed(h1[torch.arange(len(new), device=self.device), lengths - 1])  # (n, V)
         for j, (i, job) in enumerate(new):
             first = self._choose(job, logits[j:j + 1])
-            self.rows[i] = Row(job, len(job.prompt), [first])  # the drafting heads catch up before a chain step
+            # The drafting heads catch up before a chain step.
+            self.rows[i] = Row(job, len(job.prompt), [first], fed=list(job.prompt))
             self._deliver(i, [first])
 
     def _choose(self, job: Job, logits: torch.Tensor) -> int:
@@ -306,11 +317,13 @@ class Engine:
             if kind == "chain":
                 a = n_acc[j]
                 kept = row.block[1:a + 1] + [correction[j]]  # the verified drafts, then head 1's own next token
+                row.fed += row.block[:a + 1]
                 row.pos += a + 1
                 row.heads_pos = row.pos
                 row.block = [correction[j], *drafts[j]]
             else:
                 kept = [self._choose(row.job, target[j:j + 1, 0])]
+                row.fed.append(row.block[0])
                 row.pos += 1
                 row.block = kept[:]
             self._deliver(i, kept)
