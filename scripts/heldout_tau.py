@@ -3,6 +3,7 @@ self-speculative decoding of each prompt alone, up to --max-new-tokens or EOS (d
 only what the heads guess right, not time, so it runs eagerly and needs no quiet machine.
 
     python scripts/heldout_tau.py --ckpt runs/smol-heads --prompts data/chat/heldout.jsonl --json tau.json
+    python scripts/heldout_tau.py --ckpt runs/smol-heads --prompts data/chat/heldout.jsonl --tree "(0,), (1,), (0, 0)"
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from multitoken.data.prompts import encode_prompt, read_prompts
 from multitoken.decoding.speculative import DecodeStats, speculative_generate
+from multitoken.decoding.tree import DraftTree
 from multitoken.checkpoint import load_checkpoint
 
 
@@ -23,16 +25,20 @@ def main() -> None:
     parser.add_argument("--prompts", required=True)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--draft-len", type=int, default=None)
+    parser.add_argument("--tree", default=None, help="A draft tree to verify, as `generate --tree` takes it.")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     model, _, tokenizer = load_checkpoint(args.ckpt)
     stop = torch.tensor([tokenizer.eot_id])
+    tree = None if args.tree is None else DraftTree.parse(args.tree)
     total = DecodeStats()
     for prompt in read_prompts(args.prompts):
         ids = torch.tensor([encode_prompt(tokenizer, prompt, chat=True)])
-        _, stats = speculative_generate(model, ids, args.max_new_tokens, draft_len=args.draft_len, stop_ids=stop)
+        _, stats = speculative_generate(model, ids, args.max_new_tokens, draft_len=args.draft_len, stop_ids=stop,
+                                        tree=tree)
         total.add(stats)
     result = {"checkpoint": args.ckpt, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
+              "tree": None if tree is None else [list(p) for p in tree.paths],
               "tau": total.tau, "acceptance_per_position": total.acceptance_per_position}
     print(f"{args.ckpt}: tau {total.tau:.2f}, acceptance by draft position "
           + " ".join(f"{a:.0%}" for a in total.acceptance_per_position))
