@@ -58,11 +58,12 @@ def info(ckpt: str, json: bool = False) -> int:
     print("parameters")
     labels = {"tok_embeddings": "input embedding", "trunk": f"trunk ({m.n_trunk_layers} layers)",
               "heads": f"heads ({m.n_future} x 1 layer"
-              + (", with next-token projections)" if m.heads_read_next_token else ")"), "norm": "final norm",
+              + (f" + {m.n_future - 1} projections)" if m.heads_read_next_token else ")"), "norm": "final norm",
               "output": "unembedding (tied to input)" if m.tie_embeddings else "unembedding (output)", "total": "total"}
+    width = max(24, *(len(label) for label in labels.values()))
     for key, label in labels.items():
         share = counts[key] / counts["total"]
-        print(f"  {label:<24} {counts[key]:>14,}  {share:>6.1%}")
+        print(f"  {label:<{width}} {counts[key]:>14,}  {share:>6.1%}")
     return 0
 
 
