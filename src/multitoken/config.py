@@ -102,8 +102,9 @@ class ModelConfig:
     """Each extra head also reads the token that follows its position, embedded and projected into its input (a
     learned d_model x d_model matrix per head, zero at the start): a draft of token t+2 then knows token t+1, which
     head 1 has just chosen. When training that token is the text's; when decoding, head 1's choice. Drafts agree
-    with head 1 much more often (the token removes the uncertainty a parallel head guesses past, as in EAGLE and
-    Hydra); head 1 is unchanged, so the output is too. Off: the paper's parallel heads, which read z alone."""
+    with head 1 more often (SmolLM2: +2.3 points of top-1 at t+2 and +0.04 held-out tokens per forward over the same
+    training; z one layer below head 1 already carries most of that token); head 1 is unchanged, so the output is
+    too. Off: the paper's parallel heads, which read z alone."""
     max_seq_len: int = 256
     """Context length in tokens: training windows and the largest prompt + generation."""
     ffn_hidden: int | None = None
