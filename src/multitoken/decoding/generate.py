@@ -39,13 +39,6 @@ def last_positions(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return logits[torch.arange(logits.shape[0], device=logits.device), lengths - 1]
 
 
-def prompt_next_tokens(prompt: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """The token after each position of right-padded prompts (B, T): the prompt's own, -1 after each row's last
-    (head 1 chooses it). What the extra heads of a `heads_read_next_token` model read over a prompt."""
-    following = torch.nn.functional.pad(prompt[:, 1:], (0, 1), value=-1)
-    return following.scatter(1, (lengths - 1)[:, None], -1)
-
-
 def prefill(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Run the padded prompts through the model, filling the caches; next-token logits (B, V) after each prompt.
 

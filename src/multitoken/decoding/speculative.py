@@ -26,12 +26,12 @@ import torch
 
 from multitoken.decoding.fused_heads import FusedHeads
 from multitoken.decoding.generate import (OnTokens, check_fits, generate, last_positions, pad_after_stop,
-                                          prompt_next_tokens, stop_hits)
+                                          stop_hits)
 from multitoken.decoding.sampling import draw, probs_from_logits
 from multitoken.decoding.static import cache_slots, decoder_for
 from multitoken.decoding.tree import DraftTree, draft_tokens
 from multitoken.errors import ConfigError
-from multitoken.model import DecodeCaches, MTPModel, Positions
+from multitoken.model import DecodeCaches, MTPModel, Positions, prompt_next_tokens
 
 
 @dataclass
@@ -130,9 +130,10 @@ def verify_chain(block: torch.Tensor, logits: torch.Tensor, q: torch.Tensor | No
 
 
 def _all_heads_forward(model: MTPModel, num_heads: int, batch_size: int, cache_len: int, fused: bool):
-    """The caches for a chain decode, and forward(block, where, next_tokens) -> logits (B, T, >= num_heads, V) of
-    heads 1..num_heads. next_tokens (B, T): the token after each position for heads that read it, -1 where head 1's
-    choice goes (see `MTPModel.forward`); other heads ignore it.
+    """The caches for a chain decode, and forward(block, where, next_tokens=None) -> logits (B, T, >= num_heads, V)
+    of heads 1..num_heads. next_tokens (B, T): the token after each position for heads that read it, -1 where head
+    1's choice goes (see `MTPModel.forward`); None: head 1's choice after every token (a block of drafts). Other
+    heads ignore it.
 
     fused: heads 1..num_heads as one batched layer (`FusedHeads`); otherwise the model's own per-head forward (the
     reference path). Heads that read the next token wait for head 1's choice: head 1 then runs on its own, the
@@ -140,16 +141,21 @@ def _all_heads_forward(model: MTPModel, num_heads: int, batch_size: int, cache_l
     """
     if not fused:
         caches = DecodeCaches(model, batch_size, cache_len, heads="all")
-        return caches, lambda block, where, next_tokens: model(block, return_all_heads=True, where=where,
-                                                              next_tokens=next_tokens)
+        def reference(block: torch.Tensor, where: Positions, next_tokens: torch.Tensor | None = None) -> torch.Tensor:
+            if next_tokens is None:
+                next_tokens = torch.full_like(block, -1)
+            return model(block, return_all_heads=True, where=where, next_tokens=next_tokens)
+
+        return caches, reference
     if model.config.heads_read_next_token and num_heads > 1:
         heads = FusedHeads(model, num_heads - 1, first=1)
         caches = DecodeCaches(model, batch_size, cache_len, heads="next", fused=num_heads - 1)
 
-        def forward(block: torch.Tensor, where: Positions, next_tokens: torch.Tensor) -> torch.Tensor:
+        def forward(block: torch.Tensor, where: Positions, next_tokens: torch.Tensor | None = None) -> torch.Tensor:
             z = model.trunk(block, where)
             first = model.unembed(model.head(0, z, where))
-            following = model.embed(model.follow_tokens(next_tokens, first))
+            chosen = first.argmax(-1) if next_tokens is None else model.follow_tokens(next_tokens, first)
+            following = model.embed(chosen)
             cos, sin = model.rope(block.shape[1], where, heads.window)
             extra = model.unembed_drafts(heads(z, cos, sin, where, caches.fused, following))
             return torch.cat([first[:, :, None], extra], dim=2)
@@ -158,7 +164,7 @@ def _all_heads_forward(model: MTPModel, num_heads: int, batch_size: int, cache_l
     heads = FusedHeads(model, num_heads)
     caches = DecodeCaches(model, batch_size, cache_len, heads="none", fused=num_heads)
 
-    def forward(block: torch.Tensor, where: Positions, next_tokens: torch.Tensor) -> torch.Tensor:
+    def forward(block: torch.Tensor, where: Positions, next_tokens: torch.Tensor | None = None) -> torch.Tensor:
         cos, sin = model.rope(block.shape[1], where, heads.window)
         return model.unembed_heads(heads(model.trunk(block, where), cos, sin, where, caches.fused))
 
@@ -307,7 +313,7 @@ def _chain(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int,
             width = min(k + 1, cache_len - furthest)  # near the end of the context, verify fewer drafts
             start = furthest if B == 1 else torch.where(active, pos, 0)  # finished rows idle at position 0
             # (B, width, heads, V); heads that read the next token read head 1's choice after each draft
-            logits = forward(block[:, :width], caches.at(start, width), torch.full_like(block[:, :width], -1))
+            logits = forward(block[:, :width], caches.at(start, width))
             n_acc, correction = verify_chain(block[:, :width], logits[:, :, 0], q, sampling, generator) if not greedy \
                 else verify_chain(block[:, :width], logits[:, :, 0])
             # Keep d_0..d_a: write the whole block at the row's next slots; anything past a is overwritten next step.

@@ -27,7 +27,7 @@ import torch
 
 from multitoken.decoding.fused_heads import FusedHeads
 from multitoken.decoding.tree import DraftTree, accept_greedy, draft_tokens
-from multitoken.model import DecodeCaches, MTPModel, Positions
+from multitoken.model import DecodeCaches, MTPModel, Positions, prompt_next_tokens
 
 SLOT_ROUNDING = 128  # cache lengths are rounded up to this, so that calls of similar lengths share a compiled step
 
@@ -133,7 +133,7 @@ class StaticDecoder:
         """Fill the caches with the right-padded prompts (slots = positions 0..T0-1; eager: its shape varies from call
         to call). Logits at each row's last prompt position: (B, V) of head 1, or (B, heads, V) with a tree (only
         those positions are unembedded)."""
-        from multitoken.decoding.generate import last_positions, prefill, prompt_next_tokens
+        from multitoken.decoding.generate import last_positions, prefill
 
         model = self.model
         if self.heads is None:
@@ -147,8 +147,7 @@ class StaticDecoder:
             return model.unembed_heads(last_positions(hidden, lengths))
         # Heads that read the next token: the prompt's own, and after its last token head 1's choice.
         first = model.unembed(last_positions(h1, lengths))  # (B, V)
-        following = prompt_next_tokens(prompt, lengths)
-        following = torch.where(following < 0, first.argmax(-1, keepdim=True), following)
+        following = model.follow_tokens(prompt_next_tokens(prompt, lengths), first[:, None])
         extra = self.heads(z, cos, sin, where, self.caches.fused, model.embed(following))
         return torch.cat([first[:, None], model.unembed_drafts(last_positions(extra, lengths))], dim=1)
 

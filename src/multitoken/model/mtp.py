@@ -30,6 +30,14 @@ from multitoken.model.positions import Positions
 from multitoken.model.layers import RMSNorm, TransformerBlock, rope_cache
 
 
+def prompt_next_tokens(idx: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """The token after each position of right-padded token rows (B, T): the row's own, and -1 (head 1 chooses it)
+    after each row's last (lengths (B,); None: every row is full). What the extra heads of a
+    `heads_read_next_token` model read over a text or a prompt."""
+    following = F.pad(idx[:, 1:], (0, 1), value=-1)
+    return following if lengths is None else following.scatter(1, (lengths - 1)[:, None], -1)
+
+
 class MTPModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -190,7 +198,7 @@ class MTPModel(nn.Module):
             return self.unembed_heads(h)
         first = self.unembed(self.head(0, z, where))  # (B, T, V): the extra heads read its choices
         if next_tokens is None:
-            next_tokens = F.pad(idx[:, 1:], (0, 1), value=-1)
+            next_tokens = prompt_next_tokens(idx)
         following = self.follow_tokens(next_tokens, first)
         extra = [self.head(i, z, where, following) for i in range(1, self.n_future)]
         if not extra:

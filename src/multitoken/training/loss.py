@@ -184,8 +184,8 @@ class _HeadLoop(torch.autograd.Function):
         with torch.enable_grad():
             for i, y in enumerate(targets):
                 scale = loss_scale * weights[i]
-                loss = head_loss(model, model.head(i, d, next_tokens=following), y, ce, weight_grad_into=w_acc, weight_grad_scale=scale,
-                                 vocab=draft_vocabulary(model, i))
+                loss = head_loss(model, model.head(i, d, next_tokens=following), y, ce, weight_grad_into=w_acc,
+                                 weight_grad_scale=scale, vocab=draft_vocabulary(model, i))
                 if wrt and loss.requires_grad:  # a frozen head (--freeze base's head 1) only reports its loss
                     grads = list(torch.autograd.grad(scale * loss, wrt, allow_unused=True))
                     for j, t in enumerate(wrt):

@@ -53,10 +53,10 @@ def init_from_checkpoint(model: MTPModel, init_from: str, tokenizer) -> tuple[st
     # Everything but the extra heads beyond the new n_future (those are dropped).
     mapped = {key: value for key, value in state.items()
               if (m := _EXTRA_HEAD.match(key)) is None or int(m.group(1)) < c.n_future - 1}
-    for j in range(c.n_future - 1):  # projections the checkpoint lacks start at zero: heads as they were
-        if c.heads_read_next_token and f"next_token_proj.{j}.weight" not in mapped:
-            mapped[f"next_token_proj.{j}.weight"] = torch.zeros_like(model.next_token_proj[j].weight)
-    if not c.heads_read_next_token:  # parallel heads from a checkpoint whose heads read the next token
+    if c.heads_read_next_token:  # projections the checkpoint lacks start at zero: heads as they were
+        for j, proj in enumerate(model.next_token_proj):
+            mapped.setdefault(f"next_token_proj.{j}.weight", torch.zeros_like(proj.weight))
+    else:  # parallel heads from a checkpoint whose heads read the next token
         mapped = {key: value for key, value in mapped.items() if not key.startswith("next_token_proj.")}
     for j in range(saved.n_future - 1, c.n_future - 1):  # heads the checkpoint lacks start as copies of its head 1
         for key, value in state.items():
