@@ -124,6 +124,19 @@ def test_bench_decode_tree_auto_reports_the_choice_apart(trained_run, corpus, ca
     assert code == 0 and "--tree auto at batch size 1:" in out and "choosing took" in out
     result = json.loads(path.read_text())
     assert result["identical"] is True and result["tree_choice"]["seconds"] > 0
+    assert result["tree_choice"]["table"][0]["tree"] == "plain"  # every size auto considered, plain first
+
+
+def test_bench_decode_with_a_lookup_chain(trained_run, corpus, capsys, tmp_path):
+    path = tmp_path / "lookup.json"
+    code, out, _ = run_cli(capsys, "bench", "decode", "--ckpt", trained_run, "--data", corpus, "--tree",
+                           "(0,), lookup 3", "--num-prompts", 2, "--prompt-len", 8, "--max-new-tokens", 8,
+                           "--repeats", 1, "--json", path)
+    assert code == 0 and "identical outputs  yes" in out and "draft tree         (0,), lookup 3" in out
+    result = json.loads(path.read_text())
+    assert result["tree"] == "(0,), lookup 3" and len(result["acceptance_per_position"]) == 3
+    # one extra head is read per step, whatever the copied drafts: 1 trunk layer + head 1 against + head 2
+    assert result["memory_bound_limit"] == 2 / 3
 
 
 def test_bench_decode_refuses_a_directory_before_measuring(trained_run, capsys, tmp_path):

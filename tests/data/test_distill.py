@@ -126,12 +126,14 @@ def test_chat_with_heads_answers_as_plain_decoding_through_a_chain_or_a_tree(hea
     import io
 
     conversation = "add two\nclass Point\n"
-    answers, cases = {}, {"plain": ["--speculative", "false"], "chain": [], "tree": ["--tree", "(0,), (1,), (0, 0)"]}
+    answers, cases = {}, {"plain": ["--speculative", "false"], "chain": [], "tree": ["--tree", "(0,), (1,), (0, 0)"],
+                          "lookup": ["--tree", "(0,), lookup 3"]}
     for case, extra in cases.items():
         monkeypatch.setattr("sys.stdin", io.StringIO(conversation))
         code, answers[case], err = run_cli(capsys, "chat", "--ckpt", heads_model, "--max-new-tokens", 12, *extra)
         assert code == 0 and err.count("tokens/s") == 2 and ("tau" in err) == (case != "plain")
-    assert answers["chain"] == answers["tree"] == answers["plain"] and answers["plain"].count("\n") == 2
+    assert answers["chain"] == answers["tree"] == answers["lookup"] == answers["plain"]
+    assert answers["plain"].count("\n") == 2
     code, out, err = run_cli(capsys, "generate", "--ckpt", heads_model, "--chat", "--prompt", "add two",
                              "--temperature", 0, "--speculative", *cases["tree"], "--max-new-tokens", 12)
     assert code == 0 and out == answers["plain"].split("\n")[0] + "\n" and "tree of 4 nodes, depth 2:" in err
@@ -141,6 +143,28 @@ def test_chat_with_heads_answers_as_plain_decoding_through_a_chain_or_a_tree(hea
     monkeypatch.setattr("sys.stdin", io.StringIO(conversation))
     code, _, err = run_cli(capsys, "chat", "--ckpt", heads_model, "--tree", "(0,), (0, 0), (0, 0, 0)")
     assert_one_line_error(code, err, "3 drafts deep but the model has 2 extra heads")
+
+
+def test_lookup_drafts_speed_up_a_model_without_heads(chat_model, capsys, monkeypatch):
+    """--tree "lookup N" needs no heads: generate and chat on a next-token-only model answer as plain greedy
+    decoding and report tau; sampling with copied drafts alone gets one line."""
+    import io
+
+    plain = run_cli(capsys, "generate", "--ckpt", chat_model, "--chat", "--prompt", "add two", "--temperature", 0,
+                    "--max-new-tokens", 12)[1]
+    code, out, err = run_cli(capsys, "generate", "--ckpt", chat_model, "--chat", "--prompt", "add two",
+                             "--temperature", 0, "--speculative", "--tree", "lookup 3", "--max-new-tokens", 12)
+    assert code == 0 and out == plain and "lookup of 3 tokens:" in err and "tau" in err
+    monkeypatch.setattr("sys.stdin", io.StringIO("add two\n"))
+    code, out, err = run_cli(capsys, "chat", "--ckpt", chat_model, "--temperature", 0, "--tree", "lookup 3",
+                             "--max-new-tokens", 12)
+    assert code == 0 and out == plain and "tau" in err
+    code, _, err = run_cli(capsys, "generate", "--ckpt", chat_model, "--prompt", "add", "--temperature", 0.7,
+                           "--speculative", "--tree", "lookup 3")
+    assert_one_line_error(code, err, "verified greedily")
+    code, _, err = run_cli(capsys, "generate", "--ckpt", chat_model, "--prompt", "add", "--speculative",
+                           "--tree", "(0,), lookup three")
+    assert_one_line_error(code, err, "'lookup' takes a number of tokens")
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow  # every test here compiles decoding steps
 
 def test_steps_have_no_graph_breaks():
     model = sharp_model(0, 3)
-    for tree in (None, DraftTree.parse("(0,), (1,), (0, 0)")):
+    for tree in (None, DraftTree.parse("(0,), (1,), (0, 0)"), DraftTree.parse("(0,), (1,), (0, 0), lookup 3"),
+                 DraftTree.parse("lookup 3")):
         decoder = decoder_for(model, 2, 48, tree, compile=False)
         pos = torch.tensor([5, 9])
         args = (torch.zeros(2, dtype=torch.long), pos) if tree is None else \
@@ -37,3 +38,6 @@ def test_compiled_equals_eager():
     again, stats = speculative_generate(model, padded, 20, lengths=lengths, compile=True,
                                         tree=DraftTree.parse("(0,), (1,), (0, 0)"))
     assert torch.equal(again, eager) and stats.compile_seconds == 0  # compiled once, reused
+    copying, stats = speculative_generate(model, padded, 20, lengths=lengths, compile=True,
+                                          tree=DraftTree.parse("(0,), (1,), (0, 0), lookup 2"))
+    assert torch.equal(copying, eager) and stats.compile_seconds > 0

@@ -243,9 +243,10 @@ def _summary(model: MTPModel, measured: Measurements, compared: list[str], tempe
 def _speculative_fields(model: MTPModel, measured: Measurements, rates: dict[str, float], temperature: float,
                         tree) -> dict:
     stats = measured.stats
-    drafting = tree is None or bool(tree.paths)  # an empty tree: --tree auto chose plain decoding
+    drafting = tree is None or tree.drafts  # an empty tree: --tree auto chose plain decoding
     acceptance = stats.acceptance_per_position if drafting else []
     k = len(acceptance)
+    heads = k if tree is None else tree.head_depth  # a lookup chain's drafts cost no head
     trunk = model.config.n_trunk_layers
     return {
         "tokens_per_s_speculative": rates["speculative"],
@@ -257,7 +258,7 @@ def _speculative_fields(model: MTPModel, measured: Measurements, rates: dict[str
         "draft_len": k,
         # speedup / tau is a plain step's time over a speculative step's. Where only reading weights costs
         # (large models on a GPU), a plain step reads trunk + head 1 and a speculative one trunk + k + 1 heads.
-        "memory_bound_limit": (trunk + 1) / (trunk + k + 1),
+        "memory_bound_limit": (trunk + 1) / (trunk + heads + 1),
         "forwards_speculative": stats.forwards + measured.speculative_calls,  # verification forwards + prefills
         "tree_nodes": stats.tree_nodes,
         "tree": "chain" if tree is None else (str(tree) or "plain"),

@@ -50,8 +50,10 @@ def bench_decode(ckpt: str, prompts: str | None = None, chat: bool = False, igno
         max_new_tokens: Tokens per prompt.
         draft_len: Tokens drafted per step by heads 2..k+1 (1..n_future-1); default n_future - 1.
         tree: Draft tree verified per step (greedy): 'chain' (each head's top guess, k drafts), 'auto' (the tree, or
-            plain decoding, with the most tokens/s measured on validation data at this batch size), or paths of
-            candidate ranks such as "(0,), (1,), (0, 0)". Sampling uses the chain.
+            plain decoding, with the most tokens/s measured on validation data at this batch size, lookup chains
+            included), or paths of candidate ranks such as "(0,), (1,), (0, 0)", optionally with a chain of tokens
+            copied from the context: "(0,), (1,), (0, 0), lookup 4" ("lookup 4" alone needs no heads). Sampling uses
+            the chain of the heads.
         compile: Compile each decoding step with torch.compile (static shapes; inductor on CPU, CUDA graphs on
             CUDA), on both sides; compiling is reported apart and never counted in tokens/s.
         temperature: 0 (greedy, the default) checks identical outputs; > 0 measures speculative sampling.
@@ -202,11 +204,15 @@ def _run_decode(args: SimpleNamespace) -> int:
     device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.ckpt)
     model, cfg, tokenizer = load_checkpoint(ckpt, device)
-    if model.n_future == 1 and not (args.against_transformers or args.against_llama_cpp):
+    from multitoken.decoding.tree import DraftTree
+
+    lookup_only = args.tree not in ("auto", "chain") and not DraftTree.parse(args.tree).paths
+    if model.n_future == 1 and not (args.against_transformers or args.against_llama_cpp or lookup_only):
         raise ConfigError(f"{ckpt} is a next-token-only model (no extra heads), so there is no speculative decoding "
-                          "to compare: add --against-transformers to time plain decoding against transformers, or "
-                          "give it heads (train --init-from it with --model.n_future 4 --freeze base)")
-    k = check_draft_len(model, args.draft_len) if model.n_future > 1 else None
+                          "to compare: add --against-transformers to time plain decoding against transformers, "
+                          "--tree \"lookup 4\" to draft from the context, or give it heads (train --init-from it "
+                          "with --model.n_future 4 --freeze base)")
+    k = check_draft_len(model, args.draft_len) if model.n_future > 1 and not lookup_only else None
     references = {}
     if args.against_transformers:
         references["transformers"] = _transformers_reference(ckpt, model, args.max_new_tokens, tokenizer.eot_id,
@@ -224,7 +230,7 @@ def _run_decode(args: SimpleNamespace) -> int:
         raise ConfigError(f"--batch-size {max(batch_sizes)} exceeds the {len(prompts)} prompts: give at least as many "
                           "prompts (--num-prompts, or lines in --prompts) as the largest batch")
     tree = None
-    if model.n_future > 1 and args.tree != "auto":
+    if (model.n_future > 1 or lookup_only) and args.tree != "auto":
         tree = parse_tree(args.tree, model, args.draft_len)
     print(f"benchmarking {ckpt} on {source}", flush=True)
     stop_ids = None if args.ignore_eos else torch.tensor(tokenizer.stop_ids, device=device)
@@ -294,12 +300,13 @@ def _timed_auto_tree(model, cfg, tokenizer, batch_size: int, args: Namespace, de
     from multitoken.decoding.static import total_compile_seconds
 
     start, compiled_before = time.perf_counter(), total_compile_seconds(model)
-    tree = _auto_tree(model, cfg, tokenizer, batch_size, args, device)
+    choice = _auto_tree(model, cfg, tokenizer, batch_size, args, device)
     choosing = {"seconds": time.perf_counter() - start,
-                "compile_seconds": total_compile_seconds(model) - compiled_before}
+                "compile_seconds": total_compile_seconds(model) - compiled_before,
+                "table": choice.table}  # every size considered: its tree, expected tau, step time, speedups
     print(f"  (choosing took {choosing['seconds']:.0f} s, {choosing['compile_seconds']:.0f} s of it compiling "
           "steps the benchmark reuses; none of it counted in tokens/s)", flush=True)
-    return tree, choosing
+    return choice.tree, choosing
 
 
 def _write_decode_results(results: list[dict], args: Namespace) -> None:
@@ -348,7 +355,7 @@ def _auto_tree(model, cfg, tokenizer, batch_size: int, args, device):
     import numpy as np
     import torch
 
-    from multitoken.decoding.auto import choose_tree, head_ranks
+    from multitoken.decoding.auto import choose_tree, draft_samples
 
     val = _validation_tokens(cfg, tokenizer, args)
     n = 16
@@ -357,15 +364,16 @@ def _auto_tree(model, cfg, tokenizer, batch_size: int, args, device):
     starts = (spacing + np.arange(n) * 2 * spacing).astype(np.int64)
     windows = torch.tensor(np.stack([val[s:s + args.prompt_len] for s in starts]).astype(np.int64), device=device)
     depth = model.n_future - 1
-    ranks = head_ranks(model, windows, args.max_new_tokens, depth)
+    samples = draft_samples(model, windows, args.max_new_tokens, depth)
     rows = windows[torch.arange(batch_size) % n]  # the choice is decoded end to end at the benchmark's batch size
-    choice = choose_tree(model, ranks, batch_size, args.prompt_len + args.max_new_tokens, args.compile,
+    choice = choose_tree(model, samples, batch_size, args.prompt_len + args.max_new_tokens, args.compile,
                          prompts=rows, max_new_tokens=args.max_new_tokens)
-    tried = ", ".join(f"{r['nodes']} nodes {r['measured_speedup']:.2f}x" for r in choice.table if "measured_speedup" in r)
-    print(f"--tree auto at batch size {batch_size}: {choice.tree.describe() if choice.tree.paths else 'plain decoding'}"
+    tried = ", ".join(f"{r['nodes']} nodes{' (lookup ' + str(r['lookup']) + ')' if r.get('lookup') else ''} "
+                      f"{r['measured_speedup']:.2f}x" for r in choice.table if "measured_speedup" in r)
+    print(f"--tree auto at batch size {batch_size}: {choice.tree.describe()}"
           f" (expected tau {choice.tau:.2f}, step {choice.step_us:.0f} us vs plain {choice.plain_step_us:.0f} us; "
           f"decoded end to end on validation windows: {tried or 'no tree promised 5% over plain'})", flush=True)
-    return choice.tree
+    return choice
 
 
 def _transformers_reference(ckpt, model, max_new_tokens: int, pad_id: int, device):

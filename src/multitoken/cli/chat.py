@@ -41,7 +41,8 @@ def chat(ckpt: str, system: str | None = None, max_new_tokens: int = 256, temper
         speculative: Decode with the model's extra heads when it has any (false: plain decoding).
         tree: Draft tree verified per step (greedy): 'chain' (each extra head's top guess), or paths of candidate
             ranks such as "(0,), (1,), (0, 0)", e.g. the tree `bench decode --tree auto` picked for this model and
-            machine. Sampling uses the chain.
+            machine, optionally with tokens copied from the conversation: "(0,), (1,), (0, 0), lookup 4" ("lookup 4"
+            alone needs no heads). Sampling uses the chain of the heads.
         compile: Compile the decoding steps with torch.compile (the first answer waits for it, a few minutes on a
             CPU; later answers reuse the steps while the conversation stays within the same cache length).
         device: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.
@@ -54,8 +55,9 @@ def chat(ckpt: str, system: str | None = None, max_new_tokens: int = 256, temper
     check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
     device = resolve_device(device)
     model, _, tokenizer = load_checkpoint(ckpt, device)
-    speculative = speculative and model.n_future > 1
-    draft_tree = parse_tree(tree, model, None) if speculative else None
+    draft_tree = parse_tree(tree, model, None, temperature) if speculative else None
+    if speculative and model.n_future == 1 and draft_tree is None:
+        speculative = False  # no heads to draft with and no lookup asked for: plain decoding
     if not tokenizer.chat_template:
         raise ConfigError(f"{ckpt}: this model's tokenizer has no chat template, so it has no chat format: use "
                           "`multitoken generate --prompt` to continue text instead")

@@ -13,16 +13,21 @@ from multitoken.errors import ConfigError
 from multitoken.decoding.text import TextStream, until_eos
 
 
-def parse_tree(text: str, model, draft_len: int | None):
-    """--tree: None for the chain of draft_len, else a DraftTree (checked against the model's heads)."""
+def parse_tree(text: str, model, draft_len: int | None, temperature: float = 0.0):
+    """--tree: None for the chain of draft_len, else a DraftTree (checked against the model's heads, and copied drafts
+    alone against sampling)."""
     from multitoken.decoding.tree import DraftTree
 
     if text == "chain":
         return None
     tree = DraftTree.parse(text)
-    if tree.depth > model.n_future - 1:
-        raise ConfigError(f"--tree is {tree.depth} drafts deep but the model has {model.n_future - 1} extra heads: "
-                          f"use paths of at most {model.n_future - 1} ranks")
+    if temperature > 0 and not tree.paths and tree.lookup:
+        raise ConfigError("drafts copied from the context are verified greedily: use --temperature 0, or give the "
+                          "tree head paths (sampling verifies a chain of the heads' drafts)")
+    if tree.head_depth > model.n_future - 1:
+        raise ConfigError(f"--tree is {tree.head_depth} drafts deep but the model has {model.n_future - 1} extra "
+                          f"heads: use paths of at most {model.n_future - 1} ranks"
+                          + ("" if model.n_future > 1 else ", or \"lookup N\" alone (drafts copied from the context)"))
     if draft_len is not None:
         raise ConfigError("give --draft-len or a --tree of paths, not both (a tree sets its own depth)")
     return tree
@@ -108,7 +113,9 @@ def generate_text(ckpt: str, prompt: str, chat: bool = False, system: str | None
         speculative: Self-speculative decoding with the model's own heads; prints statistics after the text.
         draft_len: Tokens drafted per step by heads 2..k+1 (1..n_future-1); default n_future - 1.
         tree: Draft tree verified per step (greedy): 'chain' (each head's top guess, k drafts), or paths of
-            candidate ranks such as "(0,), (1,), (0, 0)". Sampling uses the chain.
+            candidate ranks such as "(0,), (1,), (0, 0)", optionally with a chain of tokens copied from the context
+            where its last tokens occurred before: "(0,), (1,), (0, 0), lookup 4" ("lookup 4" alone needs no
+            heads). Sampling uses the chain of the heads.
         compile: Compile each decoding step with torch.compile (static shapes; inductor on CPU, CUDA graphs on
             CUDA). The first call compiles (reported apart), later ones are faster.
         device: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.
@@ -122,8 +129,8 @@ def generate_text(ckpt: str, prompt: str, chat: bool = False, system: str | None
     check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
     device = resolve_device(device)
     model, _, tokenizer = load_checkpoint(ckpt, device)
-    k = check_draft_len(model, draft_len) if speculative else None
-    draft_tree = parse_tree(tree, model, draft_len) if speculative else None
+    draft_tree = parse_tree(tree, model, draft_len, temperature) if speculative else None
+    k = check_draft_len(model, draft_len) if speculative and (draft_tree is None or draft_tree.paths) else None
     stops = check_stops(stop, tokenizer)
     ids = _prompt_ids(tokenizer, prompt, chat, system)
     check_prompt_fits(len(ids), max_new_tokens, model.config.max_seq_len)
@@ -142,7 +149,7 @@ def generate_text(ckpt: str, prompt: str, chat: bool = False, system: str | None
     if draft_tree is None:
         drafts = f"draft length {k}"
     else:  # sampling verifies a chain as deep as the tree (speculative_generate), greedy decoding the tree itself
-        drafts = f"draft length {draft_tree.depth}" if temperature > 0 else draft_tree.describe()
+        drafts = f"draft length {draft_tree.head_depth}" if temperature > 0 else draft_tree.describe()
     _report_speed(until_eos(new[0].tolist(), stop_ids)[1], elapsed, stats, drafts, compiling)
     return 0
 

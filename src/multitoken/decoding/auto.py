@@ -2,10 +2,12 @@
 
 Two measurements decide it:
 
-1. What the heads get right. Plain greedy decoding continues some validation prompts; one causal forward with all
+1. What the drafts get right. Plain greedy decoding continues some validation prompts; one causal forward with all
    heads over each result gives, at every decoded position, the rank of the token greedy decoding really chose d + 1
-   ahead among head d + 1's guesses. A tree accepts, per sample, its deepest node whose path is a prefix of those
-   ranks, so the expected tokens per step of *every* tree follow from the same samples (`tree.best_trees`).
+   ahead among head d + 1's guesses, and the context there gives how many of the tokens copied from it
+   (`lookup.py`) greedy decoding really chose. A tree accepts, per sample, its deepest node whose path is a prefix of
+   those ranks, or the copied tokens that are right if more, so the expected tokens per step of *every* tree, with
+   or without a lookup chain, follow from the same samples (`tree.best_trees`, `best_draft_trees`).
 2. What a step costs. The static steps are timed at this batch size (compiled when decoding will be): plain decoding
    and trees of a few sizes, the sizes between interpolated.
 
@@ -25,35 +27,119 @@ from dataclasses import dataclass
 import torch
 
 from multitoken.decoding.generate import generate
+from multitoken.decoding.lookup import STRONG_MATCH, lookup_drafts
 from multitoken.decoding.static import cache_slots, decoder_for
 from multitoken.decoding.tree import DraftTree, best_trees
 from multitoken.model import MTPModel
 
 MAX_RANK = 8  # guesses per head considered (top-8)
+LOOKUP_LENGTHS = (1, 2, 3, 4, 6)  # depths of the first-choice path that copies may take over
 MARGIN = 1.05  # a tree must promise, and then measure, at least this much over plain decoding to be chosen
 CANDIDATES = 3  # trees decoded end to end before the pick
 
 
+@dataclass
+class DraftSamples:
+    """What drafts would have got right, one sample per decoded position of greedy decoding."""
+
+    ranks: torch.Tensor  # (S, depth): rank of greedy decoding's token d + 1 ahead among head d + 1's guesses, or -1
+    # Copies from the context (None: not measured): which of the copied tokens greedy decoding chose (S, L), the rank
+    # of each copied token among that depth's head guesses or -1 (S, min(depth, L)), and a strong match (S,).
+    copy_right: torch.Tensor | None = None
+    copy_ranks: torch.Tensor | None = None
+    strong: torch.Tensor | None = None
+
+
+def _rank(logits: torch.Tensor, token: torch.Tensor, max_rank: int) -> torch.Tensor:
+    rank = (logits > logits.gather(1, token[:, None])).sum(-1)
+    return torch.where(rank < max_rank, rank, -1)
+
+
 @torch.no_grad()
-def head_ranks(model: MTPModel, prompts: torch.Tensor, max_new_tokens: int, depth: int,
-               max_rank: int = MAX_RANK) -> torch.Tensor:
-    """Ranks (S, depth) of greedy decoding's own tokens among the extra heads' guesses (-1: not in the top
-    max_rank), one sample per decoded position. prompts (B, T0) of equal length."""
+def draft_samples(model: MTPModel, prompts: torch.Tensor, max_new_tokens: int, depth: int,
+                  max_rank: int = MAX_RANK, max_lookup: int = max(LOOKUP_LENGTHS)) -> DraftSamples:
+    """At each decoded position of greedy decoding: the ranks of its own tokens among the extra heads' guesses (-1:
+    not in the top max_rank), and what a copy from the context would have offered (up to max_lookup tokens).
+    prompts (B, T0) of equal length; depth 0: copies only (no heads)."""
     B, T0 = prompts.shape
     continuation = generate(model, prompts, max_new_tokens)
     sequence = torch.cat([prompts, continuation], dim=1)  # (B, T0 + N)
-    logits = model(sequence, return_all_heads=True)  # (B, T, heads, V), causal over the whole sequence
-    ranks = []
-    # At position p (the last accepted token), head d + 1 guesses the token at p + d + 1.
-    for p in range(T0 - 1, T0 + max_new_tokens - 1 - depth):
-        per_depth = []
-        for d in range(1, depth + 1):
-            head = logits[:, p, d]  # (B, V)
-            truth = sequence[:, p + d + 1]
-            rank = (head > head.gather(1, truth[:, None])).sum(-1)
-            per_depth.append(torch.where(rank < max_rank, rank, -1))
-        ranks.append(torch.stack(per_depth, dim=1))
-    return torch.cat(ranks)
+    logits = model(sequence, return_all_heads=True) if depth else None  # (B, T, heads, V), causal
+    ranks, rights, copy_ranks, strong = [], [], [], []
+    end = T0 + max_new_tokens
+    # At position p (the last accepted token; the next one, at p + 1, is certain), head d + 1 guesses the token at
+    # p + d + 1 and the copy starts at p + 2.
+    for p in range(T0 - 1, end - 1 - max(depth, 1)):
+        copied, matched = lookup_drafts(sequence, torch.full((B,), p + 2, device=sequence.device), max_lookup)
+        truth = sequence[:, p + 2:p + 2 + max_lookup]
+        right = torch.zeros(B, max_lookup, dtype=torch.bool, device=sequence.device)
+        right[:, :truth.shape[1]] = copied[:, :truth.shape[1]] == truth
+        rights.append(right)
+        strong.append(matched >= STRONG_MATCH)
+        ranks.append(torch.stack([_rank(logits[:, p, d], sequence[:, p + d + 1], max_rank)
+                                  for d in range(1, depth + 1)], dim=1) if depth else
+                     torch.zeros(B, 0, dtype=torch.long, device=sequence.device))
+        copy_ranks.append(torch.stack([_rank(logits[:, p, d], copied[:, d - 1], max_rank)
+                                       for d in range(1, min(depth, max_lookup) + 1)], dim=1) if depth else
+                          torch.zeros(B, 0, dtype=torch.long, device=sequence.device))
+    return DraftSamples(torch.cat(ranks).cpu(), torch.cat(rights).cpu(), torch.cat(copy_ranks).cpu(),
+                        torch.cat(strong).cpu())
+
+
+def accepted_drafts(tree: DraftTree, samples: DraftSamples) -> torch.Tensor:
+    """Drafts the tree accepts on each sample (S,): its tokens filled as decoding fills them (`tree.with_copies`),
+    and walked down from the root while a child holds greedy decoding's next token."""
+    heads, copies = set(tree.paths), set(tree.copy_paths) | {p for p in tree.paths if not any(p)}
+    rows = samples.ranks.tolist()
+    use_copies = tree.lookup and samples.copy_right is not None
+    rights = samples.copy_right.tolist() if use_copies else None
+    copy_ranks = samples.copy_ranks.tolist() if use_copies else None
+    strong = samples.strong.tolist() if use_copies else None
+    counts = []
+    for s, ranks in enumerate(rows):
+        path: tuple[int, ...] = ()
+        while True:
+            d = len(path)  # the child's depth is d + 1
+            zero = path + (0,)
+            copy_here = use_copies and zero in copies and d < tree.lookup
+            if copy_here and (strong[s] or zero in tree.copy_paths):  # this depth's first choice is the copy
+                if rights[s][d]:
+                    path = zero
+                    continue
+                if zero in tree.copy_paths or d >= len(ranks) or ranks[d] < 0:
+                    break
+                # the siblings hold the head's guesses without the copied token: one rank up past it
+                r = ranks[d] - (1 if 0 <= copy_ranks[s][d] < ranks[d] else 0) if d < len(copy_ranks[s]) else ranks[d]
+                child = path + (r + 1,)
+            else:
+                if d >= len(ranks) or ranks[d] < 0:
+                    break
+                child = path + (ranks[d],)
+            if child not in heads:
+                break
+            path = child
+        counts.append(len(path))
+    return torch.tensor(counts, dtype=torch.float)
+
+
+def best_draft_trees(samples: DraftSamples, max_nodes: int) -> dict[int, tuple[DraftTree, float]]:
+    """Node count -> the tree of that many nodes with the most expected tokens per step on these samples, among the
+    heads' best trees (`best_trees`), each as it is and copying from the context down its first-choice path to
+    `LOOKUP_LENGTHS` tokens (deeper than the path, with nodes added). Not every count need be there (without heads,
+    only 1 + a lookup length)."""
+    head_trees = best_trees(samples.ranks, max_nodes)
+    best: dict[int, tuple[DraftTree, float]] = {i + 1: entry for i, entry in enumerate(head_trees)}
+    if samples.copy_right is None:
+        return best
+    for tree, _ in head_trees:
+        for length in LOOKUP_LENGTHS:
+            copying = tree.with_lookup(length)
+            if copying.num_nodes > max_nodes:
+                break
+            tau = 1 + accepted_drafts(copying, samples).mean().item()
+            if copying.num_nodes not in best or tau > best[copying.num_nodes][1]:
+                best[copying.num_nodes] = (copying, tau)
+    return dict(sorted(best.items()))
 
 
 @dataclass
@@ -121,30 +207,34 @@ def end_to_end_speedup(model: MTPModel, tree: DraftTree, prompts: torch.Tensor, 
     return statistics.median(ratios)
 
 
-def _time_sizes(model: MTPModel, trees: list[tuple[DraftTree, float]], sizes: list[int], plain_us: float,
+def _time_sizes(model: MTPModel, trees: dict[int, tuple[DraftTree, float]], sizes: list[int], plain_us: float,
                 batch_size: int, cache_len: int, compile: bool) -> dict[int, float]:
     """Step times of the best trees of these sizes, smallest first, stopping at the first size whose step already
     costs more than the most any tree could accept makes up for: a tree's tokens per step never exceed the largest
     tree's tau, and a larger tree's step never costs less, so no larger size can reach MARGIN (on a CPU at batch 8
     that is often the first size, and every size not timed is a compilation saved)."""
-    most_tau = trees[-1][1]
+    most_tau = max(tau for _, tau in trees.values())
     measured = {}
     for size in sizes:
-        measured[size] = _step_time(model, batch_size, cache_len, trees[size - 1][0], compile)
+        measured[size] = _step_time(model, batch_size, cache_len, trees[size][0], compile)
         if measured[size] * MARGIN > plain_us * most_tau:
             break
     return measured
 
 
-def choose_tree(model: MTPModel, ranks: torch.Tensor, batch_size: int, needed_positions: int, compile: bool,
+def choose_tree(model: MTPModel, samples: DraftSamples, batch_size: int, needed_positions: int, compile: bool,
                 max_nodes: int = 32, timed_sizes: tuple[int, ...] = (2, 4, 8, 16, 32),
                 prompts: torch.Tensor | None = None, max_new_tokens: int = 0) -> TreeChoice:
     """The tree (or plain decoding) with the most tokens per second at this batch size: by expected tokens per step
     and step times, then, given prompts (batch_size rows of equal length), by decoding the best candidates."""
-    trees = best_trees(ranks, max_nodes)  # index i: the best tree of i + 1 nodes
+    trees = best_draft_trees(samples, max_nodes)  # node count -> the best tree of that size
+    del trees[1]  # the root alone: plain decoding, timed as such
     cache_len = cache_slots(model, needed_positions)
     plain_us = _step_time(model, batch_size, cache_len, None, compile)
-    sizes = sorted({min(s, len(trees)) for s in timed_sizes if s >= 2})
+    if not trees:
+        return TreeChoice(DraftTree(()), 1.0, plain_us, plain_us, [])
+    # Timed: the available size nearest each of timed_sizes.
+    sizes = sorted({min(trees, key=lambda n: (abs(n - s), n)) for s in timed_sizes if s >= 2})
     measured = _time_sizes(model, trees, sizes, plain_us, batch_size, cache_len, compile)
     sizes = sorted(measured)
 
@@ -159,23 +249,22 @@ def choose_tree(model: MTPModel, ranks: torch.Tensor, batch_size: int, needed_po
         return (1 - w) * measured[lower] + w * measured[upper]
 
     table = [{"nodes": 1, "tree": "plain", "tau": 1.0, "step_us": plain_us, "expected_speedup": 1.0}]
-    for nodes in range(2, len(trees) + 1):
-        tree, tau = trees[nodes - 1]
+    for nodes, (tree, tau) in trees.items():
         us = step_us(nodes)
-        table.append({"nodes": nodes, "tree": str(tree), "tau": tau, "step_us": us,
+        table.append({"nodes": nodes, "tree": str(tree), "lookup": tree.lookup, "tau": tau, "step_us": us,
                       "expected_speedup": tau / us * plain_us})
     ranked = sorted(table[1:], key=lambda row: -row["expected_speedup"])
     candidates = [row for row in ranked[:CANDIDATES] if row["expected_speedup"] >= MARGIN]
     for row in candidates:
         if row["nodes"] not in measured:  # interpolated: time the very tree before trusting it
-            row["step_us"] = _step_time(model, batch_size, cache_len, trees[row["nodes"] - 1][0], compile)
+            row["step_us"] = _step_time(model, batch_size, cache_len, trees[row["nodes"]][0], compile)
             row["expected_speedup"] = row["tau"] / row["step_us"] * plain_us
         if prompts is not None:
-            row["measured_speedup"] = end_to_end_speedup(model, trees[row["nodes"] - 1][0], prompts, max_new_tokens,
+            row["measured_speedup"] = end_to_end_speedup(model, trees[row["nodes"]][0], prompts, max_new_tokens,
                                                          compile)
     key = "measured_speedup" if prompts is not None else "expected_speedup"
     best = max(candidates, key=lambda row: row[key], default=None)
     if best is None or best[key] < MARGIN:
         return TreeChoice(DraftTree(()), 1.0, plain_us, plain_us, table)
-    tree = trees[best["nodes"] - 1][0]
+    tree = trees[best["nodes"]][0]
     return TreeChoice(tree, best["tau"], best["step_us"], plain_us, table)

@@ -27,9 +27,10 @@ import torch
 from multitoken.decoding.fused_heads import FusedHeads
 from multitoken.decoding.generate import (OnTokens, check_fits, generate, last_positions, pad_after_stop,
                                           stop_hits)
+from multitoken.decoding.lookup import STRONG_MATCH, lookup_drafts
 from multitoken.decoding.sampling import draw, probs_from_logits
 from multitoken.decoding.static import cache_slots, decoder_for
-from multitoken.decoding.tree import DraftTree, draft_tokens
+from multitoken.decoding.tree import DraftTree, draft_tokens, guess_count, with_copies
 from multitoken.errors import ConfigError
 from multitoken.model import DecodeCaches, MTPModel, Positions, prompt_next_tokens
 
@@ -200,9 +201,16 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
     kept; on_tokens sees each step's accepted tokens).
     """
     start_time = time.perf_counter()
-    k = check_draft_len(model, draft_len if tree is None or not tree.paths else tree.depth)
-    if tree is not None and tree.paths and temperature > 0:
-        tree = DraftTree.chain(tree.depth)  # sampling verifies chains (exact speculative sampling)
+    if tree is not None and tree.drafts and temperature > 0:
+        if not tree.paths:
+            raise ConfigError("drafts copied from the context are verified greedily: use temperature 0, or give the "
+                              "tree head paths (sampling verifies a chain of the heads' drafts)")
+        tree = DraftTree.chain(tree.head_depth)  # sampling verifies chains (exact speculative sampling)
+    if tree is not None and tree.lookup and not tree.paths:
+        k = tree.lookup  # copied drafts alone: no heads needed
+    else:
+        k = check_draft_len(model, draft_len if tree is None or not tree.paths else tree.head_depth)
+        k = k if tree is None else max(k, tree.lookup)
     B, T0 = prompt.shape
     check_fits(model, T0, max_new_tokens)
     device = prompt.device
@@ -210,7 +218,7 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
     stats = DecodeStats(accepted_per_position=[0] * k, attempted_per_position=[0] * k)
     if max_new_tokens == 0:
         return torch.empty(B, 0, dtype=torch.long, device=device), stats
-    if tree is not None and not tree.paths:  # the empty tree: plain decoding (what `auto` picks when nothing pays)
+    if tree is not None and not tree.drafts:  # the empty tree: plain decoding (what `auto` picks when nothing pays)
         out = generate(model, prompt, max_new_tokens, lengths=lengths, compile=compile, temperature=temperature,
                        top_k=top_k, top_p=top_p, generator=generator, stop_ids=stop_ids, on_tokens=on_tokens)
         stats.forwards, stats.row_steps = max_new_tokens, B * max_new_tokens
@@ -258,18 +266,34 @@ def _greedy_tree(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N
     n_done = torch.zeros(B, dtype=torch.long, device=device)  # tokens finalized per row
     offsets = torch.arange(D + 1, device=device)
     log: list[torch.Tensor] = []  # per step: drafts accepted per row, -1 for a finished row (statistics at the end)
+    # Copies come from each row's whole context: prompt, tokens kept so far and the next (certain) token.
+    context = torch.cat([prompt, torch.zeros(B, N + D + 2, dtype=prompt.dtype, device=device)], 1) \
+        if tree.lookup else None
+
+    def with_lookup(tokens: torch.Tensor, guesses: torch.Tensor | None) -> torch.Tensor:
+        if context is None:
+            return tokens
+        ends = lengths + n_done.clamp(max=N)
+        context.scatter_(1, ends[:, None], tokens[:, :1])
+        copied, matched = lookup_drafts(context, ends + 1, tree.lookup)
+        return with_copies(tokens, guesses, copied, matched >= STRONG_MATCH, decoder.layout)
+
     with decoder.caches:
         last = decoder.prefill(prompt, lengths)  # (B, heads, V)
-        tokens = draft_tokens(last[:, 0].argmax(-1), last[:, 1:], decoder.layout, tree.max_rank)
+        guesses = last[:, 1:].topk(guess_count(tree), dim=-1).indices if tree.paths else None
+        tokens = with_lookup(draft_tokens(last[:, 0].argmax(-1), guesses, decoder.layout), guesses)
         while True:
             active = n_done < N
             if not bool(active.any()):  # the loop's exit depends on data: one host sync per step, the only one
                 break
             start = torch.where(active, lengths + n_done, 0)  # finished rows idle at position 0
-            accepted, n_accepted, tokens = decoder.run_step(tokens, start)
+            accepted, n_accepted, tokens, guesses = decoder.run_step(tokens, start)
             # Keep the path: write all D + 1 slots at the row's next place; anything past its end is overwritten next.
             out.scatter_(1, torch.where(active, n_done, N)[:, None] + offsets, accepted)
+            if context is not None:
+                context.scatter_(1, (lengths + torch.where(active, n_done, N))[:, None] + offsets, accepted)
             n_done = _advance(n_done, accepted, torch.where(active, n_accepted + 1, 0), N, stop_ids)
+            tokens = with_lookup(tokens, guesses)
             if on_tokens is not None:
                 on_tokens(out, n_done.clamp(max=N))
             log.append(torch.where(active, n_accepted, -1))

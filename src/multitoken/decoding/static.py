@@ -11,7 +11,8 @@ Two steps, both pure functions of tensors (the caches aside):
 - `plain_step(token, pos)`: one token per row at its own position -> head 1's logits. Plain decoding.
 - `tree_step(tokens, start)`: a draft tree per row (see `tree.py`) through the trunk and the fused heads; head 1
   verifies every node; the accepted path's tokens and cache entries are gathered into place, and the heads' guesses
-  at its last node become the next tree. Greedy: the output is token for token plain greedy decoding.
+  at its last node become the next tree (its lookup nodes, copied from the context, are filled by the caller between
+  steps: `lookup.py`). Greedy: the output is token for token plain greedy decoding.
 
 Compiled steps are kept per model and shape (`decoders`), so that repeated calls (a benchmark, a server) pay for
 compilation once; `compile_seconds` says how long that took.
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from multitoken.decoding.fused_heads import FusedHeads
-from multitoken.decoding.tree import DraftTree, accept_greedy, draft_tokens
+from multitoken.decoding.tree import DraftTree, accept_greedy, draft_tokens, guess_count
 from multitoken.model import DecodeCaches, MTPModel, Positions, prompt_next_tokens
 
 SLOT_ROUNDING = 128  # cache lengths are rounded up to this, so that calls of similar lengths share a compiled step
@@ -110,17 +111,17 @@ class StaticDecoder:
         B = self.batch_size
         tree = self.tree or DraftTree(())
         self.layout = tree.tensors(self.device)
-        self.max_rank = tree.max_rank  # plain ints: the compiled step must not trace the tree's Python
+        self.guess_count = guess_count(tree)  # plain ints: the compiled step must not trace the tree's Python
         self.depth = tree.depth
         self.chain_layout = DraftTree.chain(tree.depth).tensors(self.device)
         # A last tree may reach past the final kept position: room for it, so that shapes never change.
         self.slots = self.cache_len + tree.num_nodes - 1
         # Trunk and head 1 decode in the model's layers; a tree's extra heads run fused, with one cache. The caches
         # live as long as the decoder (a compiled step is specialised to these very tensors); a call decodes
-        # `with decoder.caches:`, which attaches them into the model's layers for its duration.
-        self.heads = FusedHeads(model, tree.depth, first=1) if self.tree is not None else None
-        self.caches = DecodeCaches(model, B, self.slots, heads="next", fused=tree.depth if self.tree else 0,
-                                   dtype=self.dtype)
+        # `with decoder.caches:`, which attaches them into the model's layers for its duration. A tree of lookup
+        # nodes alone needs no heads.
+        self.heads = FusedHeads(model, tree.head_depth, first=1) if tree.head_depth else None
+        self.caches = DecodeCaches(model, B, self.slots, heads="next", fused=tree.head_depth, dtype=self.dtype)
         step = self._plain_step if self.tree is None else self._tree_step
         self.step = CompiledStep(step, self.device) if self.compile else step
 
@@ -137,7 +138,8 @@ class StaticDecoder:
 
         model = self.model
         if self.heads is None:
-            return prefill(model, prompt, lengths)
+            first = prefill(model, prompt, lengths)
+            return first if self.tree is None else first[:, None]
         where = Positions.aligned(0, prompt.shape[1])
         z = model.trunk(prompt, where)
         h1 = model.head(0, z, where)
@@ -165,7 +167,8 @@ class StaticDecoder:
 
         tokens (B, T): the tree (node 0 certain) for rows whose next token goes at position start (B,). Returns
         (accepted (B, D + 1): the accepted path's tokens, valid up to n_accepted + 1; n_accepted (B,): drafts
-        accepted; next_tokens (B, T): the next tree).
+        accepted; next_tokens (B, T): the next tree, copies not yet in place; guesses (B, heads, R): the heads' top
+        tokens it was drawn from (None without heads), for `with_copies`).
 
         Two phases. The trunk and head 1 run on every node: head 1 verifies. The extra heads then run only on the
         accepted path (D + 1 tokens, not T): they must see every kept position (their caches), but no rejected one,
@@ -184,16 +187,18 @@ class StaticDecoder:
         # junk that the next block overwrites before anyone may attend to it).
         chain_slots = start[:, None] + torch.arange(path.shape[1], device=start.device)
         self.caches.move(start[:, None] + path, chain_slots)
+        if self.heads is None:  # copies alone: nothing to draft here
+            return tokens.gather(1, path), n_accepted, draft_tokens(target[rows, best], None, layout), None
         chain = block_positions(start, self.chain_layout, self.slots, self.dtype)
         z_path = z.gather(1, path[:, :, None].expand(-1, -1, z.shape[-1]))  # (B, D + 1, d)
         cos, sin = model.rope(path.shape[1], chain, self.heads.window)
         # Heads that read the next token get head 1's choice after each path node: the next node's token where that
         # was accepted, the correction after the last one.
         following = model.embed(target.gather(1, path)) if self.heads.reads_next else None
-        # (B, D, d): heads 2..D+1 at the last kept node
+        # (B, heads, d): heads 2.. at the last kept node
         hidden = self.heads(z_path, cos, sin, chain, self.caches.fused, following)[rows, n_accepted]
-        next_tokens = draft_tokens(target[rows, best], model.unembed_drafts(hidden), layout, self.max_rank)
-        return tokens.gather(1, path), n_accepted, next_tokens
+        guesses = model.unembed_drafts(hidden).topk(self.guess_count, dim=-1).indices  # (B, heads, R)
+        return tokens.gather(1, path), n_accepted, draft_tokens(target[rows, best], guesses, layout), guesses
 
 
 # Decoders by model, kept as long as the model lives: caches and compiled steps are reused across calls.

@@ -8,7 +8,13 @@ the tree adds over a chain is alternatives, tried side by side. Every prefix of 
     chain of 3 drafts:  (0,), (0, 0), (0, 0, 0)
     a wider start:      (0,), (1,), (2,), (0, 0), (1, 0), (0, 0, 0)
 
-Nodes are numbered root first, then the paths in their order; each node sits at position start + depth and takes
+A tree may also copy from the context (`lookup.py`): with "lookup L" after the paths, the first-choice path (0,),
+(0, 0), .. down to depth L holds the tokens that followed the last place the context's final tokens occurred, in rows
+where that match is at least `lookup.STRONG_MATCH` tokens long, and the heads' guesses elsewhere; where the copy
+takes a node, its siblings hold the heads' guesses without the copied token (so the heads' first choice is still
+tried). First-choice nodes deeper than the heads' paths are added, and always hold the copy: "lookup 3" alone is a
+chain of three copied tokens, which needs no heads. Copies are filled in between steps. Nodes are numbered root
+first, then the paths in their order, then the added ones; each node sits at position start + depth and takes
 cache slot start + its number. Verification needs, per node: its depth, its parent, its ancestors (the attention mask
 and the acceptance rule) and the path of nodes from the root (to gather an accepted path's tokens and cache entries).
 """
@@ -16,6 +22,7 @@ and the acceptance rule) and the path of nodes from the root (to gather an accep
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -24,13 +31,17 @@ import torch
 from multitoken.errors import ConfigError
 
 Path = tuple[int, ...]
+_LOOKUP = re.compile(r"(?:^|,)\s*lookup\s+(\S+)\s*$")
 
 
 @dataclass(frozen=True)
 class DraftTree:
-    paths: tuple[Path, ...]  # every node but the root, parents before children
+    paths: tuple[Path, ...]  # the heads' nodes (every node but the root and the added copy nodes), parents first
+    lookup: int = 0  # how deep the first-choice path takes tokens copied from the context
 
     def __post_init__(self) -> None:
+        if not isinstance(self.lookup, int) or self.lookup < 0:
+            raise ConfigError(f"a tree's lookup depth is a number of tokens >= 0, got {self.lookup!r}")
         seen: set[Path] = {()}
         for path in self.paths:
             if not path or any(not isinstance(r, int) or r < 0 for r in path):
@@ -49,7 +60,17 @@ class DraftTree:
 
     @classmethod
     def parse(cls, text: str) -> DraftTree:
-        """A tree from text such as "(0,), (1,), (0, 0)" or "[[0], [1], [0, 0]]"."""
+        """A tree from text such as "(0,), (1,), (0, 0)" or "[[0], [1], [0, 0]]", with ", lookup N" after the
+        paths for a lookup chain of N tokens ("lookup N" alone: no heads)."""
+        lookup = 0
+        found = _LOOKUP.search(text)
+        if found:
+            if not found.group(1).isdigit():
+                raise ConfigError(f"cannot read the tree {text!r}: 'lookup' takes a number of tokens, e.g. "
+                                  "\"(0,), (1,), (0, 0), lookup 4\"")
+            lookup, text = int(found.group(1)), text[:found.start()]
+            if not text.strip():
+                return cls((), lookup)
         try:
             value = ast.literal_eval(f"[{text}]")
             if len(value) == 1 and isinstance(value[0], list | tuple) and value[0] and \
@@ -59,16 +80,34 @@ class DraftTree:
         except (ValueError, SyntaxError, TypeError):
             raise ConfigError(f"cannot read the tree {text!r}: give paths of candidate ranks, e.g. "
                               "\"(0,), (1,), (0, 0)\", or chain / auto") from None
-        return cls(paths)
+        return cls(paths, lookup)
+
+    def with_lookup(self, lookup: int) -> DraftTree:
+        return DraftTree(self.paths, lookup)
+
+    @property
+    def copy_paths(self) -> tuple[Path, ...]:
+        """The first-choice nodes deeper than the heads' paths, which only copies fill."""
+        return tuple((0,) * d for d in range(1, self.lookup + 1) if (0,) * d not in self.paths)
 
     @property
     def num_nodes(self) -> int:
-        return len(self.paths) + 1
+        return len(self.paths) + len(self.copy_paths) + 1
+
+    @property
+    def head_depth(self) -> int:
+        """The most head guesses one path holds: heads 2..head_depth+1 are needed."""
+        return max((len(p) for p in self.paths), default=0)
 
     @property
     def depth(self) -> int:
-        """The most drafts one path holds (heads 2..depth+1 are needed)."""
-        return max((len(p) for p in self.paths), default=0)
+        """The most drafts one path holds, copies included."""
+        return max(self.head_depth, self.lookup)
+
+    @property
+    def drafts(self) -> bool:
+        """Whether there is anything to verify (the empty tree is plain decoding)."""
+        return bool(self.paths) or self.lookup > 0
 
     @property
     def max_rank(self) -> int:
@@ -76,21 +115,29 @@ class DraftTree:
         return max((r for p in self.paths for r in p), default=-1) + 1
 
     def is_chain(self) -> bool:
-        return self.paths == DraftTree.chain(self.depth).paths
+        return self.paths == DraftTree.chain(self.depth).paths and not self.lookup
 
     def describe(self) -> str:
-        if not self.paths:
+        if not self.drafts:
             return "plain decoding"
-        return f"chain of {self.depth}" if self.is_chain() else f"tree of {self.num_nodes} nodes, depth {self.depth}"
+        if not self.paths:
+            return f"lookup of {self.lookup} tokens"
+        nodes = len(self.paths) + 1
+        heads = f"chain of {self.head_depth}" if self.paths == DraftTree.chain(self.head_depth).paths \
+            else f"tree of {nodes} nodes, depth {self.head_depth}"
+        added = f" ({len(self.copy_paths)} nodes added)" if self.copy_paths else ""
+        return heads + (f", lookup to depth {self.lookup}{added}" if self.lookup else "")
 
     def __str__(self) -> str:
-        return ", ".join("(" + ", ".join(map(str, p)) + ("," if len(p) == 1 else "") + ")" for p in self.paths)
+        parts = ["(" + ", ".join(map(str, p)) + ("," if len(p) == 1 else "") + ")" for p in self.paths]
+        return ", ".join(parts + ([f"lookup {self.lookup}"] if self.lookup else []))
 
     @cached_property
     def _layout(self) -> dict[str, list]:
-        index = {(): 0} | {p: i + 1 for i, p in enumerate(self.paths)}
-        nodes = [(), *self.paths]
+        nodes = [(), *self.paths, *self.copy_paths]
+        index = {p: i for i, p in enumerate(nodes)}
         D = self.depth
+        copy = [bool(p) and not any(p) and len(p) <= self.lookup for p in nodes]
         return {
             "depth": [len(p) for p in nodes],
             "parent": [index[p[:-1]] if p else 0 for p in nodes],
@@ -99,13 +146,20 @@ class DraftTree:
             "ancestors": [[q == p[:len(q)] for q in nodes] for p in nodes],
             # the nodes from the root down to node i, padded with node i itself to depth + 1 entries
             "path": [[index[p[:d]] for d in range(len(p) + 1)] + [index[p]] * (D - len(p)) for p in nodes],
+            # copy: the copied token goes here in rows with a strong match; copy_only: always (no head guesses here);
+            # beside_copy: a sibling of a copy node, which then takes the heads' guesses without the copied token
+            "copy": copy,
+            "copy_only": [p in self.copy_paths for p in nodes],
+            "beside_copy": [bool(p) and p[-1] > 0 and (p[:-1] == () or copy[index[p[:-1]]]) and len(p) <= self.lookup
+                            for p in nodes],
         }
 
     def tensors(self, device: torch.device | str) -> dict[str, torch.Tensor]:
-        """The layout as tensors on device: depth (T,), parent (T,), rank (T,), ancestors (T, T) bool, path (T, D+1)."""
-        layout = self._layout
-        return {name: torch.tensor(value, dtype=torch.bool if name == "ancestors" else torch.long, device=device)
-                for name, value in layout.items()}
+        """The layout as tensors on device: depth (T,), parent (T,), rank (T,), ancestors (T, T) bool, path (T, D+1),
+        copy, copy_only, beside_copy (T,) bool."""
+        flags = ("ancestors", "copy", "copy_only", "beside_copy")
+        return {name: torch.tensor(value, dtype=torch.bool if name in flags else torch.long, device=device)
+                for name, value in self._layout.items()}
 
 
 def accept_greedy(tokens: torch.Tensor, target: torch.Tensor, layout: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -113,7 +167,8 @@ def accept_greedy(tokens: torch.Tensor, target: torch.Tensor, layout: dict[str, 
 
     tokens (B, T): the tree's tokens (node 0 is the certain root). target (B, T): head 1's greedy token after each
     node. A node is right when its token is its parent's target; it is accepted when it and all its ancestors are
-    right. Siblings hold distinct tokens, so at most one node per depth is accepted: the accepted nodes form one path.
+    right. Siblings hold distinct tokens (a copy's siblings leave the copied token out), so at most one node per depth
+    is accepted: the accepted nodes form one path.
     """
     right = tokens == target.gather(1, layout["parent"].expand_as(tokens))
     right[:, 0] = True  # the root is certain
@@ -122,13 +177,39 @@ def accept_greedy(tokens: torch.Tensor, target: torch.Tensor, layout: dict[str, 
     return depth.argmax(-1)
 
 
-def draft_tokens(root: torch.Tensor, head_logits: torch.Tensor, layout: dict[str, torch.Tensor],
-                 max_rank: int) -> torch.Tensor:
-    """The next tree's tokens (B, T): root (B,) at node 0, and each other node's token: rank r among the guesses of
-    head depth + 1. head_logits (B, D, V) are heads 2..D+1 at the accepted position."""
-    guesses = head_logits.topk(max_rank, dim=-1).indices  # (B, D, R)
+def draft_tokens(root: torch.Tensor, guesses: torch.Tensor | None, layout: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The next tree's tokens (B, T): root (B,) at node 0, and each head node's token: rank r among the guesses of
+    head depth + 1. guesses (B, D, R): heads 2..D+1's top-R tokens at the accepted position (R = `guess_count`; None:
+    no heads). Nodes that only copies fill hold the root until `with_copies` fills them."""
+    if guesses is None:
+        return root[:, None].expand(-1, layout["depth"].shape[0]).clone()
     depth, rank = layout["depth"][1:], layout["rank"][1:]
-    return torch.cat([root[:, None], guesses[:, depth - 1, rank]], dim=1)
+    nodes = guesses[:, (depth - 1).clamp(max=guesses.shape[1] - 1), rank]
+    return torch.cat([root[:, None], torch.where(layout["copy_only"][1:], root[:, None], nodes)], dim=1)
+
+
+def guess_count(tree: DraftTree) -> int:
+    """How many of each head's guesses a tree's nodes read: one more than its ranks when a copy may displace one."""
+    return tree.max_rank + (1 if tree.lookup else 0)
+
+
+def with_copies(tokens: torch.Tensor, guesses: torch.Tensor | None, copied: torch.Tensor, strong: torch.Tensor,
+                layout: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A tree's tokens (B, T) with the copied tokens (B, L) in place: on the first-choice path to depth L in rows
+    with a strong match (B,), and where only copies go in every row; the siblings of a copied node take the heads'
+    guesses at that depth without the copied token (rank r: the r-th of the others, so the heads' first choice
+    stays in the tree when the copy differs from it)."""
+    B, T = tokens.shape
+    at = (layout["depth"] - 1).clamp(0, copied.shape[1] - 1)
+    copy = copied[:, at]  # (B, T): the copied token at each node's depth
+    tokens = torch.where(layout["copy_only"] | (strong[:, None] & layout["copy"]), copy, tokens)
+    if guesses is None or not bool(layout["beside_copy"].any()):
+        return tokens
+    others = guesses[:, (layout["depth"] - 1).clamp(0, guesses.shape[1] - 1)]  # (B, T, R)
+    displaced = others == copy[..., None]
+    others = others.gather(2, displaced.to(torch.uint8).argsort(dim=2, stable=True))  # the copy, if there, last
+    shifted = others.gather(2, (layout["rank"] - 1).clamp_min(0)[None, :, None].expand(B, T, 1))[..., 0]
+    return torch.where(strong[:, None] & layout["beside_copy"], shifted, tokens)
 
 
 def best_trees(ranks: torch.Tensor, max_nodes: int) -> list[tuple[DraftTree, float]]:
