@@ -38,7 +38,7 @@ def main() -> None:
                                         tree=tree)
         total.add(stats)
     result = {"checkpoint": args.ckpt, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
-              "tree": None if tree is None else [list(p) for p in tree.paths],
+              "tree": None if tree is None else str(tree),
               "tau": total.tau, "acceptance_per_position": total.acceptance_per_position}
     print(f"{args.ckpt}: tau {total.tau:.2f}, acceptance by draft position "
           + " ".join(f"{a:.0%}" for a in total.acceptance_per_position))

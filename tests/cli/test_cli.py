@@ -135,6 +135,7 @@ def test_bench_decode_with_a_lookup_chain(trained_run, corpus, capsys, tmp_path)
     assert code == 0 and "identical outputs  yes" in out and "draft tree         (0,), lookup 3" in out
     result = json.loads(path.read_text())
     assert result["tree"] == "(0,), lookup 3" and len(result["acceptance_per_position"]) == 3
+    assert 0 <= result["copied_share"] <= 1
     # one extra head is read per step, whatever the copied drafts: 1 trunk layer + head 1 against + head 2
     assert result["memory_bound_limit"] == 2 / 3
 

@@ -111,7 +111,7 @@ def test_copying_that_is_always_right_is_always_accepted():
     assert torch.equal(fast, plain) and stats.tau == 5.0 and stats.acceptance_per_position == [1.0] * 4
     wrong = counting_model(3, wrong_heads=frozenset({2, 3}))
     fast, stats = speculative_generate(wrong, prompt, 40, tree=DraftTree.parse("(0,), (1,), (0, 0), lookup 4"))
-    assert torch.equal(fast, plain) and stats.tau == 5.0
+    assert torch.equal(fast, plain) and stats.tau == 5.0 and stats.copied_steps == stats.row_steps == 8
     fast, stats = speculative_generate(wrong, prompt, 40, tree=DraftTree.parse("(0,), (1,), (0, 0)"))
     assert torch.equal(fast, plain) and stats.tau == 1.0  # the same heads without copies
     # no cycle in the context yet: copies are wrong until the sequence repeats, and the output is the same

@@ -261,5 +261,8 @@ def _speculative_fields(model: MTPModel, measured: Measurements, rates: dict[str
         "memory_bound_limit": (trunk + 1) / (trunk + heads + 1),
         "forwards_speculative": stats.forwards + measured.speculative_calls,  # verification forwards + prefills
         "tree_nodes": stats.tree_nodes,
+        # where copies from the context took the heads' first-choice path (trees with heads and `lookup`)
+        "copied_share": stats.copied_steps / max(stats.row_steps, 1) if tree is not None and tree.lookup
+        and tree.paths else None,
         "tree": "chain" if tree is None else (str(tree) or "plain"),
     }

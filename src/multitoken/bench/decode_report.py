@@ -60,6 +60,8 @@ def format_decode_table(result: dict) -> str:
                   f"                   {noise_verdict(result, 'speculative', 'the speedup')}",
                   f"draft tree         {result['tree']} ({result['tree_nodes']} token"
                   f"{'s' if result['tree_nodes'] != 1 else ''} verified per step)",
+                  *([f"copied drafts      {result['copied_share']:.1%} of steps (the context had a match of 2+ "
+                     "tokens: its copy took the first-choice path)"] if result.get("copied_share") else []),
                   "acceptance by draft position  " + ("  ".join(
                       f"{i + 1}: {a:.1%}" for i, a in enumerate(result["acceptance_per_position"]))
                       or "none (plain decoding: no tree was worth its step here)"),

@@ -46,6 +46,7 @@ class DecodeStats:
     seconds: float = 0.0  # decoding time, compilation excluded
     compile_seconds: float = 0.0  # time spent compiling steps during the call (0 once compiled)
     tree_nodes: int = 0  # tokens verified per row and step (a chain of k drafts: k + 1)
+    copied_steps: int = 0  # row-steps whose first-choice path held tokens copied from the context (`lookup.py`)
     accepted_per_position: list[int] = field(default_factory=list)  # draft position 1..k: drafts accepted
     attempted_per_position: list[int] = field(default_factory=list)  # draft position 1..k: drafts offered
 
@@ -63,7 +64,8 @@ class DecodeStats:
 
     def add(self, other: "DecodeStats") -> None:
         """Accumulate another call's statistics into this one (for benchmarks over many batches)."""
-        for name in ("forwards", "row_steps", "accepted_tokens", "new_tokens", "seconds", "compile_seconds"):
+        for name in ("forwards", "row_steps", "accepted_tokens", "new_tokens", "seconds", "compile_seconds",
+                     "copied_steps"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         if not self.accepted_per_position:
             self.accepted_per_position = [0] * len(other.accepted_per_position)
@@ -269,6 +271,7 @@ def _greedy_tree(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N
     # Copies come from each row's whole context: prompt, tokens kept so far and the next (certain) token.
     context = torch.cat([prompt, torch.zeros(B, N + D + 2, dtype=prompt.dtype, device=device)], 1) \
         if tree.lookup else None
+    copying: list[torch.Tensor] = []  # per step: rows whose next tree copies (summed once, at the end)
 
     def with_lookup(tokens: torch.Tensor, guesses: torch.Tensor | None) -> torch.Tensor:
         if context is None:
@@ -276,7 +279,9 @@ def _greedy_tree(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N
         ends = lengths + n_done.clamp(max=N)
         context.scatter_(1, ends[:, None], tokens[:, :1])
         copied, matched = lookup_drafts(context, ends + 1, tree.lookup)
-        return with_copies(tokens, guesses, copied, matched >= STRONG_MATCH, decoder.layout)
+        strong = matched >= STRONG_MATCH
+        copying.append((strong & (n_done < N)).sum())
+        return with_copies(tokens, guesses, copied, strong, decoder.layout)
 
     with decoder.caches:
         last = decoder.prefill(prompt, lengths)  # (B, heads, V)
@@ -299,6 +304,7 @@ def _greedy_tree(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N
             log.append(torch.where(active, n_accepted, -1))
     stats.compile_seconds = decoder.compile_seconds - compiled_before
     stats.tree_nodes = tree.num_nodes
+    stats.copied_steps = int(torch.stack(copying).sum()) if copying and tree.paths else 0
     return out, torch.stack(log), [D + 1] * len(log)
 
 

@@ -21,6 +21,7 @@ compilation once; `compile_seconds` says how long that took.
 from __future__ import annotations
 
 import time
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -86,7 +87,10 @@ class CompiledStep:
         start = time.perf_counter()
         # Inductor reads its settings when it compiles, which is at this first call. (Passed as torch.compile's
         # options instead, `freezing` did not take: the weights stayed graph inputs, multiplied by library calls.)
-        with torch._inductor.config.patch(compile_options(self.device)):
+        # Inductor's autotuner still reads a storage through an API torch itself deprecates: its warning says nothing
+        # to a user of this step.
+        with torch._inductor.config.patch(compile_options(self.device)), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
             result = self.fn(*args)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

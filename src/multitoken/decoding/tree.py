@@ -125,7 +125,8 @@ class DraftTree:
         nodes = len(self.paths) + 1
         heads = f"chain of {self.head_depth}" if self.paths == DraftTree.chain(self.head_depth).paths \
             else f"tree of {nodes} nodes, depth {self.head_depth}"
-        added = f" ({len(self.copy_paths)} nodes added)" if self.copy_paths else ""
+        n = len(self.copy_paths)
+        added = f" ({n} node{'s' if n > 1 else ''} added)" if n else ""
         return heads + (f", lookup to depth {self.lookup}{added}" if self.lookup else "")
 
     def __str__(self) -> str:
