@@ -4,10 +4,11 @@ Two measurements decide it:
 
 1. What the drafts get right. Plain greedy decoding continues some validation prompts; one causal forward with all
    heads over each result gives, at every decoded position, the rank of the token greedy decoding really chose d + 1
-   ahead among head d + 1's guesses, and the context there gives how many of the tokens copied from it
-   (`lookup.py`) greedy decoding really chose. A tree accepts, per sample, its deepest node whose path is a prefix of
-   those ranks, or the copied tokens that are right if more, so the expected tokens per step of *every* tree, with
-   or without a lookup chain, follow from the same samples (`tree.best_trees`, `best_draft_trees`).
+   ahead among head d + 1's guesses; and the context there gives the tokens a copy from it would offer (`lookup.py`),
+   which of them greedy decoding chose, and whether the match was strong. A tree accepts, per sample, its deepest
+   node whose token is greedy decoding's, its nodes filled as decoding fills them (the copy on the first-choice path
+   where the match is strong), so the expected tokens per step of *every* tree, with or without copies, follow from
+   the same samples (`tree.best_trees`, `best_draft_trees`).
 2. What a step costs. The static steps are timed at this batch size (compiled when decoding will be): plain decoding
    and trees of a few sizes, the sizes between interpolated.
 
@@ -87,8 +88,9 @@ def draft_samples(model: MTPModel, prompts: torch.Tensor, max_new_tokens: int, d
 
 
 def accepted_drafts(tree: DraftTree, samples: DraftSamples) -> torch.Tensor:
-    """Drafts the tree accepts on each sample (S,): its tokens filled as decoding fills them (`tree.with_copies`),
-    and walked down from the root while a child holds greedy decoding's next token."""
+    """Drafts the tree accepts on each sample (S,): its tokens filled as decoding fills them (`tree.with_copies`:
+    the copy on the first-choice path where the match is strong, its siblings one rank past the copied token), and
+    walked down from the root while a child holds greedy decoding's next token."""
     heads, copies = set(tree.paths), set(tree.copy_paths) | {p for p in tree.paths if not any(p)}
     rows = samples.ranks.tolist()
     use_copies = tree.lookup and samples.copy_right is not None

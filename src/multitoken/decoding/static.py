@@ -11,8 +11,8 @@ Two steps, both pure functions of tensors (the caches aside):
 - `plain_step(token, pos)`: one token per row at its own position -> head 1's logits. Plain decoding.
 - `tree_step(tokens, start)`: a draft tree per row (see `tree.py`) through the trunk and the fused heads; head 1
   verifies every node; the accepted path's tokens and cache entries are gathered into place, and the heads' guesses
-  at its last node become the next tree (its lookup nodes, copied from the context, are filled by the caller between
-  steps: `lookup.py`). Greedy: the output is token for token plain greedy decoding.
+  at its last node become the next tree (copies from the context, `lookup.py`, are put in place by the caller
+  between steps). Greedy: the output is token for token plain greedy decoding.
 
 Compiled steps are kept per model and shape (`decoders`), so that repeated calls (a benchmark, a server) pay for
 compilation once; `compile_seconds` says how long that took.
