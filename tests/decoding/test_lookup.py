@@ -138,21 +138,23 @@ def test_lookup_alone_needs_no_heads_and_is_greedy_only():
 
 
 def test_accepted_drafts_walk_the_tree_as_decoding_fills_it():
-    """Four samples, hand-checked: heads right along (0, 0); head 2's second guess right, copies right 3 deep;
-    head 2 right and copies right 6 deep but the match weak; nothing right but the first copy."""
-    samples = DraftSamples(ranks=torch.tensor([[0, 0], [1, -1], [0, -1], [-1, -1]]),
+    """Five samples, hand-checked: heads right along (0, 0); head 2's second guess right, copies right 3 deep;
+    head 2 right and copies right 6 deep but the match weak; nothing right but the first copy; head 2's second guess
+    right and the (wrong) copy its first."""
+    samples = DraftSamples(ranks=torch.tensor([[0, 0], [1, -1], [0, -1], [-1, -1], [1, -1]]),
                            copy_right=torch.tensor([[False] * 6, [True] * 3 + [False] * 3, [True] * 6,
-                                                    [True] + [False] * 5]),
-                           copy_ranks=torch.tensor([[1, -1], [1, 5], [0, 0], [-1, -1]]),
-                           strong=torch.tensor([True, True, False, True]))
+                                                    [True] + [False] * 5, [False] * 6]),
+                           copy_ranks=torch.tensor([[1, -1], [1, 5], [0, 0], [-1, -1], [0, -1]]),
+                           strong=torch.tensor([True, True, False, True, True]))
     tree = DraftTree.parse("(0,), (1,), (0, 0)")
-    assert accepted_drafts(tree, samples).tolist() == [2, 1, 1, 0]
-    # sample 0: the wrong copy takes (0,), head 2's first guess moves to (1,), whose child is not in the tree
-    assert accepted_drafts(tree.with_lookup(2), samples).tolist() == [1, 2, 1, 1]
-    assert accepted_drafts(tree.with_lookup(4), samples).tolist() == [1, 3, 1, 1]
+    assert accepted_drafts(tree, samples).tolist() == [2, 1, 1, 0, 1]
+    # sample 0: the wrong copy takes (0,), head 2's first guess moves to (1,), whose child is not in the tree;
+    # sample 4: the copy displaced head 2's first guess, so (1,) holds its second, the right one
+    assert accepted_drafts(tree.with_lookup(2), samples).tolist() == [1, 2, 1, 1, 1]
+    assert accepted_drafts(tree.with_lookup(4), samples).tolist() == [1, 3, 1, 1, 1]
     trees = best_draft_trees(samples, max_nodes=6)
     assert all(t.num_nodes == n for n, (t, _) in trees.items())
-    assert trees[6][1] >= 1 + 6 / 4 and trees[4][1] >= 1 + 5 / 4
+    assert trees[6][1] >= 1 + 7 / 5 and trees[4][1] >= 1 + 6 / 5
     assert best_draft_trees(DraftSamples(samples.ranks), 6).keys() == {1, 2, 3, 4}
 
 
