@@ -1,6 +1,6 @@
-"""Drafts copied from the context: the lookup against a plain-Python reference, trees that hold a lookup chain equal to
-plain greedy decoding (with and without heads, ragged batches, stop tokens), and acceptance where copying is always
-right."""
+"""Drafts copied from the context: the lookup against a plain-Python reference, how copies fill a tree, trees with
+copies equal to plain greedy decoding (with and without heads, stop tokens; ragged batches in test_tree.py), and
+acceptance where copying is always right."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import torch
 
 from multitoken import MTPModel
 from multitoken.decoding.auto import DraftSamples, accepted_drafts, best_draft_trees, draft_samples
-from multitoken.decoding.generate import generate, pad_prompts
+from multitoken.decoding.generate import generate
 from multitoken.decoding.lookup import lookup_drafts
 from multitoken.decoding.speculative import speculative_generate
 from multitoken.decoding.tree import DraftTree, draft_tokens, with_copies
 from multitoken.errors import ConfigError
-from tests.conftest import counting_model, sharp_model, tiny_model_config
+from tests.conftest import counting_model, tiny_model_config
 
 
 def reference_drafts(context: list[int], num_tokens: int, max_ngram: int = 3) -> list[int]:
@@ -87,19 +87,6 @@ def test_copies_take_the_first_choice_path_only_where_the_match_is_strong():
     filled = with_copies(draft_tokens(torch.tensor([1]), guesses[:1, :1, :2], added.tensors("cpu")), guesses[:1, :1],
                          torch.tensor([[6, 11, 12]]), torch.tensor([False]), added.tensors("cpu"))
     assert filled.tolist() == [[1, 5, 11, 12]]
-
-
-@pytest.mark.parametrize("seed", range(2))
-def test_trees_with_lookup_equal_plain_greedy_with_ragged_batches(seed):
-    model = sharp_model(seed, 4)
-    prompts = [[1], [2, 3, 4, 5, 6, 7, 8, 9, 10], [11, 12, 13], [5, 5]]
-    padded, lengths = pad_prompts(prompts)
-    plain = generate(model, padded, 30, lengths=lengths)
-    for text in ("(0,), (1,), (0, 0), (0, 0, 0), lookup 2", "(0,), (1,), (2,), (0, 1), lookup 4", "(0,), lookup 6",
-                 "lookup 3"):
-        fast, stats = speculative_generate(model, padded, 30, lengths=lengths, tree=DraftTree.parse(text))
-        assert torch.equal(fast, plain), text
-        assert stats.tree_nodes == DraftTree.parse(text).num_nodes
 
 
 def test_copying_that_is_always_right_is_always_accepted():

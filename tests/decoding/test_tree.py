@@ -74,7 +74,9 @@ def test_tree_greedy_equals_plain_greedy_with_ragged_batches(seed):
     prompts = [[1], [2, 3, 4, 5, 6, 7, 8, 9, 10], [11, 12, 13], [5, 5]]
     padded, lengths = pad_prompts(prompts)
     plain = generate(model, padded, 30, lengths=lengths)
-    for tree in (WIDE, DraftTree.chain(2), DraftTree(())):
+    copying = ("(0,), (1,), (0, 0), (0, 0, 0), lookup 2", "(0,), (1,), (2,), (0, 1), lookup 4", "(0,), lookup 6",
+               "lookup 3")  # copies from the context on the first-choice path, or alone (tests/decoding/test_lookup.py)
+    for tree in (WIDE, DraftTree.chain(2), DraftTree(()), *map(DraftTree.parse, copying)):
         fast, stats = speculative_generate(model, padded, 30, lengths=lengths, tree=tree)
         assert torch.equal(fast, plain), tree
         assert stats.tree_nodes == tree.num_nodes
