@@ -211,7 +211,15 @@ def test_speculative_bad_input(trained_run, corpus, tmp_path, capsys):
     code, _, err = run_cli(capsys, "generate", "--ckpt", next_token_only, "--prompt", "x", "--speculative")
     assert_one_line_error(code, err, "next-token-only model")
     code, _, err = run_cli(capsys, "bench", "decode", "--ckpt", next_token_only)
-    assert_one_line_error(code, err, "next-token-only model")
+    assert_one_line_error(code, err, "next-token-only model", "--tree \"lookup 4\"")
+    # copies from the context alone need no heads: the benchmark compares them with plain decoding
+    path = tmp_path / "copies.json"
+    code, out, _ = run_cli(capsys, "bench", "decode", "--ckpt", next_token_only, "--data", corpus, "--tree", "lookup 3",
+                           "--num-prompts", 2, "--prompt-len", 8, "--max-new-tokens", 8, "--repeats", 1,
+                           "--json", path)
+    assert code == 0 and "identical outputs  yes" in out
+    result = json.loads(path.read_text())
+    assert result["tree"] == "lookup 3" and result["identical"] and result["copied_share"] is None
 
 
 @pytest.mark.slow
