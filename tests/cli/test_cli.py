@@ -220,6 +220,11 @@ def test_speculative_bad_input(trained_run, corpus, tmp_path, capsys):
     assert code == 0 and "identical outputs  yes" in out
     result = json.loads(path.read_text())
     assert result["tree"] == "lookup 3" and result["identical"] and result["copied_share"] is None
+    code, out, _ = run_cli(capsys, "bench", "decode", "--ckpt", next_token_only, "--data", corpus, "--tree", "auto",
+                           "--num-prompts", 2, "--prompt-len", 8, "--max-new-tokens", 8, "--repeats", 1)
+    assert code == 0 and "--tree auto at batch size 1:" in out and "identical outputs  yes" in out
+    code, _, err = run_cli(capsys, "bench", "decode", "--ckpt", next_token_only, "--tree", "auto", "--temperature", 0.5)
+    assert_one_line_error(code, err, "verified greedily")
 
 
 @pytest.mark.slow

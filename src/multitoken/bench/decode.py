@@ -122,7 +122,7 @@ def _cases(model: MTPModel, max_new_tokens: int, draft_len: int | None, temperat
                                     compile=compile, **sampling)
 
     cases = {"plain": plain}
-    if model.n_future > 1 or (tree is not None and tree.drafts):  # copies alone need no heads
+    if model.n_future > 1 or tree is not None:  # a next-token model with copies from the context (or auto's pick)
         cases["speculative"] = speculative
     for name, reference in references.items():
         cases[name] = lambda batch, reference=reference: (reference(batch), None)

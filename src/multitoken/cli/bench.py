@@ -207,11 +207,14 @@ def _run_decode(args: SimpleNamespace) -> int:
     from multitoken.decoding.tree import DraftTree
 
     lookup_only = args.tree not in ("auto", "chain") and not DraftTree.parse(args.tree).paths
-    if model.n_future == 1 and not (args.against_transformers or args.against_llama_cpp or lookup_only):
+    if model.n_future == 1 and args.tree == "chain" and not (args.against_transformers or args.against_llama_cpp):
         raise ConfigError(f"{ckpt} is a next-token-only model (no extra heads), so there is no speculative decoding "
                           "to compare: add --against-transformers to time plain decoding against transformers, "
-                          "--tree \"lookup 4\" to draft from the context, or give it heads (train --init-from it "
-                          "with --model.n_future 4 --freeze base)")
+                          "--tree \"lookup 4\" (or auto) to draft from the context, or give it heads (train "
+                          "--init-from it with --model.n_future 4 --freeze base)")
+    if model.n_future == 1 and args.tree == "auto" and args.temperature > 0:
+        raise ConfigError("--tree auto on a next-token model drafts by copying from the context, which is verified "
+                          "greedily: use --temperature 0")
     k = check_draft_len(model, args.draft_len) if model.n_future > 1 and not lookup_only else None
     references = {}
     if args.against_transformers:
@@ -230,14 +233,14 @@ def _run_decode(args: SimpleNamespace) -> int:
         raise ConfigError(f"--batch-size {max(batch_sizes)} exceeds the {len(prompts)} prompts: give at least as many "
                           "prompts (--num-prompts, or lines in --prompts) as the largest batch")
     tree = None
-    if (model.n_future > 1 or lookup_only) and args.tree != "auto":
-        tree = parse_tree(args.tree, model, args.draft_len)
+    if (model.n_future > 1 or args.tree != "chain") and args.tree != "auto":
+        tree = parse_tree(args.tree, model, args.draft_len, args.temperature)
     print(f"benchmarking {ckpt} on {source}", flush=True)
     stop_ids = None if args.ignore_eos else torch.tensor(tokenizer.stop_ids, device=device)
     results = []
     for batch_size in batch_sizes:
         choosing = None
-        if model.n_future > 1 and args.tree == "auto":
+        if args.tree == "auto":  # a next-token model: copies from the context alone
             tree, choosing = _timed_auto_tree(model, cfg, tokenizer, batch_size, args, device)
         result = bench_decode(model, prompts, batch_size, args.max_new_tokens, k, args.temperature, args.repeats,
                               device=device, references=references, compile=args.compile, tree=tree,

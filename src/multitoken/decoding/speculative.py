@@ -208,8 +208,8 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
             raise ConfigError("drafts copied from the context are verified greedily: use temperature 0, or give the "
                               "tree head paths (sampling verifies a chain of the heads' drafts)")
         tree = DraftTree.chain(tree.head_depth)  # sampling verifies chains (exact speculative sampling)
-    if tree is not None and tree.lookup and not tree.paths:
-        k = tree.lookup  # copied drafts alone: no heads needed
+    if tree is not None and not tree.paths:
+        k = tree.lookup  # copied drafts alone, or plain decoding (the empty tree): no heads needed
     else:
         k = check_draft_len(model, draft_len if tree is None or not tree.paths else tree.head_depth)
         k = k if tree is None else max(k, tree.lookup)
