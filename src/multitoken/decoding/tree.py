@@ -61,7 +61,7 @@ class DraftTree:
     @classmethod
     def parse(cls, text: str) -> DraftTree:
         """A tree from text such as "(0,), (1,), (0, 0)" or "[[0], [1], [0, 0]]", with ", lookup N" after the
-        paths for a lookup chain of N tokens ("lookup N" alone: no heads)."""
+        paths for copies from the context down the first-choice path to depth N ("lookup N" alone: no heads)."""
         lookup = 0
         found = _LOOKUP.search(text)
         if found:
