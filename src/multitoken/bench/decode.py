@@ -246,7 +246,7 @@ def _speculative_fields(model: MTPModel, measured: Measurements, rates: dict[str
     drafting = tree is None or tree.drafts  # an empty tree: --tree auto chose plain decoding
     acceptance = stats.acceptance_per_position if drafting else []
     k = len(acceptance)
-    heads = k if tree is None else tree.head_depth  # a lookup chain's drafts cost no head
+    heads = k if tree is None else tree.head_depth  # copied drafts cost no head
     trunk = model.config.n_trunk_layers
     return {
         "tokens_per_s_speculative": rates["speculative"],

@@ -50,10 +50,10 @@ def bench_decode(ckpt: str, prompts: str | None = None, chat: bool = False, igno
         max_new_tokens: Tokens per prompt.
         draft_len: Tokens drafted per step by heads 2..k+1 (1..n_future-1); default n_future - 1.
         tree: Draft tree verified per step (greedy): 'chain' (each head's top guess, k drafts), 'auto' (the tree, or
-            plain decoding, with the most tokens/s measured on validation data at this batch size, lookup chains
-            included), or paths of candidate ranks such as "(0,), (1,), (0, 0)", optionally with a chain of tokens
-            copied from the context: "(0,), (1,), (0, 0), lookup 4" ("lookup 4" alone needs no heads). Sampling uses
-            the chain of the heads.
+            plain decoding, with the most tokens/s measured on validation data at this batch size, copies from the
+            context included), or paths of candidate ranks such as "(0,), (1,), (0, 0)", optionally with tokens
+            copied from the context on the first-choice path: "(0,), (1,), (0, 0), lookup 2" ("lookup 3" alone
+            needs no heads). Sampling uses the chain of the heads.
         compile: Compile each decoding step with torch.compile (static shapes; inductor on CPU, CUDA graphs on
             CUDA), on both sides; compiling is reported apart and never counted in tokens/s.
         temperature: 0 (greedy, the default) checks identical outputs; > 0 measures speculative sampling.

@@ -41,8 +41,8 @@ def chat(ckpt: str, system: str | None = None, max_new_tokens: int = 256, temper
         speculative: Decode with the model's extra heads when it has any (false: plain decoding).
         tree: Draft tree verified per step (greedy): 'chain' (each extra head's top guess), or paths of candidate
             ranks such as "(0,), (1,), (0, 0)", e.g. the tree `bench decode --tree auto` picked for this model and
-            machine, optionally with tokens copied from the conversation: "(0,), (1,), (0, 0), lookup 4" ("lookup 4"
-            alone needs no heads). Sampling uses the chain of the heads.
+            machine, optionally with tokens copied from the conversation on its first-choice path: "(0,), (1,),
+            (0, 0), lookup 2" ("lookup 3" alone needs no heads). Sampling uses the chain of the heads.
         compile: Compile the decoding steps with torch.compile (the first answer waits for it, a few minutes on a
             CPU; later answers reuse the steps while the conversation stays within the same cache length).
         device: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.

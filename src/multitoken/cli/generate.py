@@ -113,9 +113,9 @@ def generate_text(ckpt: str, prompt: str, chat: bool = False, system: str | None
         speculative: Self-speculative decoding with the model's own heads; prints statistics after the text.
         draft_len: Tokens drafted per step by heads 2..k+1 (1..n_future-1); default n_future - 1.
         tree: Draft tree verified per step (greedy): 'chain' (each head's top guess, k drafts), or paths of
-            candidate ranks such as "(0,), (1,), (0, 0)", optionally with a chain of tokens copied from the context
-            where its last tokens occurred before: "(0,), (1,), (0, 0), lookup 4" ("lookup 4" alone needs no
-            heads). Sampling uses the chain of the heads.
+            candidate ranks such as "(0,), (1,), (0, 0)", optionally with tokens copied from the context (what
+            followed its last tokens where they occurred before) on the first-choice path: "(0,), (1,), (0, 0),
+            lookup 2" ("lookup 3" alone needs no heads). Sampling uses the chain of the heads.
         compile: Compile each decoding step with torch.compile (static shapes; inductor on CPU, CUDA graphs on
             CUDA). The first call compiles (reported apart), later ones are faster.
         device: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda[:N]'.
