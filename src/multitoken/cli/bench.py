@@ -204,9 +204,8 @@ def _run_decode(args: SimpleNamespace) -> int:
     device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.ckpt)
     model, cfg, tokenizer = load_checkpoint(ckpt, device)
-    from multitoken.decoding.tree import DraftTree
-
-    lookup_only = args.tree not in ("auto", "chain") and not DraftTree.parse(args.tree).paths
+    tree = None if args.tree == "auto" else parse_tree(args.tree, model, args.draft_len, args.temperature)
+    lookup_only = tree is not None and not tree.paths  # copies from the context alone
     if model.n_future == 1 and args.tree == "chain" and not (args.against_transformers or args.against_llama_cpp):
         raise ConfigError(f"{ckpt} is a next-token-only model (no extra heads), so there is no speculative decoding "
                           "to compare: add --against-transformers to time plain decoding against transformers, "
@@ -232,9 +231,6 @@ def _run_decode(args: SimpleNamespace) -> int:
     if max(batch_sizes) > len(prompts):
         raise ConfigError(f"--batch-size {max(batch_sizes)} exceeds the {len(prompts)} prompts: give at least as many "
                           "prompts (--num-prompts, or lines in --prompts) as the largest batch")
-    tree = None
-    if (model.n_future > 1 or args.tree != "chain") and args.tree != "auto":
-        tree = parse_tree(args.tree, model, args.draft_len, args.temperature)
     print(f"benchmarking {ckpt} on {source}", flush=True)
     stop_ids = None if args.ignore_eos else torch.tensor(tokenizer.stop_ids, device=device)
     results = []

@@ -30,7 +30,7 @@ from multitoken.decoding.generate import (OnTokens, check_fits, generate, last_p
 from multitoken.decoding.lookup import STRONG_MATCH, lookup_drafts
 from multitoken.decoding.sampling import draw, probs_from_logits
 from multitoken.decoding.static import cache_slots, decoder_for
-from multitoken.decoding.tree import DraftTree, draft_tokens, guess_count, with_copies
+from multitoken.decoding.tree import DraftTree, draft_tokens, with_copies
 from multitoken.errors import ConfigError
 from multitoken.model import DecodeCaches, MTPModel, Positions, prompt_next_tokens
 
@@ -285,7 +285,7 @@ def _greedy_tree(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N
 
     with decoder.caches:
         last = decoder.prefill(prompt, lengths)  # (B, heads, V)
-        guesses = last[:, 1:].topk(guess_count(tree), dim=-1).indices if tree.paths else None
+        guesses = last[:, 1:].topk(decoder.guess_count, dim=-1).indices if tree.paths else None
         tokens = with_lookup(draft_tokens(last[:, 0].argmax(-1), guesses, decoder.layout), guesses)
         while True:
             active = n_done < N

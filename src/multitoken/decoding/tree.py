@@ -122,12 +122,11 @@ class DraftTree:
             return "plain decoding"
         if not self.paths:
             return f"lookup of {self.lookup} tokens"
-        nodes = len(self.paths) + 1
-        heads = f"chain of {self.head_depth}" if self.paths == DraftTree.chain(self.head_depth).paths \
-            else f"tree of {nodes} nodes, depth {self.head_depth}"
-        n = len(self.copy_paths)
-        added = f" ({n} node{'s' if n > 1 else ''} added)" if n else ""
-        return heads + (f", lookup to depth {self.lookup}{added}" if self.lookup else "")
+        if self.lookup:  # the heads' tree, then its copies
+            n = len(self.copy_paths)
+            added = f" ({n} node{'s' if n > 1 else ''} added)" if n else ""
+            return f"{DraftTree(self.paths).describe()}, lookup to depth {self.lookup}{added}"
+        return f"chain of {self.depth}" if self.is_chain() else f"tree of {self.num_nodes} nodes, depth {self.depth}"
 
     def __str__(self) -> str:
         parts = ["(" + ", ".join(map(str, p)) + ("," if len(p) == 1 else "") + ")" for p in self.paths]
@@ -204,7 +203,7 @@ def with_copies(tokens: torch.Tensor, guesses: torch.Tensor | None, copied: torc
     at = (layout["depth"] - 1).clamp(0, copied.shape[1] - 1)
     copy = copied[:, at]  # (B, T): the copied token at each node's depth
     tokens = torch.where(layout["copy_only"] | (strong[:, None] & layout["copy"]), copy, tokens)
-    if guesses is None or not bool(layout["beside_copy"].any()):
+    if guesses is None:
         return tokens
     others = guesses[:, (layout["depth"] - 1).clamp(0, guesses.shape[1] - 1)]  # (B, T, R)
     displaced = others == copy[..., None]
