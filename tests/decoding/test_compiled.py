@@ -24,7 +24,17 @@ def test_steps_have_no_graph_breaks():
             (torch.zeros(2, tree.num_nodes, dtype=torch.long), pos)
         with decoder.caches, torch.no_grad():
             explanation = torch._dynamo.explain(decoder.step)(*args)
-        assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+            assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+            if tree is None:
+                continue
+            # What the loop does with a step's result: one graph too, with copies and stop tokens or without.
+            accepted, n_accepted, tokens, guesses = decoder.step(*args)
+            out, context = decoder.output_buffers(torch.ones(2, 4, dtype=torch.long))
+            for stop_ids in (None, torch.tensor([3])):
+                keep_args = (torch.tensor([0, 2]), torch.tensor(6), torch.tensor([4, 3]), accepted, n_accepted,
+                             tokens, guesses, out, context, stop_ids)
+                explanation = torch._dynamo.explain(decoder.keep)(*keep_args)
+                assert explanation.graph_break_count == 0 and explanation.graph_count == 1
 
 
 def test_compiled_equals_eager():

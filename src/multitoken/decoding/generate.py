@@ -68,6 +68,17 @@ def stop_hits(tokens: torch.Tensor, stop_ids: torch.Tensor | None) -> torch.Tens
     return torch.isin(tokens, stop_ids)
 
 
+def advance(n_done: torch.Tensor, written: torch.Tensor, n_kept: torch.Tensor, limit: int | torch.Tensor,
+            stop_ids: torch.Tensor | None) -> torch.Tensor:
+    """n_done (B,) after a step that kept the first n_kept (B,) of the tokens it wrote (B, W), with rows that kept a
+    stop token moved to limit: they are finished. Only this step's tokens are looked at."""
+    after = n_done + n_kept
+    if stop_ids is None:
+        return after
+    kept = torch.arange(written.shape[1], device=written.device) < n_kept[:, None]
+    return torch.where((stop_hits(written, stop_ids) & kept).any(1), limit, after)
+
+
 def pad_after_stop(out: torch.Tensor, stop_ids: torch.Tensor | None) -> torch.Tensor:
     """Each row up to and including its first stop token, then that stop token repeated: what a row says after it
     stopped is not decoded (or not kept), so every path returns the same tensor."""

@@ -25,12 +25,10 @@ from dataclasses import dataclass, field
 import torch
 
 from multitoken.decoding.fused_heads import FusedHeads
-from multitoken.decoding.generate import (OnTokens, check_fits, generate, last_positions, pad_after_stop,
-                                          stop_hits)
-from multitoken.decoding.lookup import STRONG_MATCH, lookup_drafts
+from multitoken.decoding.generate import OnTokens, advance, check_fits, generate, last_positions, pad_after_stop
 from multitoken.decoding.sampling import draw, probs_from_logits
 from multitoken.decoding.static import cache_slots, decoder_for
-from multitoken.decoding.tree import DraftTree, draft_tokens, with_copies
+from multitoken.decoding.tree import DraftTree, draft_tokens
 from multitoken.errors import ConfigError
 from multitoken.model import DecodeCaches, MTPModel, Positions, prompt_next_tokens
 
@@ -243,69 +241,41 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
     return pad_after_stop(out[:, :max_new_tokens], stop_ids), stats
 
 
-def _advance(n_done: torch.Tensor, written: torch.Tensor, n_kept: torch.Tensor, N: int,
-             stop_ids: torch.Tensor | None) -> torch.Tensor:
-    """n_done after a step that kept the first n_kept (B,) of the tokens it wrote (B, W), with rows that kept a stop
-    token moved to N: they are finished. Only this step's tokens are looked at."""
-    after = n_done + n_kept
-    if stop_ids is None:
-        return after
-    kept = torch.arange(written.shape[1], device=written.device) < n_kept[:, None]
-    hit = (stop_hits(written, stop_ids) & kept).any(1)
-    return torch.where(hit, torch.full_like(after, N), after)
-
-
 def _greedy_tree(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int, tree: DraftTree,
                  compile: bool, stats: DecodeStats, stop_ids: torch.Tensor | None = None,
                  on_tokens: OnTokens | None = None):
-    """Greedy decoding with a draft tree per step, through the static decoder."""
+    """Greedy decoding with a draft tree per step, through the static decoder: per step its tree step, then its keep
+    step (the accepted path kept, the next tree's copies filled), and one host sync, for the loop's exit."""
     B, T0 = prompt.shape
-    device = prompt.device
-    D = tree.depth
     decoder = decoder_for(model, B, cache_slots(model, T0 + N), tree, compile)
     compiled_before = decoder.compile_seconds
-    out = torch.zeros(B, N + D + 1, dtype=torch.long, device=device)  # room for a last path's overshoot
-    n_done = torch.zeros(B, dtype=torch.long, device=device)  # tokens finalized per row
-    offsets = torch.arange(D + 1, device=device)
+    out, context = decoder.output_buffers(prompt)
+    n_done = torch.zeros(B, dtype=torch.long, device=prompt.device)  # tokens finalized per row
+    limit = torch.tensor(N, device=prompt.device)  # a tensor, so that calls for other lengths share a compiled step
     log: list[torch.Tensor] = []  # per step: drafts accepted per row, -1 for a finished row (statistics at the end)
-    # Copies come from each row's whole context: prompt, tokens kept so far and the next (certain) token.
-    context = torch.cat([prompt, torch.zeros(B, N + D + 2, dtype=prompt.dtype, device=device)], 1) \
-        if tree.lookup else None
     copying: list[torch.Tensor] = []  # per step: rows whose next tree copies (summed once, at the end)
-
-    def with_lookup(tokens: torch.Tensor, guesses: torch.Tensor | None) -> torch.Tensor:
-        if context is None:
-            return tokens
-        ends = lengths + n_done.clamp(max=N)
-        context.scatter_(1, ends[:, None], tokens[:, :1])
-        copied, matched = lookup_drafts(context, ends + 1, tree.lookup)
-        strong = matched >= STRONG_MATCH
-        copying.append((strong & (n_done < N)).sum())
-        return with_copies(tokens, guesses, copied, strong, decoder.layout)
-
     with decoder.caches:
         last = decoder.prefill(prompt, lengths)  # (B, heads, V)
         guesses = last[:, 1:].topk(decoder.guess_count, dim=-1).indices if tree.paths else None
-        tokens = with_lookup(draft_tokens(last[:, 0].argmax(-1), guesses, decoder.layout), guesses)
+        tokens, strong = decoder.with_lookup(draft_tokens(last[:, 0].argmax(-1), guesses, decoder.layout), guesses,
+                                             context, lengths)
+        copying.append(strong.sum())
         while True:
             active = n_done < N
             if not bool(active.any()):  # the loop's exit depends on data: one host sync per step, the only one
                 break
             start = torch.where(active, lengths + n_done, 0)  # finished rows idle at position 0
             accepted, n_accepted, tokens, guesses = decoder.run_step(tokens, start)
-            # Keep the path: write all D + 1 slots at the row's next place; anything past its end is overwritten next.
-            out.scatter_(1, torch.where(active, n_done, N)[:, None] + offsets, accepted)
-            if context is not None:
-                context.scatter_(1, (lengths + torch.where(active, n_done, N))[:, None] + offsets, accepted)
-            n_done = _advance(n_done, accepted, torch.where(active, n_accepted + 1, 0), N, stop_ids)
-            tokens = with_lookup(tokens, guesses)
+            n_done, tokens, copied, accepted_drafts = decoder.run_keep(
+                n_done, limit, lengths, accepted, n_accepted, tokens, guesses, out, context, stop_ids)
+            copying.append(copied)
+            log.append(accepted_drafts)
             if on_tokens is not None:
                 on_tokens(out, n_done.clamp(max=N))
-            log.append(torch.where(active, n_accepted, -1))
     stats.compile_seconds = decoder.compile_seconds - compiled_before
     stats.tree_nodes = tree.num_nodes
-    stats.copied_steps = int(torch.stack(copying).sum()) if copying and tree.paths else 0
-    return out, torch.stack(log), [D + 1] * len(log)
+    stats.copied_steps = int(torch.stack(copying).sum()) if context is not None and tree.paths else 0
+    return out, torch.stack(log), [tree.depth + 1] * len(log)
 
 
 def _chain(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int, k: int, sampling: tuple,
@@ -349,7 +319,7 @@ def _chain(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int,
             # Keep d_0..d_a: write the whole block at the row's next slots; anything past a is overwritten next step.
             write = torch.where(active, n_done, N + k)[:, None] + offsets[:width]
             out.scatter_(1, write, block[:, :width])
-            n_done = _advance(n_done, block[:, :width], torch.where(active, n_acc + 1, 0), N, stop_ids)
+            n_done = advance(n_done, block[:, :width], torch.where(active, n_acc + 1, 0), N, stop_ids)
             drafts, q = _draft(logits[rows, n_acc, 1:k + 1], greedy, sampling, generator)
             block = torch.cat([correction[:, None], drafts], dim=1)
             if on_tokens is not None:
