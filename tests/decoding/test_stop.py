@@ -49,6 +49,21 @@ def test_speculative_stops_early():
     assert stats.forwards < unstopped.forwards
 
 
+def test_plain_decoding_on_a_cpu_stops_at_the_step_of_the_stop_token():
+    """On a CPU looking for finished rows costs nothing, so no forward runs past the last row's stop token (each one
+    would be a whole wasted step, which a benchmark would count against plain decoding)."""
+    model = sharp_model(seed=3, n_future=3)
+    prompt = torch.tensor([[1, 2, 3, 4]])
+    full = generate(model, prompt, 40, temperature=0.0)
+    stop_at = 5  # out[:, 5] is the stop token: tokens 1..5 come from steps after the prefill
+    assert full[0, stop_at].item() not in full[0, :stop_at].tolist(), "the fixture should stop at its first use"
+    forwards = []
+    model.register_forward_hook(lambda *_: forwards.append(1))
+    got = generate(model, prompt, 40, temperature=0.0, stop_ids=full[0, stop_at:stop_at + 1])
+    assert torch.equal(got[0, :stop_at + 1], full[0, :stop_at + 1])
+    assert len(forwards) == stop_at  # one step per token after the prefill's (the prefill calls trunk and head)
+
+
 @pytest.mark.parametrize("mode", ["plain", "chain", "tree"])
 def test_on_tokens_streams_the_final_tokens(mode):
     """Every path reports, step by step, a growing prefix of each row's final output."""

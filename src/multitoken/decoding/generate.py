@@ -58,7 +58,11 @@ def decode_one_token(model: MTPModel, token: torch.Tensor, where: Positions) -> 
 
 # A streaming callback: (the output tokens so far (B, >= N), how many of each row's are final (B,)).
 OnTokens = Callable[[torch.Tensor, torch.Tensor], None]
-STOP_CHECK_EVERY = 8  # plain decoding looks for finished rows every this many steps (each look is a host sync)
+def stop_check_interval(device: torch.device) -> int:
+    """How often plain decoding looks for finished rows. On a GPU each look is a host sync that stalls the queue of
+    steps, so every 8 steps (decoding up to 7 past the last stop token); on a CPU every operation has finished when
+    it returns, so a look costs nothing and a step past the stop would be a whole wasted forward: every step."""
+    return 1 if device.type == "cpu" else 8
 
 
 def stop_hits(tokens: torch.Tensor, stop_ids: torch.Tensor | None) -> torch.Tensor:
@@ -129,6 +133,7 @@ def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, tempera
         def step(token: torch.Tensor, i: int) -> torch.Tensor:
             return decode_one_token(model, token, caches.at(T0 + i if aligned else lengths + i, 1))
     stopped = torch.zeros(B, dtype=torch.bool, device=prompt.device)
+    check_every = stop_check_interval(prompt.device)
     with caches:
         logits = prefill(model, prompt, lengths)
         for i in range(max_new_tokens):
@@ -138,7 +143,7 @@ def generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: int, tempera
                 on_tokens(out, torch.full((B,), i + 1))
             if stop_ids is not None:
                 stopped |= stop_hits(token, stop_ids)
-                if i % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and bool(stopped.all()):
+                if i % check_every == check_every - 1 and bool(stopped.all()):
                     break  # every row has stopped: pad_after_stop fills the slots not decoded
             if i + 1 < max_new_tokens:
                 logits = step(token, i)
