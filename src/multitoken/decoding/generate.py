@@ -58,6 +58,8 @@ def decode_one_token(model: MTPModel, token: torch.Tensor, where: Positions) -> 
 
 # A streaming callback: (the output tokens so far (B, >= N), how many of each row's are final (B,)).
 OnTokens = Callable[[torch.Tensor, torch.Tensor], None]
+
+
 def stop_check_interval(device: torch.device) -> int:
     """How often plain decoding looks for finished rows. On a GPU each look is a host sync that stalls the queue of
     steps, so every 8 steps (decoding up to 7 past the last stop token); on a CPU every operation has finished when
