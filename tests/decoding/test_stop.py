@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from multitoken.decoding.generate import generate, pad_after_stop
+from multitoken.decoding.generate import generate, pad_after_stop, pad_prompts
 from multitoken.decoding.speculative import speculative_generate
 from multitoken.decoding.tree import DraftTree
 from tests.conftest import sharp_model
@@ -85,3 +85,19 @@ def test_on_tokens_streams_the_final_tokens(mode):
     assert seen and seen[-1] == final
     assert all(later[:len(earlier)] == earlier and final[:len(earlier)] == earlier
                for earlier, later in zip(seen, seen[1:]))
+
+
+def test_a_batch_counts_each_rows_steps_as_that_row_alone_would():
+    """Statistics count a row only while it decodes: rows that stop at different steps, batched, add up to the same
+    steps and accepted tokens as each decoded alone (acceptance does not depend on the batch)."""
+    model = sharp_model(seed=3, n_future=3)
+    tree = DraftTree.parse("(0,), (1,), (0, 0), lookup 2")
+    rows = [[1, 2, 3, 4], [5, 6, 7, 8, 9, 10]]
+    full = generate(model, torch.tensor([rows[1]]), 30, temperature=0.0)
+    stop = full[0, 4:5]  # row 2 stops early; row 1 at this token, or at the length limit
+    alone = [speculative_generate(model, torch.tensor([r]), 30, tree=tree, stop_ids=stop)[1] for r in rows]
+    prompt, lengths = pad_prompts(rows)
+    _, batched = speculative_generate(model, prompt, 30, tree=tree, lengths=lengths, stop_ids=stop)
+    assert alone[0].row_steps != alone[1].row_steps, "the fixture should stop the rows at different steps"
+    assert batched.row_steps == sum(s.row_steps for s in alone)
+    assert batched.accepted_tokens == sum(s.accepted_tokens for s in alone)
