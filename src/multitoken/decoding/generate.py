@@ -74,15 +74,22 @@ def stop_hits(tokens: torch.Tensor, stop_ids: torch.Tensor | None) -> torch.Tens
     return torch.isin(tokens, stop_ids)
 
 
-def advance(n_done: torch.Tensor, written: torch.Tensor, n_kept: torch.Tensor, limit: int | torch.Tensor,
-            stop_ids: torch.Tensor | None) -> torch.Tensor:
-    """n_done (B,) after a step that kept the first n_kept (B,) of the tokens it wrote (B, W), with rows that kept a
-    stop token moved to limit: they are finished. Only this step's tokens are looked at."""
+def keep_block(out: torch.Tensor, n_done: torch.Tensor, active: torch.Tensor, limit: int | torch.Tensor,
+               block: torch.Tensor, n_accepted: torch.Tensor,
+               stop_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep a speculative step's result: each row's whole block (B, W) written into out (B, >= limit + W) at the row's
+    next place (a finished row's at limit, past what is returned; anything past what a row keeps is overwritten by
+    its next block), and n_done (B,) advanced by what active rows kept (n_accepted + 1), rows that kept a stop token
+    moved to limit: they are finished. Only this step's tokens are looked at. Returns (n_done, where in out each
+    row's block went (B, W))."""
+    at = torch.where(active, n_done, limit)[:, None] + torch.arange(block.shape[1], device=block.device)
+    out.scatter_(1, at, block)
+    n_kept = torch.where(active, n_accepted + 1, 0)
     after = n_done + n_kept
-    if stop_ids is None:
-        return after
-    kept = torch.arange(written.shape[1], device=written.device) < n_kept[:, None]
-    return torch.where((stop_hits(written, stop_ids) & kept).any(1), limit, after)
+    if stop_ids is not None:
+        kept = torch.arange(block.shape[1], device=block.device) < n_kept[:, None]
+        after = torch.where((stop_hits(block, stop_ids) & kept).any(1), limit, after)
+    return after, at
 
 
 def pad_after_stop(out: torch.Tensor, stop_ids: torch.Tensor | None) -> torch.Tensor:

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import torch
 
 from multitoken.decoding.fused_heads import FusedHeads
-from multitoken.decoding.generate import OnTokens, advance, check_fits, generate, last_positions, pad_after_stop
+from multitoken.decoding.generate import (OnTokens, check_fits, generate, keep_block, last_positions,
+                                          pad_after_stop)
 from multitoken.decoding.sampling import draw, probs_from_logits
 from multitoken.decoding.static import cache_slots, decoder_for
 from multitoken.decoding.tree import DraftTree, draft_tokens
@@ -289,8 +290,7 @@ def _chain(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int,
     # short there instead (see `width` below).
     cache_len = min(model.config.max_seq_len, T0 + N + k)
     rows = torch.arange(B, device=device)
-    offsets = torch.arange(k + 1, device=device)
-    out = torch.zeros(B, N + 2 * k + 1, dtype=torch.long, device=device)  # room for a last block's overshoot
+    out = torch.zeros(B, N + k + 1, dtype=torch.long, device=device)  # room for a last (or parked) block
     n_done = torch.zeros(B, dtype=torch.long, device=device)  # tokens finalized per row
     # Per step and row: drafts accepted, or -1 for a row already finished. Statistics come from this log at the end,
     # keeping the hot loop to the few ops decoding itself needs. A step finalizes >= 1 token per row: <= N steps.
@@ -316,10 +316,7 @@ def _chain(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int,
             logits = forward(block[:, :width], caches.at(start, width))
             n_acc, correction = verify_chain(block[:, :width], logits[:, :, 0], q, sampling, generator) if not greedy \
                 else verify_chain(block[:, :width], logits[:, :, 0])
-            # Keep d_0..d_a: write the whole block at the row's next slots; anything past a is overwritten next step.
-            write = torch.where(active, n_done, N + k)[:, None] + offsets[:width]
-            out.scatter_(1, write, block[:, :width])
-            n_done = advance(n_done, block[:, :width], torch.where(active, n_acc + 1, 0), N, stop_ids)
+            n_done, _ = keep_block(out, n_done, active, N, block[:, :width], n_acc, stop_ids)  # d_0..d_a kept
             drafts, q = _draft(logits[rows, n_acc, 1:k + 1], greedy, sampling, generator)
             block = torch.cat([correction[:, None], drafts], dim=1)
             if on_tokens is not None:

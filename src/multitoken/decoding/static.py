@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from multitoken.decoding.fused_heads import FusedHeads
-from multitoken.decoding.generate import advance
+from multitoken.decoding.generate import keep_block
 from multitoken.decoding.lookup import STRONG_MATCH, lookup_drafts
 from multitoken.decoding.tree import DraftTree, accept_greedy, draft_tokens, guess_count, with_copies
 from multitoken.model import DecodeCaches, MTPModel, Positions, prompt_next_tokens
@@ -177,11 +177,9 @@ class StaticDecoder:
         (B, T) with copies in place, rows still going whose tree copied (0-d count), drafts accepted per row
         (B,): -1 for a row that was finished)."""
         active = n_done < limit
-        at = torch.where(active, n_done, limit)[:, None] + torch.arange(accepted.shape[1], device=accepted.device)
-        out.scatter_(1, at, accepted)
-        if context is not None:
+        after, at = keep_block(out, n_done, active, limit, accepted, n_accepted, stop_ids)
+        if context is not None:  # in each row's context the kept tokens follow its prompt, as in out from 0
             context.scatter_(1, lengths[:, None] + at, accepted)
-        after = advance(n_done, accepted, torch.where(active, n_accepted + 1, 0), limit, stop_ids)
         tokens, strong = self.with_lookup(tokens, guesses, context, lengths + torch.minimum(after, limit))
         return after, tokens, (strong & (after < limit)).sum(), torch.where(active, n_accepted, -1)
 
