@@ -105,6 +105,15 @@ class ModelConfig:
     with head 1 more often (SmolLM2: +2.3 points of top-1 at t+2 and +0.04 held-out tokens per forward over the same
     training; z one layer below head 1 already carries most of that token); head 1 is unchanged, so the output is
     too. Off: the paper's parallel heads, which read z alone."""
+    drafter: Literal["none", "eagle3"] = "none"
+    """A sequential draft module beside the heads. 'eagle3': EAGLE-3's layout (Li et al. 2025), the draft format
+    vLLM, SGLang and llama.cpp run: it reads three base layers' inputs (`drafter_layers`) and the next token, one
+    Llama decoder layer and its own unembedding over the draft vocabulary make a guess, and each further guess reads
+    the one before and the module's own state, so the second guess knows the first. 'none': the heads alone."""
+    drafter_layers: list[int] | None = None
+    """The base layers whose inputs the drafter reads (0: the embeddings; n_layer - n_future: the trunk's output):
+    exactly three, distinct, each below the base model's n_layer - n_future + 1 layers, as the engines require.
+    null: EAGLE-3's (2, L // 2, L - 3) for a base of L >= 7 layers, spread over fewer otherwise."""
     max_seq_len: int = 256
     """Context length in tokens: training windows and the largest prompt + generation."""
     ffn_hidden: int | None = None
@@ -182,6 +191,10 @@ class ModelConfig:
                  f"model.sliding_window must be at least 1 (got {self.sliding_window}), or null for none")
         _require(self.rope_local_theta is None or self.rope_local_theta > 0,
                  f"model.rope_local_theta must be positive (got {self.rope_local_theta}), or null")
+        _require(self.drafter_layers is None or (len(self.drafter_layers) == 3 and len(set(self.drafter_layers)) == 3
+                                                  and min(self.drafter_layers) >= 0),
+                 f"model.drafter_layers must be three distinct layer numbers >= 0 (got {self.drafter_layers}): the "
+                 "engines read exactly three; or null for the default")
         if self.sliding_layers is not None:
             _require(self.sliding_window is not None, "model.sliding_layers needs model.sliding_window: set the "
                      "window, or sliding_layers to null")
@@ -208,6 +221,25 @@ class ModelConfig:
     @property
     def n_trunk_layers(self) -> int:
         return self.n_layer - self.n_future
+
+    def check_drafter(self) -> None:
+        """The drafter's layers against the base (checked when a model is built: with --init-from the base's depth
+        comes from the checkpoint, after this config)."""
+        L = self.n_trunk_layers + 1
+        _require(L >= 3, f"model.drafter reads three distinct base layers, and this base has {L} (n_layer - n_future "
+                 "+ 1): use a deeper model, or model.drafter none")
+        bad = [i for i in self.drafter_feature_layers if i >= L]
+        _require(not bad, f"model.drafter_layers names layer {bad[0] if bad else 0}, but the base has layers 0..{L - 1} "
+                 "(the engines read only inputs of the base's own layers): choose three in that range, or null")
+
+    @property
+    def drafter_feature_layers(self) -> tuple[int, int, int]:
+        """The three base layers whose inputs the drafter reads (`drafter_layers`, or the default rule)."""
+        if self.drafter_layers is not None:
+            return tuple(self.drafter_layers)
+        L = self.n_trunk_layers + 1
+        # vLLM's and SpecForge's default; it collides below 7 layers, where the spread keeps three distinct ids.
+        return (2, L // 2, L - 3) if L >= 7 else (1, L // 2, L - 1) if L >= 4 else (0, 1, 2)
 
     @property
     def head_size(self) -> int:
@@ -358,6 +390,12 @@ class TrainConfig:
     speculative-decoding heads. 'trunk': train the heads, head 1 among them, the shared norm and the unembedding with
     embeddings and trunk layers fixed: cheaper than a full finetune, but head 1 moves, so the model's own text changes
     too."""
+    drafter_steps: int = 3
+    """Chained steps the drafter's training unrolls (EAGLE-3's training-time test): step s reads its own state and
+    the text's token from step s - 1 and predicts the token 2 + s ahead, as it will when drafting."""
+    drafter_weight: float = 0.3
+    """The drafter's loss weight beside the heads' (DeepSeek-V3 weights its MTP module 0.3); its steps are weighted
+    0.8^s within it (EAGLE-3). With --freeze base the drafter alone learns and the weight only scales its loss."""
     parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
     """Data parallelism under torchrun: 'ddp' (replicated weights), 'fsdp' (FSDP2, sharded weights and optimizer
     state), 'auto' = ddp when launched with more than one process, else none."""
@@ -396,6 +434,8 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches",
                      "log_interval", "save_interval", "keep_last"):
             _require(getattr(self, name) >= 1, f"{name} must be at least 1 (got {getattr(self, name)})")
+        _require(self.drafter_steps >= 1, f"drafter_steps must be at least 1 (got {self.drafter_steps})")
+        _require(self.drafter_weight > 0, f"drafter_weight must be positive (got {self.drafter_weight})")
         _require(self.seq_len is None or self.seq_len >= 1, f"seq_len must be at least 1 (got {self.seq_len}); "
                  "null means model.max_seq_len")
         weights = self.resolved_head_weights()

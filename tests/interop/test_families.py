@@ -154,7 +154,7 @@ def test_new_heads_start_as_copies_of_the_last_layer(converted):
     from multitoken.training.surgery import init_from_checkpoint, model_config_for_init
 
     name, _, source, root = converted
-    model = multitoken.MTPModel(model_config_for_init(str(root / "mt"), 3)).eval()
+    model = multitoken.MTPModel(model_config_for_init(str(root / "mt"), multitoken.config.ModelConfig(n_future=3))).eval()
     init_from_checkpoint(model, str(root / "mt"), load_tokenizer(root / "mt"))
     last = source.layers[-1].state_dict()
     assert SWITCH_TENSORS[name] <= last.keys(), name

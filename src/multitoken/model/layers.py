@@ -124,20 +124,25 @@ def window_mask(mask: torch.Tensor | None, where: Positions | None, T: int, L: i
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, window: int | None = None) -> None:
+    """in_dim: the width q, k and v are projected from (d_model; an EAGLE-3 drafter's layer reads 2 x d_model)."""
+
+    def __init__(self, config: ModelConfig, window: int | None = None, in_dim: int | None = None) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_size
         self.window, self.scale = window, config.attention_scale
-        self.wq = nn.Linear(config.d_model, config.n_head * config.head_size, bias=config.qkv_bias)
-        self.wk = nn.Linear(config.d_model, config.kv_heads * config.head_size, bias=config.qkv_bias)
-        self.wv = nn.Linear(config.d_model, config.kv_heads * config.head_size, bias=config.qkv_bias)
+        in_dim = in_dim or config.d_model
+        self.wq = nn.Linear(in_dim, config.n_head * config.head_size, bias=config.qkv_bias)
+        self.wk = nn.Linear(in_dim, config.kv_heads * config.head_size, bias=config.qkv_bias)
+        self.wv = nn.Linear(in_dim, config.kv_heads * config.head_size, bias=config.qkv_bias)
         self.wo = nn.Linear(config.n_head * config.head_size, config.d_model, bias=False)
         if config.qk_norm:  # one gain per element of a head, shared by all heads
             self.q_norm = RMSNorm(config.head_size, config.norm_eps, config.norm_unit_offset)
             self.k_norm = RMSNorm(config.head_size, config.norm_eps, config.norm_unit_offset)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, where: Positions | None) -> torch.Tensor:
+    def project(self, x: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, H, T, hd) and k, v (B, H_kv, T, hd) of a block x (B, T, in_dim), rotated."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -145,7 +150,11 @@ class Attention(nn.Module):
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        return tuple(t.transpose(1, 2) for t in (q, k, v))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, where: Positions | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.project(x, cos, sin)  # (B, H, T, hd)
 
         if where is None:  # training / full recompute: plain causal attention over the T positions
             mask, is_causal = None, True

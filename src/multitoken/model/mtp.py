@@ -13,6 +13,9 @@ With `heads_read_next_token` each extra head's input is z plus a projection of t
 its position (`next_token_proj`): head i then predicts t+i knowing t+1. Training gives it the text's next token;
 decoding gives it head 1's choice (`follow_tokens`), which is the text's next token wherever decoding keeps it.
 
+With `drafter` the model also holds a sequential draft module (`drafter.py`, EAGLE-3's layout) that reads three of
+the base layers' inputs (`trunk_features`); it is not part of any head and changes nothing the heads compute.
+
 `layers` alone is therefore an ordinary Llama: dropping `extra_heads` leaves a next-token model. The trunk and the
 heads can be called separately (`trunk`, `head`, `unembed`): the memory-efficient loss in `training/loss.py` needs
 that seam to detach z and run each head's forward and backward in turn.
@@ -26,6 +29,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from multitoken.config import ModelConfig
+from multitoken.model.drafter import Eagle3Drafter
 from multitoken.model.positions import Positions
 from multitoken.model.layers import RMSNorm, TransformerBlock, rope_cache
 
@@ -57,6 +61,8 @@ class MTPModel(nn.Module):
             self.output.weight = self.tok_embeddings.weight
         if config.draft_vocab:  # sorted token ids; training fills them from its data (`training/draft_vocab.py`)
             self.register_buffer("draft_ids", torch.arange(config.draft_vocab))
+        if config.drafter != "none":
+            self.drafter = Eagle3Drafter(config)
         self.init_rope()
         self.reset_parameters()
 
@@ -98,8 +104,9 @@ class MTPModel(nn.Module):
             if name.endswith("bias") or name.startswith("next_token_proj."):
                 # A zero projection: heads that start out reading z alone, as the parallel heads they may come from.
                 nn.init.zeros_(p)
-            elif p.dim() < 2:  # norm gains: 1, or an offset of 0 from it
-                nn.init.zeros_(p) if self.config.norm_unit_offset else nn.init.ones_(p)
+            elif p.dim() < 2:  # norm gains: 1, or an offset of 0 from it (the drafter's Llama norms: 1)
+                offset = self.config.norm_unit_offset and not name.startswith("drafter.")
+                nn.init.zeros_(p) if offset else nn.init.ones_(p)
             elif name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
                 # Residual-branch outputs scaled down with depth (GPT-2) so the residual stream starts near unit scale.
                 nn.init.normal_(p, std=std / math.sqrt(2 * self.config.n_layer))
@@ -129,12 +136,31 @@ class MTPModel(nn.Module):
 
     def trunk(self, idx: torch.Tensor, where: Positions | None = None) -> torch.Tensor:
         """Shared trunk: token ids (B, T) -> hidden state z (B, T, d_model)."""
+        return self._run_trunk(idx, where, ())[0]
+
+    def trunk_features(self, idx: torch.Tensor, where: Positions | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trunk's output z (B, T, d) and the drafter's features (B, T, 3d): the inputs of its three base layers,
+        concatenated in the listed order (every id is below the base's layer count, so all are trunk states)."""
+        z, captured = self._run_trunk(idx, where, self.config.drafter_feature_layers)
+        return z, torch.cat(captured, dim=-1)
+
+    def _run_trunk(self, idx: torch.Tensor, where: Positions | None,
+                   capture: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         T = idx.shape[1]
         tables = {w: self.rope(T, where, w) for w in {layer.window for layer in self.layers[:-1]}}
         x = self.embed(idx)
-        for layer in self.layers[:-1]:
+        inputs = {}
+        for j, layer in enumerate(self.layers[:-1]):
+            if j in capture:
+                inputs[j] = x
             x = layer(x, *tables[layer.window], where)
-        return x
+        inputs[len(self.layers) - 1] = x  # the trunk's output is head 1's layer's input
+        return x, [inputs[j] for j in capture]
+
+    def drafter_ids(self) -> torch.Tensor:
+        """The token id of each of the drafter's outputs: the draft vocabulary, or every token."""
+        return self.draft_ids if self.config.draft_vocab else torch.arange(self.config.vocab_size,
+                                                                            device=self.output.weight.device)
 
     def head(self, i: int, z: torch.Tensor, where: Positions | None = None,
              next_tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -213,6 +239,7 @@ class MTPModel(nn.Module):
             "trunk": count(self.layers[:-1]),
             "heads": count([self.layers[-1], *self.extra_heads, *getattr(self, "next_token_proj", [])]),
             "norm": count([self.norm]),
+            "drafter": count([getattr(self, "drafter", nn.Identity())]),
             "output": 0 if self.config.tie_embeddings else count([self.output]),  # tied: counted once, as input
         }
         parts["total"] = sum(parts.values())

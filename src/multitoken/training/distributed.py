@@ -70,19 +70,22 @@ class MTPObjective(nn.Module):
     """The model and its training loss as one module, so a data-parallel wrapper sees the whole micro-step."""
 
     def __init__(self, model: MTPModel, strategy: Strategy = "sequential", ce: CrossEntropy = "chunked",
-                 head_weights: Sequence[float] | None = None, eot_id: int | None = None) -> None:
+                 head_weights: Sequence[float] | None = None, eot_id: int | None = None,
+                 drafter_steps: int = 0, drafter_weight: float = 1.0) -> None:
         super().__init__()
         self.model = model
         self.strategy, self.ce, self.head_weights, self.eot_id = strategy, ce, head_weights, eot_id
+        self.drafter_steps, self.drafter_weight = drafter_steps, drafter_weight
 
     def forward(self, tokens: torch.Tensor, loss_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(total, per_head) of `mtp_loss`: call total.backward()."""
-        return mtp_loss(self.model, tokens, self.strategy, self.head_weights, loss_scale, self.ce, self.eot_id)
+        """(total, per_head) of `mtp_loss` (the drafter's steps after the heads): call total.backward()."""
+        return mtp_loss(self.model, tokens, self.strategy, self.head_weights, loss_scale, self.ce, self.eot_id,
+                        self.drafter_steps, self.drafter_weight)
 
     def evaluate(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-head loss sums, top-1 hit counts and scored positions (`mtp_eval_batch`, the training objective's
         targets); under FSDP2 gathers the weights first."""
-        return mtp_eval_batch(self.model, tokens, self.eot_id)
+        return mtp_eval_batch(self.model, tokens, self.eot_id, self.drafter_steps)
 
 
 def apply_parallel(objective: MTPObjective, mode: str, device: torch.device) -> nn.Module:

@@ -16,10 +16,12 @@ from multitoken.training.runtime import autocast_for
 @torch.no_grad()
 def evaluate(model: MTPModel, batches: Sequence[torch.Tensor], device: torch.device, precision: str = "auto",
              byte_level: bool = True, batch_fn: Callable | None = None, counted: Sequence[bool] | None = None,
-             eot_id: int | None = None) -> dict:
+             eot_id: int | None = None, drafter_steps: int = 0) -> dict:
     """Validation metrics per head (lists, head 1 first) over the given window batches.
 
     eot_id: score only the targets training scores with document masking on (none in the next document).
+    drafter_steps > 0: the drafter's unrolled steps too, as drafter_loss, drafter_acc (step 1 first) and
+    drafter_tau_sim.
 
     In a distributed run each rank passes its share of the batches and the sums are added over ranks. batch_fn
     replaces `mtp_eval_batch(model, tokens)` (FSDP2 needs the call to go through the sharded module); batches whose
@@ -27,8 +29,8 @@ def evaluate(model: MTPModel, batches: Sequence[torch.Tensor], device: torch.dev
     """
     was_training = model.training
     model.eval()
-    n = model.n_future
-    batch_fn = batch_fn or (lambda tokens: mtp_eval_batch(model, tokens, eot_id))
+    n = model.n_future + drafter_steps
+    batch_fn = batch_fn or (lambda tokens: mtp_eval_batch(model, tokens, eot_id, drafter_steps))
     totals = torch.zeros(4, n, dtype=torch.float64, device=device)  # loss sums, top-1 hits, loss positions, positions
     for j, tokens in enumerate(batches):
         tokens = tokens.to(device, non_blocking=True)
@@ -42,7 +44,11 @@ def evaluate(model: MTPModel, batches: Sequence[torch.Tensor], device: torch.dev
         raise ValueError("no validation positions")
     losses = [s / max(c, 1) for s, c in zip(loss_sum, loss_count)]
     acc = [h / max(c, 1) for h, c in zip(correct, count)]
-    result = {"loss": losses, "acc": acc, "tokens": int(count[0]), "tau_sim": simulated_tau(acc)}
+    n = model.n_future
+    result = {"loss": losses[:n], "acc": acc[:n], "tokens": int(count[0]), "tau_sim": simulated_tau(acc[:n])}
+    if drafter_steps:  # step s's accuracy is conditional on the steps before it being right, as acceptance is
+        result.update(drafter_loss=losses[n:], drafter_acc=acc[n:], drafter_tau_sim=simulated_tau([1.0, *acc[n:]]))
+    losses, loss_count, count = losses[:n], loss_count[:n], count[:n]
     if model.config.draft_vocab and n > 1:  # how much of what the extra heads must guess their vocabulary holds
         result["draft_coverage"] = [c / max(t, 1) for c, t in zip(loss_count[1:], count[1:])]
         result["draft_vocab"] = model.config.draft_vocab
@@ -75,6 +81,12 @@ def format_eval_table(result: dict) -> str:
         rows.append(row + f"  {result['acc'][i]:>9.2%}")
     if len(result["loss"]) > 1 and "tau_sim" in result:
         rows.append(f"simulated tokens per forward with self-speculative decoding: {result['tau_sim']:.2f}")
+    for s, (loss, acc) in enumerate(zip(result.get("drafter_loss", []), result.get("drafter_acc", []))):
+        row = f"{'d' + str(s + 1):>4}  {'t+' + str(s + 2):>8}  {loss:>11.4f}"
+        rows.append(row + (f"  {loss / math.log(2):>9.4f}" if has_bpb else "") + f"  {acc:>9.2%}")
+    if "drafter_tau_sim" in result:
+        rows.append(f"simulated tokens per forward with the drafter's chain (d1.. after the next token): "
+                    f"{result['drafter_tau_sim']:.2f}")
     if "draft_coverage" in result:
         share = min(result["draft_coverage"])
         rows.append(f"extra heads draft over {result['draft_vocab']:,} tokens: at least {share:.1%} of their targets "

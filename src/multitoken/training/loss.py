@@ -22,29 +22,14 @@ import torch.nn.functional as F
 
 from multitoken.model import MTPModel
 from multitoken.training.chunked_ce import IGNORE_INDEX, chunked_linear_cross_entropy, chunked_loss_sum_and_correct
+from multitoken.training.drafter_loss import drafter_eval_sums, drafter_losses, weighted_drafter_loss
+from multitoken.training.targets import in_vocabulary, split_window
+
+__all__ = ["mtp_loss", "mtp_forward_backward", "mtp_eval_batch", "head_loss", "split_window", "in_vocabulary",
+           "draft_vocabulary", "next_tokens"]
 
 Strategy = Literal["sequential", "naive"]
 CrossEntropy = Literal["chunked", "plain"]
-
-
-def split_window(tokens: torch.Tensor, n_future: int,
-                 eot_id: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(B, T + n_future) window -> inputs (B, T) and the targets (B, T) of heads 1..n_future, all views.
-
-    eot_id: mask targets that cross a document boundary. The end-of-document token belongs to the document it ends
-    (so head 1 still learns to predict it); head i's target at position t lies in the next document when an end
-    token occurs among tokens[t : t + i], and is then set to IGNORE_INDEX (docs/data.md).
-    """
-    T = tokens.shape[1] - n_future
-    if T < 1:
-        raise ValueError(f"a window of {tokens.shape[1]} tokens is too short for n_future={n_future}")
-    targets = [tokens[:, i:i + T] for i in range(1, n_future + 1)]
-    if eot_id is not None:
-        ends = torch.cumsum(tokens == eot_id, dim=1)  # ends[:, p] = end tokens among tokens[:, :p + 1]
-        before = torch.nn.functional.pad(ends, (1, 0))  # before[:, p] = end tokens among tokens[:, :p]
-        targets = [y.masked_fill(before[:, i:i + T] != before[:, :T], IGNORE_INDEX) for i, y in
-                   enumerate(targets, start=1)]
-    return tokens[:, :T], targets
 
 
 def draft_vocabulary(model: MTPModel, head: int, scoring: bool = False) -> torch.Tensor | None:
@@ -54,13 +39,6 @@ def draft_vocabulary(model: MTPModel, head: int, scoring: bool = False) -> torch
     if head == 0 or not model.config.draft_vocab or (not scoring and model.output.weight.requires_grad):
         return None
     return model.draft_ids
-
-
-def in_vocabulary(targets: torch.Tensor, vocab: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Targets (any shape) as indices into vocab (sorted token ids); targets outside it become IGNORE_INDEX."""
-    index = torch.full((vocab_size,), IGNORE_INDEX, dtype=torch.long, device=targets.device)
-    index[vocab] = torch.arange(len(vocab), device=targets.device)
-    return torch.where(targets == IGNORE_INDEX, IGNORE_INDEX, index[targets.clamp(min=0)])
 
 
 def head_loss(model: MTPModel, h: torch.Tensor, targets: torch.Tensor, ce: CrossEntropy = "chunked",
@@ -94,7 +72,8 @@ def head_loss(model: MTPModel, h: torch.Tensor, targets: torch.Tensor, ce: Cross
 
 def mtp_loss(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequential",
              head_weights: Sequence[float] | None = None, loss_scale: float = 1.0, ce: CrossEntropy = "chunked",
-             eot_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             eot_id: int | None = None, drafter_steps: int = 0,
+             drafter_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The multi-token loss of one window batch as (total, per_head): call total.backward() once.
 
     tokens: (B, T + n_future) token ids. total = loss_scale * sum_i w_i * CE_i (loss_scale is 1 / grad_accum_steps
@@ -104,6 +83,9 @@ def mtp_loss(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequen
     With strategy "sequential" the heads' forward and backward passes run inside this call, one head at a time, and
     total.backward() then only runs the trunk's backward (see `_HeadLoop`). Either way there is exactly one backward
     call per micro-batch, which is what DDP and FSDP2 need to reduce gradients once.
+
+    drafter_steps > 0 (a model with a drafter): its unrolled chain reads the same trunk forward's features and adds
+    loss_scale * drafter_weight * its weighted loss (`drafter_loss.py`); per_head then ends with its steps' losses.
     """
     n = model.n_future
     weights = [1.0] * n if head_weights is None else list(head_weights)
@@ -116,16 +98,21 @@ def mtp_loss(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequen
     trunk_learns = any(p.requires_grad for p in (*model.tok_embeddings.parameters(),
                                                  *model.layers[:-1].parameters()))
     with torch.set_grad_enabled(torch.is_grad_enabled() and trunk_learns):  # a frozen trunk needs no graph
-        z = model.trunk(inputs)
+        z, features = model.trunk_features(inputs) if drafter_steps else (model.trunk(inputs), None)
     if strategy == "naive":
         losses = torch.stack([head_loss(model, model.head(i, z, next_tokens=following), y, ce,
                                         vocab=draft_vocabulary(model, i))
                               for i, y in enumerate(targets)])
         total = loss_scale * sum(w * loss for w, loss in zip(weights, losses))
-        return total, losses.detach()
-    params = [p for p in _head_side_params(model) if p.requires_grad]
-    total, losses = _HeadLoop.apply(z, (model, targets, following, weights, loss_scale, ce), *params)
-    return total, losses
+        losses = losses.detach()
+    else:
+        params = [p for p in _head_side_params(model) if p.requires_grad]
+        total, losses = _HeadLoop.apply(z, (model, targets, following, weights, loss_scale, ce), *params)
+    if features is None:
+        return total, losses
+    steps = drafter_losses(model, features, tokens, drafter_steps, eot_id)
+    total = total + loss_scale * drafter_weight * weighted_drafter_loss(steps)
+    return total, torch.cat([losses, steps.detach()])
 
 
 def mtp_forward_backward(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequential",
@@ -212,8 +199,8 @@ class _HeadLoop(torch.autograd.Function):
 
 
 @torch.no_grad()
-def mtp_eval_batch(model: MTPModel, tokens: torch.Tensor,
-                   eot_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def mtp_eval_batch(model: MTPModel, tokens: torch.Tensor, eot_id: int | None = None,
+                   drafter_steps: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-head summed cross-entropy, count of correct top-1 predictions, count of positions the loss scored and
     count of scored positions over one window batch, each (n_future,).
 
@@ -222,10 +209,11 @@ def mtp_eval_batch(model: MTPModel, tokens: torch.Tensor,
     Heads run one at a time and the loss goes chunk by chunk, as in training, so evaluation never holds even one
     head's full logits. An extra head with a draft vocabulary is scored as it drafts: its loss over the targets in
     that vocabulary (the third count), its top-1 hits over all positions (a target outside it is a miss).
+    drafter_steps > 0: the drafter's unrolled steps follow the heads, scored the same way.
     """
     inputs, targets = split_window(tokens, model.n_future, eot_id)
     following = next_tokens(tokens, inputs.shape[1])
-    z = model.trunk(inputs)
+    z, features = model.trunk_features(inputs) if drafter_steps else (model.trunk(inputs), None)
     sums = []
     for i, y in enumerate(targets):
         h = model.norm(model.head(i, z, next_tokens=following)).flatten(0, 1)
@@ -238,4 +226,6 @@ def mtp_eval_batch(model: MTPModel, tokens: torch.Tensor,
             loss_sum, correct, in_vocab = chunked_loss_sum_and_correct(h, model.output.weight.index_select(0, vocab),
                                                                        inside)
             sums.append((loss_sum, correct, in_vocab, (y != IGNORE_INDEX).sum()))
+    if features is not None:
+        sums += drafter_eval_sums(model, features, tokens, drafter_steps, eot_id)
     return tuple(torch.stack(column) for column in zip(*sums))

@@ -21,13 +21,16 @@ from multitoken.checkpoint import read_train_config, read_weights, require_finit
 _EXTRA_HEAD = re.compile(r"^(?:extra_heads|next_token_proj)\.(\d+)\.")
 
 
-def model_config_for_init(init_from: str, n_future: int, draft_vocab: int = 0,
-                          heads_read_next_token: bool = False) -> ModelConfig:
-    """The shape of a model initialised from a checkpoint: the checkpoint's, with n_future heads on the same trunk
-    (and this run's draft vocabulary size and kind of heads)."""
+# What a run started from a checkpoint sets for itself; every other model setting is the checkpoint's.
+RUN_OWN_FIELDS = ("n_future", "draft_vocab", "heads_read_next_token", "drafter", "drafter_layers")
+
+
+def model_config_for_init(init_from: str, run: ModelConfig) -> ModelConfig:
+    """The shape of a model initialised from a checkpoint: the checkpoint's, with the run's n_future heads on the
+    same trunk (and its draft vocabulary size, kind of heads and drafter)."""
     saved = read_train_config(resolve_checkpoint(init_from)).model
-    return dataclasses.replace(saved, n_future=n_future, n_layer=saved.n_trunk_layers + n_future,
-                               draft_vocab=draft_vocab, heads_read_next_token=heads_read_next_token)
+    return dataclasses.replace(saved, n_layer=saved.n_trunk_layers + run.n_future,
+                               **{name: getattr(run, name) for name in RUN_OWN_FIELDS})
 
 
 def init_from_checkpoint(model: MTPModel, init_from: str, tokenizer) -> tuple[str, bool]:
@@ -41,12 +44,10 @@ def init_from_checkpoint(model: MTPModel, init_from: str, tokenizer) -> tuple[st
         raise CheckpointError(f"the tokenizer of {ckpt} differs from this run's data tokenizer: finetune on data "
                               "prepared with the checkpoint's own tokenizer (it is saved in the checkpoint directory)")
     c = model.config
-    if dataclasses.replace(saved, n_future=c.n_future, n_layer=c.n_layer, draft_vocab=c.draft_vocab,
-                           heads_read_next_token=c.heads_read_next_token) != c or \
-            saved.n_trunk_layers != c.n_trunk_layers:
+    if dataclasses.replace(saved, n_layer=c.n_layer, **{name: getattr(c, name) for name in RUN_OWN_FIELDS}) != c \
+            or saved.n_trunk_layers != c.n_trunk_layers:
         raise CheckpointError(f"{ckpt} has a different model shape than this run: with --init_from, leave model.* "
-                              "to the checkpoint and set only model.n_future, model.draft_vocab and "
-                              "model.heads_read_next_token")
+                              "to the checkpoint and set only model." + ", model.".join(RUN_OWN_FIELDS))
     state = read_weights(ckpt, model.output.weight.device)
     require_finite(state, ckpt)
     head1 = f"layers.{saved.n_trunk_layers}."
@@ -67,19 +68,38 @@ def init_from_checkpoint(model: MTPModel, init_from: str, tokenizer) -> tuple[st
         mapped.pop("draft_ids", None)  # this run drafts over the whole vocabulary
     elif not kept_vocab:
         mapped["draft_ids"] = model.draft_ids  # none saved, or another size: the run chooses it from its data
+    same_drafter = saved.drafter == c.drafter and saved.drafter_feature_layers == c.drafter_feature_layers \
+        and saved.draft_vocab == c.draft_vocab
+    mapped = {key: value for key, value in mapped.items() if not key.startswith("drafter.") or same_drafter}
+    fresh_drafter = c.drafter != "none" and not any(key.startswith("drafter.") for key in mapped)
+    if fresh_drafter:  # a new drafter starts from its own initialisation (`init_drafter_from_base` follows)
+        mapped.update({key: value for key, value in model.state_dict().items() if key.startswith("drafter.")})
     model.load_state_dict(mapped, strict=True)
     note = f"initialised from {ckpt}: n_future {saved.n_future} -> {c.n_future}"
+    if fresh_drafter:
+        note += f"; a new {c.drafter} drafter reading base layers {list(c.drafter_feature_layers)}"
     if c.heads_read_next_token and not saved.heads_read_next_token and c.n_future > 1:
         note += " (the heads' next-token projections start at zero: the heads begin as they were)"
     return note, kept_vocab
 
 
+@torch.no_grad()
+def init_drafter_from_base(model: MTPModel) -> None:
+    """A new drafter's unembedding and final norm start as the base's (its rows of the draft vocabulary), as
+    EAGLE-3 starts its draft head from the target's: its first guesses then read like head 1's."""
+    model.drafter.output.weight.copy_(model.output.weight.index_select(0, model.drafter_ids()))
+    if not model.config.norm_unit_offset:  # a (1 + w) gain is another parametrisation: the drafter's stays plain
+        model.drafter.norm.weight.copy_(model.norm.weight)
+
+
 def freeze_base(model: MTPModel) -> None:
     """Fix everything the source model had (embeddings, trunk, head 1, the shared norm and the unembedding, tied or
-    not): only the extra heads learn, so the model still says exactly what it said and its speculative output is the
+    not): only the extra heads (and the drafter) learn, so the model still says exactly what it said and its speculative output is the
     source model's greedy output."""
     model.requires_grad_(False)
     model.extra_heads.requires_grad_(True)
+    if hasattr(model, "drafter"):
+        model.drafter.requires_grad_(True)
     if model.config.heads_read_next_token:
         model.next_token_proj.requires_grad_(True)
 

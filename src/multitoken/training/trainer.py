@@ -35,7 +35,8 @@ from multitoken.training.run_lock import RunLock
 from multitoken.training.runtime import autocast_for, resolve_device
 from multitoken.training.memory import check_fits, training_estimate
 from multitoken.training.draft_vocab import most_frequent_tokens
-from multitoken.training.surgery import freeze_base, freeze_trunk, init_from_checkpoint, model_config_for_init
+from multitoken.training.surgery import (freeze_base, freeze_trunk, init_drafter_from_base, init_from_checkpoint,
+                                        model_config_for_init)
 
 
 @dataclass
@@ -50,9 +51,7 @@ class TrainState:
 class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         if cfg.init_from:  # the shape comes from the checkpoint; n_future and the extra heads' kind are this run's own
-            cfg = dataclasses.replace(cfg, model=model_config_for_init(cfg.init_from, cfg.model.n_future,
-                                                                       cfg.model.draft_vocab,
-                                                                       cfg.model.heads_read_next_token))
+            cfg = dataclasses.replace(cfg, model=model_config_for_init(cfg.init_from, cfg.model))
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
         self.dist, self.device = init_distributed(resolve_device(cfg.device))
@@ -83,12 +82,14 @@ class Trainer:
             self.model.draft_ids.copy_(ids)
             self.draft_note = (f"draft vocabulary: the {cfg.model.draft_vocab:,} most frequent tokens of the training "
                                f"data, {coverage:.1%} of its {counted:,} tokens")
+        if cfg.model.drafter != "none" and cfg.init_from and "drafter" in self.init_note:
+            init_drafter_from_base(self.model)  # after the draft vocabulary is chosen: its rows start the drafter's
         if cfg.freeze == "trunk":
             freeze_trunk(self.model)
         elif cfg.freeze == "base":
-            if cfg.model.n_future < 2:
-                raise ConfigError("--freeze base trains only the extra heads, and this model has none: set "
-                                  "--model.n_future 2 or more")
+            if cfg.model.n_future < 2 and cfg.model.drafter == "none":
+                raise ConfigError("--freeze base trains only the extra heads or the drafter, and this model has "
+                                  "neither: set --model.n_future 2 or more, or --model.drafter eagle3")
             freeze_base(self.model)
         if cfg.compile:
             # Compile layer by layer: the head loop calls trunk and heads separately, and module-level compile keeps
@@ -96,8 +97,9 @@ class Trainer:
             for block in [*self.model.layers, *self.model.extra_heads]:
                 block.compile()
         eot_id = self.tokenizer.eot_id if cfg.data.mask_documents else None
+        self.drafter_steps = cfg.drafter_steps if cfg.model.drafter != "none" else 0
         self.objective = MTPObjective(self.model, cfg.loss_strategy, cfg.cross_entropy, cfg.resolved_head_weights(),
-                                      eot_id)
+                                      eot_id, self.drafter_steps, cfg.drafter_weight)
         mode = cfg.parallel if cfg.parallel != "auto" else ("ddp" if self.dist.world_size > 1 else "none")
         self.parallel = mode
         self.wrapped = apply_parallel(self.objective, mode, self.device)
@@ -248,7 +250,7 @@ class Trainer:
         lr = get_lr(step, cfg.max_steps, cfg.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        head_losses = torch.zeros(cfg.model.n_future, device=self.device)
+        head_losses = torch.zeros(cfg.model.n_future + self.drafter_steps, device=self.device)
         for micro in range(cfg.grad_accum_steps):
             tokens = train_batch(self.data.train, cfg.batch_size, self.window, cfg.seed, step, micro,
                                  rank=d.rank, world_size=d.world_size, order=cfg.data.order,
@@ -275,7 +277,7 @@ class Trainer:
         batch_fn = self.wrapped.evaluate if self.parallel == "fsdp" else None
         result = evaluate(self.model, batches, self.device, self.cfg.precision,
                           byte_level=self.tokenizer.kind == "bytes", batch_fn=batch_fn, counted=counted,
-                          eot_id=self.objective.eot_id)
+                          eot_id=self.objective.eot_id, drafter_steps=self.drafter_steps)
         self.state.last_val = result
         self._log({"step": self.state.step, "split": "val", **result})
         return result
@@ -369,7 +371,9 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 self._log({"step": state.step, "split": "train", "loss": losses, "lr": lr, "tokens_per_s": tok_s,
                            "tokens_seen": state.tokens_seen})
-                heads = " ".join(f"h{i + 1}={x:.3f}" for i, x in enumerate(losses))
+                n = cfg.model.n_future
+                heads = " ".join([f"h{i + 1}={x:.3f}" for i, x in enumerate(losses[:n])] +
+                                 [f"d{i + 1}={x:.3f}" for i, x in enumerate(losses[n:])])
                 bar.set_postfix_str(f"{heads} | {tok_s / 1e3:.1f}k tok/s")
                 window_start, window_steps, loss_sum = time.perf_counter(), 0, None
             evaluating = state.step % cfg.eval_interval == 0 or state.step == cfg.max_steps
