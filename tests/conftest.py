@@ -94,3 +94,38 @@ def tiny_train_config(corpus: Path, out_dir: Path, **overrides) -> TrainConfig:
                   eval_interval=3, eval_batches=2, log_interval=2, save_interval=3, keep_last=5, progress=False)
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def counting_drafter_model(noise: float = 0.2, steps: int = 80, n_future: int = 1, draft_vocab: int = 0):
+    """A tiny model with an EAGLE-3 drafter, trained for a few seconds on counting by 1 or 2 (mod V) with a share of
+    random tokens: head 1 and the drafter both learn the rule, so drafts are often but not always accepted, and
+    every branch of verification (kept, rejected, partly kept paths) runs. Trained once per process."""
+    key = (noise, steps, n_future, draft_vocab)
+    if key not in _TRAINED:
+        from multitoken import MTPModel
+        from multitoken.training.loss import mtp_loss
+
+        torch.manual_seed(0)
+        vocab = 24
+        model = MTPModel(tiny_model_config(vocab_size=vocab, d_model=32, n_layer=3 + n_future, n_head=4, n_kv_head=2,
+                                           n_future=n_future, drafter="eagle3", max_seq_len=96,
+                                           draft_vocab=draft_vocab))
+        if draft_vocab:
+            with torch.no_grad():
+                model.draft_ids.copy_(torch.arange(0, vocab, vocab // draft_vocab)[:draft_vocab])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(steps):
+            start, step = torch.randint(0, vocab, (16, 1), generator=g), torch.randint(1, 3, (16, 1), generator=g)
+            counting = (start + step * torch.arange(41)) % vocab
+            random = torch.randint(0, vocab, counting.shape, generator=g)
+            tokens = torch.where(torch.rand(counting.shape, generator=g) < noise, random, counting)
+            total, _ = mtp_loss(model, tokens, drafter_steps=3)
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()
+        _TRAINED[key] = model.eval()
+    return _TRAINED[key]
+
+
+_TRAINED: dict = {}

@@ -23,11 +23,13 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from multitoken.decoding.fused_heads import FusedHeads
 from multitoken.decoding.generate import (OnTokens, check_fits, generate, keep_block, last_positions,
                                           pad_after_stop)
 from multitoken.decoding.sampling import draw, probs_from_logits
+from multitoken.decoding.sources import DrafterSource
 from multitoken.decoding.static import cache_slots, decoder_for
 from multitoken.decoding.tree import DraftTree, draft_tokens
 from multitoken.errors import ConfigError
@@ -80,6 +82,20 @@ class DecodeStats:
                 "tree_nodes": self.tree_nodes}
 
 
+DEFAULT_DRAFTER_DEPTH = 3  # EAGLE-3's and the engines' usual chain
+MAX_DRAFTER_DEPTH = 16  # a drafter chains as deep as asked; past this a step's guesses cost more than they win
+
+
+def check_drafter_depth(model: MTPModel, depth: int) -> int:
+    """A drafter tree's depth, checked against the model. ConfigError when it has no drafter or the depth is absurd."""
+    if not hasattr(model, "drafter"):
+        raise ConfigError("this model has no drafter: train one (multitoken train --init-from CKPT --freeze base "
+                          "--model.drafter eagle3), or draft with its heads")
+    if not 1 <= depth <= MAX_DRAFTER_DEPTH:
+        raise ConfigError(f"the drafter's tree is {depth} guesses deep: use 1..{MAX_DRAFTER_DEPTH}")
+    return depth
+
+
 def check_draft_len(model: MTPModel, draft_len: int | None) -> int:
     """The draft length to use (default n_future - 1). ConfigError (a ValueError) when the model cannot draft it."""
     n = model.n_future
@@ -129,6 +145,44 @@ def verify_chain(block: torch.Tensor, logits: torch.Tensor, q: torch.Tensor | No
     # Where every draft was accepted q_pad is 0 and this is p itself: the bonus token.
     residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_at)
     return n_acc, draw(residual / residual.sum(-1, keepdim=True), generator)
+
+
+def _chain_source(model: MTPModel, k: int, batch_size: int, cache_len: int, fused: bool, drafter: bool,
+                  greedy: bool, sampling: tuple, generator):
+    """The caches, the verifying forward and the draft proposer of a chain decode.
+
+    forward(block, where, next_tokens=None) -> logits (B, T, >= 1, V), head 1 first (the heads' own after it).
+    propose(logits, following, where, at, last) -> (drafts (B, k), their distributions q (B, k, V) or None when
+    greedy): the drafts after position `at` (B,) of the block just verified (at `last` (B,) in the text);
+    following (B, T): the token after each block position, the chosen next token at `at`."""
+    pick = lambda logits: _draft(logits, greedy, sampling, generator)  # noqa: E731
+    if not drafter:
+        caches, forward = _all_heads_forward(model, k + 1, batch_size, cache_len, fused)
+
+        def propose_from_heads(logits, following, where, at, last):
+            return pick(logits[torch.arange(logits.shape[0], device=at.device), at, 1:k + 1])
+
+        return caches, forward, propose_from_heads
+    source = DrafterSource(model, k, 1, cache_len, model.output.weight.dtype)
+    caches = DecodeCaches(model, batch_size, source.slots, heads="next", **source.cache_options())
+    seen = {}  # the verifying forward's features, which the proposer reads
+
+    def forward(block: torch.Tensor, where: Positions, next_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        z, seen["features"] = model.trunk_features(block, where)
+        return model.unembed(model.head(0, z, where))[:, :, None]
+
+    def propose_from_drafter(logits, following, where, at, last):
+        y = source.pass_over(seen.pop("features"), following, where)
+        y = y[torch.arange(y.shape[0], device=at.device), at]
+        drafts, q = source.walk(y, last, lambda draft: _pick_one(pick, source.full_vocabulary(draft)))
+        return drafts[:, :, 0], q
+
+    return caches, forward, propose_from_drafter
+
+
+def _pick_one(pick, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    tokens, q = pick(logits[:, None])
+    return tokens, None if q is None else q[:, 0]
 
 
 def _all_heads_forward(model: MTPModel, num_heads: int, batch_size: int, cache_len: int, fused: bool):
@@ -202,13 +256,18 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
     kept; on_tokens sees each step's accepted tokens).
     """
     start_time = time.perf_counter()
+    if tree is None and model.n_future == 1 and hasattr(model, "drafter"):  # no heads: the drafter's chain
+        tree = DraftTree.chain(DEFAULT_DRAFTER_DEPTH if draft_len is None else draft_len, drafter=True)
     if tree is not None and tree.drafts and temperature > 0:
         if not tree.paths:
             raise ConfigError("drafts copied from the context are verified greedily: use temperature 0, or give the "
                               "tree head paths (sampling verifies a chain of the heads' drafts)")
-        tree = DraftTree.chain(tree.head_depth)  # sampling verifies chains (exact speculative sampling)
+        # sampling verifies chains (exact speculative sampling)
+        tree = DraftTree.chain(tree.head_depth, drafter=tree.drafter)
     if tree is not None and not tree.paths:
         k = tree.lookup  # copied drafts alone, or plain decoding (the empty tree): no heads needed
+    elif tree is not None and tree.drafter:
+        k = max(check_drafter_depth(model, tree.head_depth), tree.lookup)
     else:
         k = check_draft_len(model, draft_len if tree is None or not tree.paths else tree.head_depth)
         k = k if tree is None else max(k, tree.lookup)
@@ -232,7 +291,7 @@ def speculative_generate(model: MTPModel, prompt: torch.Tensor, max_new_tokens: 
                                         stats, stop_ids, on_tokens)
     else:
         out, log, widths = _chain(model, prompt, lengths, max_new_tokens, k, (temperature, top_k, top_p), generator,
-                                  fused, stop_ids, on_tokens)
+                                  fused, stop_ids, on_tokens, drafter=tree is not None and tree.drafter)
         stats.tree_nodes = k + 1
     _statistics(stats, log, widths, k)
     if device.type == "cuda":
@@ -256,9 +315,8 @@ def _greedy_tree(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N
     log: list[torch.Tensor] = []  # per step: drafts accepted per row, -1 for a finished row (statistics at the end)
     copying: list[torch.Tensor] = []  # per step: rows whose next tree copies (summed once, at the end)
     with decoder.caches:
-        last = decoder.prefill(prompt, lengths)  # (B, heads, V)
-        guesses = last[:, 1:].topk(decoder.guess_count, dim=-1).indices if tree.paths else None
-        tokens, strong = decoder.with_lookup(draft_tokens(last[:, 0].argmax(-1), guesses, decoder.layout), guesses,
+        first, guesses = decoder.prefill(prompt, lengths)  # (B, V), (B, D, R) or None
+        tokens, strong = decoder.with_lookup(draft_tokens(first.argmax(-1), guesses, decoder.layout), guesses,
                                              context, lengths)
         copying.append(strong.sum())
         while True:
@@ -281,8 +339,10 @@ def _greedy_tree(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N
 
 def _chain(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int, k: int, sampling: tuple,
            generator: torch.Generator | None, fused: bool, stop_ids: torch.Tensor | None = None,
-           on_tokens: OnTokens | None = None):
-    """Chain drafts verified by `verify_chain` (greedy or speculative sampling), eager."""
+           on_tokens: OnTokens | None = None, drafter: bool = False):
+    """Chain drafts verified by `verify_chain` (greedy or speculative sampling), eager: the heads' drafts, or the
+    drafter's (each drawn from its distribution q given the drafts before it, which is all speculative sampling
+    asks of a draft)."""
     B, T0 = prompt.shape
     device = prompt.device
     greedy = sampling[0] == 0
@@ -297,11 +357,14 @@ def _chain(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int,
     accept_log = torch.full((N, B), -1, dtype=torch.long, device=device)
     widths: list[int] = []
 
-    caches, forward = _all_heads_forward(model, k + 1, B, cache_len, fused)
+    caches, forward, propose = _chain_source(model, k, B, cache_len, fused, drafter, greedy, sampling, generator)
     with caches:
-        last = last_positions(forward(prompt, caches.at(0, T0), prompt_next_tokens(prompt, lengths)), lengths)
+        where = caches.at(0, T0)
+        logits = forward(prompt, where, prompt_next_tokens(prompt, lengths))
+        last = last_positions(logits, lengths)
         first = last[:, 0].argmax(-1) if greedy else draw(probs_from_logits(last[:, 0], *sampling), generator)
-        drafts, q = _draft(last[:, 1:k + 1], greedy, sampling, generator)
+        following = prompt_next_tokens(prompt, lengths).scatter(1, (lengths - 1)[:, None], first[:, None]).clamp_min(0)
+        drafts, q = propose(logits, following, where, lengths - 1, lengths - 1)
         block = torch.cat([first[:, None], drafts], dim=1)  # (B, k + 1)
         while True:
             active = n_done < N
@@ -313,11 +376,13 @@ def _chain(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int,
             width = min(k + 1, cache_len - furthest)  # near the end of the context, verify fewer drafts
             start = furthest if B == 1 else torch.where(active, pos, 0)  # finished rows idle at position 0
             # (B, width, heads, V); heads that read the next token read head 1's choice after each draft
-            logits = forward(block[:, :width], caches.at(start, width))
+            where = caches.at(start, width)
+            logits = forward(block[:, :width], where)
             n_acc, correction = verify_chain(block[:, :width], logits[:, :, 0], q, sampling, generator) if not greedy \
                 else verify_chain(block[:, :width], logits[:, :, 0])
             n_done, _ = keep_block(out, n_done, active, N, block[:, :width], n_acc, stop_ids)  # d_0..d_a kept
-            drafts, q = _draft(logits[rows, n_acc, 1:k + 1], greedy, sampling, generator)
+            following = F.pad(block[:, 1:width], (0, 1)).scatter(1, n_acc[:, None], correction[:, None])
+            drafts, q = propose(logits, following, where, n_acc, start + n_acc)
             block = torch.cat([correction[:, None], drafts], dim=1)
             if on_tokens is not None:
                 on_tokens(out, n_done.clamp(max=N))

@@ -9,9 +9,9 @@ once per step.
 Three steps, all pure functions of tensors (the caches and the output buffers they write aside):
 
 - `plain_step(token, pos)`: one token per row at its own position -> head 1's logits. Plain decoding.
-- `tree_step(tokens, start)`: a draft tree per row (see `tree.py`) through the trunk and the fused heads; head 1
-  verifies every node; the accepted path's tokens and cache entries are gathered into place, and the heads' guesses
-  at its last node become the next tree. Greedy: the output is token for token plain greedy decoding.
+- `tree_step(tokens, start)`: a draft tree per row (see `tree.py`) through the trunk; head 1 verifies every node;
+  the accepted path's tokens and cache entries are gathered into place, and the draft source (`sources.py`: the
+  fused heads, or the drafter) guesses the next tree from that path. Greedy: the output is token for token plain greedy decoding.
 - `keep_step(...)`: what a tree step's caller does with its result: the accepted tokens written into the output
   (and the rows' contexts), the rows advanced (finished at a stop token), copies from the context (`lookup.py`) put
   into the next tree. About a hundred small tensor operations: run one by one they cost 0.48 ms a step on SmolLM2
@@ -30,11 +30,11 @@ from dataclasses import dataclass
 
 import torch
 
-from multitoken.decoding.fused_heads import FusedHeads
 from multitoken.decoding.generate import keep_block
 from multitoken.decoding.lookup import STRONG_MATCH, lookup_drafts
+from multitoken.decoding.sources import DrafterSource, HeadSource
 from multitoken.decoding.tree import DraftTree, accept_greedy, draft_tokens, guess_count, with_copies
-from multitoken.model import DecodeCaches, MTPModel, Positions, prompt_next_tokens
+from multitoken.model import DecodeCaches, MTPModel, Positions
 
 SLOT_ROUNDING = 128  # cache lengths are rounded up to this, so that calls of similar lengths share a compiled step
 
@@ -125,12 +125,13 @@ class StaticDecoder:
         self.chain_layout = DraftTree.chain(tree.depth).tensors(self.device)
         # A last tree may reach past the final kept position: room for it, so that shapes never change.
         self.slots = self.cache_len + tree.num_nodes - 1
-        # Trunk and head 1 decode in the model's layers; a tree's extra heads run fused, with one cache. The caches
-        # live as long as the decoder (a compiled step is specialised to these very tensors); a call decodes
-        # `with decoder.caches:`, which attaches them into the model's layers for its duration. A tree of lookup
-        # nodes alone needs no heads.
-        self.heads = FusedHeads(model, tree.head_depth, first=1) if tree.head_depth else None
-        self.caches = DecodeCaches(model, B, self.slots, heads="next", fused=tree.head_depth, dtype=self.dtype)
+        # Trunk and head 1 decode in the model's layers; the guesses come from a draft source (`sources.py`): the
+        # extra heads, fused with one cache, or the drafter, with its own. The caches live as long as the decoder (a
+        # compiled step is specialised to these very tensors); a call decodes `with decoder.caches:`, which
+        # attaches them into the model's layers for its duration. A tree of lookup nodes alone needs no source.
+        self.source = draft_source(model, tree, self.guess_count, self.slots, self.dtype)
+        self.caches = DecodeCaches(model, B, self.slots, heads="next", dtype=self.dtype,
+                                   **(self.source.cache_options() if self.source else {}))
         step = self._plain_step if self.tree is None else self._tree_step
         self.step = CompiledStep(step, self.device) if self.compile else step
         self.keep = CompiledStep(self._keep_step, self.device) if self.compile else self._keep_step
@@ -187,28 +188,15 @@ class StaticDecoder:
         """`keep_step`; the first call of a compiled one compiles it, and its time goes to compile_seconds."""
         return self.keep(*args)
 
-    def prefill(self, prompt: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def prefill(self, prompt: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Fill the caches with the right-padded prompts (slots = positions 0..T0-1; eager: its shape varies from call
-        to call). Logits at each row's last prompt position: (B, V) of head 1, or (B, heads, V) with a tree (only
-        those positions are unembedded)."""
-        from multitoken.decoding.generate import last_positions, prefill
+        to call): head 1's logits (B, V) at each row's last prompt position, and the draft source's guesses after it
+        (B, D, R; None without a source)."""
+        from multitoken.decoding.generate import prefill
 
-        model = self.model
-        if self.heads is None:
-            first = prefill(model, prompt, lengths)
-            return first if self.tree is None else first[:, None]
-        where = Positions.aligned(0, prompt.shape[1])
-        z = model.trunk(prompt, where)
-        h1 = model.head(0, z, where)
-        cos, sin = model.rope(prompt.shape[1], where, self.heads.window)
-        if not self.heads.reads_next:
-            hidden = torch.cat([h1[:, :, None], self.heads(z, cos, sin, where, self.caches.fused)], dim=2)  # fill every cache
-            return model.unembed_heads(last_positions(hidden, lengths))
-        # Heads that read the next token: the prompt's own, and after its last token head 1's choice.
-        first = model.unembed(last_positions(h1, lengths))  # (B, V)
-        following = model.follow_tokens(prompt_next_tokens(prompt, lengths), first[:, None])
-        extra = self.heads(z, cos, sin, where, self.caches.fused, model.embed(following))
-        return torch.cat([first[:, None], model.unembed_drafts(last_positions(extra, lengths))], dim=1)
+        if self.source is None:
+            return prefill(self.model, prompt, lengths), None
+        return self.source.prefill(prompt, lengths, self.caches)
 
     def run_step(self, *args: torch.Tensor):
         """One step; the first call of a compiled step compiles it, and its time goes to compile_seconds."""
@@ -235,7 +223,11 @@ class StaticDecoder:
         B = tokens.shape[0]
         rows = torch.arange(B, device=tokens.device)
         where = block_positions(start, layout, self.slots, self.dtype)
-        z = model.trunk(tokens, where)  # (B, T, d)
+        features = None  # (B, T, 3d) for the drafter
+        if self.source is not None and self.source.reads_features:
+            z, features = model.trunk_features(tokens, where)
+        else:
+            z = model.trunk(tokens, where)  # (B, T, d)
         target = model.unembed(model.head(0, z, where)).argmax(-1)  # (B, T): head 1's greedy token after each node
         best = accept_greedy(tokens, target, layout)  # (B,) deepest accepted node
         n_accepted = layout["depth"][best]
@@ -244,18 +236,25 @@ class StaticDecoder:
         # junk that the next block overwrites before anyone may attend to it).
         chain_slots = start[:, None] + torch.arange(path.shape[1], device=start.device)
         self.caches.move(start[:, None] + path, chain_slots)
-        if self.heads is None:  # copies alone: nothing to draft here
+        if self.source is None:  # copies alone: nothing to draft here
             return tokens.gather(1, path), n_accepted, draft_tokens(target[rows, best], None, layout), None
         chain = block_positions(start, self.chain_layout, self.slots, self.dtype)
-        z_path = z.gather(1, path[:, :, None].expand(-1, -1, z.shape[-1]))  # (B, D + 1, d)
-        cos, sin = model.rope(path.shape[1], chain, self.heads.window)
-        # Heads that read the next token get head 1's choice after each path node: the next node's token where that
-        # was accepted, the correction after the last one.
-        following = model.embed(target.gather(1, path)) if self.heads.reads_next else None
-        # (B, heads, d): heads 2.. at the last kept node
-        hidden = self.heads(z_path, cos, sin, chain, self.caches.fused, following)[rows, n_accepted]
-        guesses = model.unembed_drafts(hidden).topk(self.guess_count, dim=-1).indices  # (B, heads, R)
+        along = lambda h: None if h is None else h.gather(1, path[:, :, None].expand(-1, -1, h.shape[-1]))  # noqa: E731
+        # Head 1's choice after each path node: the next node's token where that was accepted, the correction after
+        # the last one (what heads that read the next token, and the drafter, read there).
+        guesses = self.source.propose(along(z), along(features), target.gather(1, path), n_accepted, chain,
+                                      self.caches)  # (B, D, R)
         return tokens.gather(1, path), n_accepted, draft_tokens(target[rows, best], guesses, layout), guesses
+
+
+def draft_source(model: MTPModel, tree: DraftTree, count: int, slots: int,
+                 dtype: torch.dtype) -> HeadSource | DrafterSource | None:
+    """The source of a tree's guesses: its heads, the model's drafter, or none (copies alone, or plain decoding)."""
+    if not tree.head_depth:
+        return None
+    if tree.drafter:
+        return DrafterSource(model, tree.head_depth, count, slots, dtype)
+    return HeadSource(model, tree.head_depth, count)
 
 
 # Decoders by model, kept as long as the model lives: caches and compiled steps are reused across calls.

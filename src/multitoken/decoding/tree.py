@@ -38,6 +38,7 @@ _LOOKUP = re.compile(r"(?:^|,)\s*lookup\s+(\S+)\s*$")
 class DraftTree:
     paths: tuple[Path, ...]  # the heads' nodes (every node but the root and the added copy nodes), parents first
     lookup: int = 0  # how deep the first-choice path takes tokens copied from the context
+    drafter: bool = False  # the paths' guesses come from the model's drafter (`sources.py`), not its extra heads
 
     def __post_init__(self) -> None:
         if not isinstance(self.lookup, int) or self.lookup < 0:
@@ -54,14 +55,23 @@ class DraftTree:
             seen.add(path)
 
     @classmethod
-    def chain(cls, draft_len: int) -> DraftTree:
-        """Today's blockwise drafts: each head's top guess, one after the other."""
-        return cls(tuple((0,) * d for d in range(1, draft_len + 1)))
+    def chain(cls, draft_len: int, drafter: bool = False) -> DraftTree:
+        """Today's blockwise drafts: each head's top guess (or the drafter's first choice), one after the other."""
+        return cls(tuple((0,) * d for d in range(1, draft_len + 1)), drafter=drafter)
 
     @classmethod
     def parse(cls, text: str) -> DraftTree:
         """A tree from text such as "(0,), (1,), (0, 0)" or "[[0], [1], [0, 0]]", with ", lookup N" after the
-        paths for copies from the context down the first-choice path to depth N ("lookup N" alone: no heads)."""
+        paths for copies from the context down the first-choice path to depth N ("lookup N" alone: no heads).
+        A leading "drafter" takes the paths' guesses from the model's drafter: "drafter (0,), (0, 0), (1,)";
+        "drafter chain N" is its chain of N guesses."""
+        stripped = text.strip()
+        if stripped == "drafter" or stripped.startswith("drafter "):
+            tree = cls.parse(stripped[len("drafter"):].strip() or "chain 3")
+            if not tree.paths:
+                raise ConfigError(f"the tree {text!r} gives the drafter no paths: e.g. \"drafter chain 3\" or "
+                                  "\"drafter (0,), (1,), (0, 0)\"")
+            return DraftTree(tree.paths, tree.lookup, drafter=True)
         lookup = 0
         found = _LOOKUP.search(text)
         if found:
@@ -71,6 +81,9 @@ class DraftTree:
             lookup, text = int(found.group(1)), text[:found.start()]
             if not text.strip():
                 return cls((), lookup)
+        chained = re.fullmatch(r"\s*chain\s+(\d+)\s*", text)
+        if chained:  # "chain N": the first choices to depth N
+            return cls.chain(int(chained.group(1))).with_lookup(lookup)
         try:
             value = ast.literal_eval(f"[{text}]")
             if len(value) == 1 and isinstance(value[0], list | tuple) and value[0] and \
@@ -83,7 +96,7 @@ class DraftTree:
         return cls(paths, lookup)
 
     def with_lookup(self, lookup: int) -> DraftTree:
-        return DraftTree(self.paths, lookup)
+        return DraftTree(self.paths, lookup, self.drafter)
 
     @property
     def copy_paths(self) -> tuple[Path, ...]:
@@ -115,13 +128,16 @@ class DraftTree:
         return max((r for p in self.paths for r in p), default=-1) + 1
 
     def is_chain(self) -> bool:
-        return self.paths == DraftTree.chain(self.depth).paths and not self.lookup
+        """A chain of the heads' first guesses (the eager chain loop's case; the drafter's chains decode as trees)."""
+        return self.paths == DraftTree.chain(self.depth).paths and not self.lookup and not self.drafter
 
     def describe(self) -> str:
         if not self.drafts:
             return "plain decoding"
         if not self.paths:
             return f"lookup of {self.lookup} tokens"
+        if self.drafter:
+            return "drafter: " + DraftTree(self.paths, self.lookup).describe()
         if self.lookup:  # the heads' tree, then its copies
             n = len(self.copy_paths)
             added = f" ({n} node{'s' if n > 1 else ''} added)" if n else ""
@@ -130,7 +146,8 @@ class DraftTree:
 
     def __str__(self) -> str:
         parts = ["(" + ", ".join(map(str, p)) + ("," if len(p) == 1 else "") + ")" for p in self.paths]
-        return ", ".join(parts + ([f"lookup {self.lookup}"] if self.lookup else []))
+        text = ", ".join(parts + ([f"lookup {self.lookup}"] if self.lookup else []))
+        return f"drafter {text}" if self.drafter else text
 
     @cached_property
     def _layout(self) -> dict[str, list]:

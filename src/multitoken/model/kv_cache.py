@@ -72,13 +72,14 @@ class DecodeCaches:
     `heads` says which of the model's own blocks decode with a cache: "all" (trunk and every head, run one by one),
     "next" (trunk and head 1: plain decoding) or "none" (the trunk only). `fused` adds one cache for that many heads
     run as one batched layer (`decoding/fused_heads.py`), rows stacked head-major (head h, row b at h * B + b), which
-    the fused layer borrows as `self.fused`; `drafter` one for the model's drafter. A cache may hold more slots than the context (scratch room for draft
+    the fused layer borrows as `self.fused`; `drafter_slots` one of that length for the model's drafter (its chain runs past the last
+block). A cache may hold more slots than the context (scratch room for draft
     nodes past its end); positions stay within the context. Use as a context manager, or attach() / detach().
     """
 
     def __init__(self, model: MTPModel, batch_size: int, length: int | None = None,
                  heads: Literal["all", "next", "none"] = "all", fused: int = 0,
-                 dtype: torch.dtype | None = None, drafter: bool = False) -> None:
+                 dtype: torch.dtype | None = None, drafter_slots: int = 0) -> None:
         c = model.config
         self.model, self.batch_size = model, batch_size
         self.length = length or c.max_seq_len
@@ -94,7 +95,8 @@ class DecodeCaches:
         self.fused = cache(fused * batch_size) if fused else None
         # The drafter's own cache: written by its passes over kept positions and its chained guesses, never moved
         # (it sees no draft tree: only the path that was kept).
-        self.drafter = cache(batch_size) if drafter else None
+        self.drafter = KVCache(batch_size, c.kv_heads, drafter_slots, c.head_size, self.dtype, device) \
+            if drafter_slots else None
 
     def attach(self) -> DecodeCaches:
         for block, cache in self.by_block:
