@@ -59,7 +59,8 @@ def test_the_drafter_changes_nothing_the_heads_compute():
 
 
 @pytest.mark.parametrize("family", [{}, {"qkv_bias": True, "qk_norm": True, "norm_unit_offset": True,
-                                         "activation": "gelu_tanh", "sandwich_norm": True}])
+                                         "activation": "gelu_tanh", "sandwich_norm": True,
+                                         "scale_embeddings": True}])
 def test_the_unrolled_training_chain_is_the_cached_decoding_chain(family):
     """Step s of training's chain at start i (all starts at once, one attention with a diagonal) equals decoding's
     chain from i with a KV cache: a pass over positions 0..i, then s single steps on the text's tokens and the
@@ -76,12 +77,12 @@ def test_the_unrolled_training_chain_is_the_cached_decoding_chain(family):
         for i in range(T):
             with DecodeCaches(model, B, 32, heads="none", drafter_slots=32):
                 where = Positions.aligned(0, i + 1)
-                y = model.drafter(model.embed(tokens[:, 1:i + 2]), state[:, :i + 1], *model.rope(i + 1, where),
+                y = model.drafter(model.tok_embeddings(tokens[:, 1:i + 2]), state[:, :i + 1], *model.rope(i + 1, where),
                                   where)[:, -1]
                 torch.testing.assert_close(y, unrolled[0][:, i], rtol=1e-5, atol=1e-5)
                 for s in range(1, steps):
                     where = Positions.aligned(i + s, 1)
-                    y = model.drafter(model.embed(tokens[:, i + 1 + s, None]), y[:, None], *model.rope(1, where),
+                    y = model.drafter(model.tok_embeddings(tokens[:, i + 1 + s, None]), y[:, None], *model.rope(1, where),
                                       where)[:, 0]
                     torch.testing.assert_close(y, unrolled[s][:, i], rtol=1e-5, atol=1e-5)
 

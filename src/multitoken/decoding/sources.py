@@ -122,7 +122,7 @@ class DrafterSource:
             dists.append(q)
             if j + 1 < self.depth:
                 where = Positions.per_row(last + j + 1, 1, self.slots, self.dtype)
-                y = drafter(model.embed(ids[:, :1]), y[:, None], *model.rope(1, where), where)[:, 0]
+                y = drafter(model.tok_embeddings(ids[:, :1]), y[:, None], *model.rope(1, where), where)[:, 0]
         return torch.stack(guesses, dim=1), None if dists[0] is None else torch.stack(dists, dim=1)
 
     def full_vocabulary(self, logits: torch.Tensor) -> torch.Tensor:
@@ -133,5 +133,5 @@ class DrafterSource:
     def pass_over(self, features: torch.Tensor, following: torch.Tensor, where: Positions) -> torch.Tensor:
         """One drafter pass over kept positions: features (B, T, 3d), the token after each (B, T) -> y (B, T, d)."""
         model = self.model
-        return model.drafter(model.embed(following), model.drafter.fc(features), *model.rope(following.shape[1], where),
+        return model.drafter(model.tok_embeddings(following), model.drafter.fc(features), *model.rope(following.shape[1], where),
                              where)

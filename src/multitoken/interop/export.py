@@ -79,13 +79,17 @@ def _hf_tensors(tensors: dict[str, LazyTensor], config: ModelConfig) -> dict[str
     return files
 
 
-def export(ckpt_path: str | Path, fmt: Literal["hf", "meta"], out: str | Path, progress: bool = False) -> Path:
+def export(ckpt_path: str | Path, fmt: Literal["hf", "meta", "eagle3", "eagle3-gguf"], out: str | Path,
+           progress: bool = False, target: str | Path | None = None) -> Path:
+    """target: the target model's GGUF, for eagle3-gguf (its tokenizer goes into the draft file)."""
     from multitoken.checkpoint import read_train_config, resolve_checkpoint
 
     out = Path(out).expanduser()
-    check_new_folder(out)
     ckpt = resolve_checkpoint(ckpt_path)
     config = read_train_config(ckpt).model
+    if fmt in ("eagle3", "eagle3-gguf"):
+        return _export_drafter(ckpt, config, fmt, out, target)
+    check_new_folder(out)
     tokenizer = load_tokenizer(ckpt)
     if config.heads_read_next_token:
         raise CheckpointError(f"{ckpt}: its extra heads read the next token (model.heads_read_next_token), and "
@@ -96,6 +100,8 @@ def export(ckpt_path: str | Path, fmt: Literal["hf", "meta"], out: str | Path, p
     # The draft vocabulary only narrows what the extra heads propose; neither format has a place for it, and without
     # it the heads draft over every token (the same outputs: head 1 verifies).
     tensors.pop("draft_ids", None)
+    # The drafter goes out in the engines' own draft format (--format eagle3 / eagle3-gguf), beside the target.
+    tensors = {name: lazy for name, lazy in tensors.items() if not name.startswith("drafter.")}
     dtype = tensors["tok_embeddings.weight"].dtype
     if fmt == "meta":
         params = meta.params_for(config)  # refuses, before writing, what Meta's format cannot say
@@ -129,3 +135,20 @@ def export(ckpt_path: str | Path, fmt: Literal["hf", "meta"], out: str | Path, p
             else:
                 save_hf_tokenizer(tokenizer, tmp, config.max_seq_len)
     return out
+
+
+def _export_drafter(ckpt: Path, config: ModelConfig, fmt: str, out: Path, target: str | Path | None) -> Path:
+    from multitoken.interop import eagle3
+
+    if fmt == "eagle3-gguf" and target is None:
+        raise CheckpointError("--format eagle3-gguf needs --target TARGET.gguf, the model the draft will run beside: "
+                              "llama.cpp refuses a draft whose vocabulary is not its target's, so it is copied from it")
+    if fmt == "eagle3" and target is not None:
+        raise CheckpointError("--target is for --format eagle3-gguf; vLLM takes the target folder itself "
+                              "(export it with --format hf)")
+    tensors = safetensors_tensors(ckpt / "model.safetensors")
+    check_tensors(tensors, config, str(ckpt), lambda n: n)
+    state = eagle3.drafter_state(tensors, config, str(ckpt))
+    if fmt == "eagle3":
+        return eagle3.write_folder(state, config, out)
+    return eagle3.write_gguf(state, config, out, Path(target).expanduser())

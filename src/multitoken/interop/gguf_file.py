@@ -59,7 +59,7 @@ def open_reader(path: Path):
                               "download it again") from None
 
 
-def _value(reader, key: str, default=None):
+def field_value(reader, key: str, default=None):
     field = reader.fields.get(key)
     if field is None:
         return default
@@ -67,7 +67,7 @@ def _value(reader, key: str, default=None):
 
 
 def family_of(path: Path, reader) -> families.Family:
-    arch = _value(reader, "general.architecture", "unknown")
+    arch = field_value(reader, "general.architecture", "unknown")
     family = families.BY_GGUF_ARCHITECTURE.get(arch)
     if family is None:
         raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported; multitoken reads "
@@ -83,35 +83,35 @@ def read_config(path: Path, reader, max_seq_len: int | None) -> ModelConfig:
         raise CheckpointError(f"{path} scales its rotary frequencies with a rope_freqs tensor (Llama 3.1 style), "
                               "which multitoken cannot read from GGUF: convert the model's Hugging Face folder")
     scaling = None
-    if _value(reader, f"{arch}.rope.scaling.type", "none") not in ("none", None):
-        kind = _value(reader, f"{arch}.rope.scaling.type")
+    if field_value(reader, f"{arch}.rope.scaling.type", "none") not in ("none", None):
+        kind = field_value(reader, f"{arch}.rope.scaling.type")
         if kind != "linear":
             raise CheckpointError(f"{path}: rotary scaling {kind!r} is not supported (multitoken reads linear)")
-        scaling = {"rope_type": "linear", "factor": float(_value(reader, f"{arch}.rope.scaling.factor"))}
+        scaling = {"rope_type": "linear", "factor": float(field_value(reader, f"{arch}.rope.scaling.factor"))}
     try:
-        d_model = int(_value(reader, f"{arch}.embedding_length"))
-        n_head = int(_value(reader, f"{arch}.attention.head_count"))
-        n_kv = int(_value(reader, f"{arch}.attention.head_count_kv", n_head))
-        head_dim = int(_value(reader, f"{arch}.attention.key_length", _value(reader, f"{arch}.rope.dimension_count",
+        d_model = int(field_value(reader, f"{arch}.embedding_length"))
+        n_head = int(field_value(reader, f"{arch}.attention.head_count"))
+        n_kv = int(field_value(reader, f"{arch}.attention.head_count_kv", n_head))
+        head_dim = int(field_value(reader, f"{arch}.attention.key_length", field_value(reader, f"{arch}.rope.dimension_count",
                                                                                d_model // n_head)))
         tokens = reader.fields.get("tokenizer.ggml.tokens")
-        vocab = int(_value(reader, f"{arch}.vocab_size", len(tokens.data) if tokens else 0))
-        context = int(_value(reader, f"{arch}.context_length", 2048))
-        n_layers = int(_value(reader, f"{arch}.block_count"))
+        vocab = int(field_value(reader, f"{arch}.vocab_size", len(tokens.data) if tokens else 0))
+        context = int(field_value(reader, f"{arch}.context_length", 2048))
+        n_layers = int(field_value(reader, f"{arch}.block_count"))
         window, sliding_layers, local_theta = None, None, None
         if family.name == "gemma3":  # llama.cpp's Gemma 3: every 6th layer global, the others windowed at base 10k
-            window = int(_value(reader, f"{arch}.attention.sliding_window", 4096))
-            pattern = int(_value(reader, f"{arch}.attention.sliding_window_pattern", 6))
+            window = int(field_value(reader, f"{arch}.attention.sliding_window", 4096))
+            pattern = int(field_value(reader, f"{arch}.attention.sliding_window_pattern", 6))
             sliding_layers = [i for i in range(n_layers) if (i + 1) % pattern]
-            local_theta = float(_value(reader, f"{arch}.rope.freq_base_swa", 10000.0))
+            local_theta = float(field_value(reader, f"{arch}.rope.freq_base_swa", 10000.0))
         config = families.configure(
             family,
             vocab_size=vocab, d_model=d_model, n_layer=n_layers, n_head=n_head,
             n_kv_head=None if n_kv == n_head else n_kv, head_dim=None if head_dim * n_head == d_model else head_dim,
             n_future=1, max_seq_len=max_seq_len or context,
-            ffn_hidden=int(_value(reader, f"{arch}.feed_forward_length")),
-            rope_theta=float(_value(reader, f"{arch}.rope.freq_base", 1e6 if family.name == "gemma3" else 10000.0)),
-            rope_scaling=scaling, norm_eps=float(_value(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+            ffn_hidden=int(field_value(reader, f"{arch}.feed_forward_length")),
+            rope_theta=float(field_value(reader, f"{arch}.rope.freq_base", 1e6 if family.name == "gemma3" else 10000.0)),
+            rope_scaling=scaling, norm_eps=float(field_value(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
             tie_embeddings="output.weight" not in names, sliding_window=window, sliding_layers=sliding_layers, rope_local_theta=local_theta)
     except TypeError:
         raise CheckpointError(f"{path}: its metadata lacks the model's shape ({arch}.block_count, "
@@ -204,22 +204,22 @@ def _sentencepiece_bpe(tokens: list[str], scores: list[float], unk_id: int | Non
 
 
 def read_tokenizer(path: Path, reader) -> Tokenizer:
-    kind = _value(reader, "tokenizer.ggml.model")
-    tokens = _value(reader, "tokenizer.ggml.tokens")
+    kind = field_value(reader, "tokenizer.ggml.model")
+    tokens = field_value(reader, "tokenizer.ggml.tokens")
     if kind is None or not tokens:
         raise CheckpointError(f"{path} carries no tokenizer (tokenizer.ggml.*): pass --tokenizer with the model's "
                               "tokenizer.json")
-    types = _value(reader, "tokenizer.ggml.token_type") or []
+    types = field_value(reader, "tokenizer.ggml.token_type") or []
     if kind == "gpt2":
-        merges = _value(reader, "tokenizer.ggml.merges") or []
-        pre = _value(reader, "tokenizer.ggml.pre", "default")
+        merges = field_value(reader, "tokenizer.ggml.merges") or []
+        pre = field_value(reader, "tokenizer.ggml.pre", "default")
         if pre not in PRE_SPLITS and pre not in GPT2_PRES:
             raise CheckpointError(f"{path}: its tokenizer splits text the {pre!r} way, which multitoken does not know: "
                                   "pass --tokenizer with the model's tokenizer.json")
         tokenizer = _byte_level_bpe(tokens, merges, pre)
     elif kind == "llama":
-        scores = _value(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)
-        tokenizer = _sentencepiece_bpe(tokens, scores, _value(reader, "tokenizer.ggml.unknown_token_id"))
+        scores = field_value(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)
+        tokenizer = _sentencepiece_bpe(tokens, scores, field_value(reader, "tokenizer.ggml.unknown_token_id"))
     else:
         raise CheckpointError(f"{path}: tokenizer kind {kind!r} is not supported (multitoken reads gpt2 and llama "
                               "vocabularies from GGUF): pass --tokenizer with the model's tokenizer.json")
@@ -228,14 +228,14 @@ def read_tokenizer(path: Path, reader) -> Tokenizer:
     tokenizer.add_special_tokens(special)
     tokenizer.add_tokens([tk.AddedToken(t, normalized=False) for t, kind in zip(tokens, types)
                           if kind == TOKEN_USER_DEFINED])
-    eos_id = _value(reader, "tokenizer.ggml.eos_token_id")
-    bos_id = _value(reader, "tokenizer.ggml.bos_token_id")
-    add_bos = bool(_value(reader, "tokenizer.ggml.add_bos_token", kind == "llama"))
+    eos_id = field_value(reader, "tokenizer.ggml.eos_token_id")
+    bos_id = field_value(reader, "tokenizer.ggml.bos_token_id")
+    add_bos = bool(field_value(reader, "tokenizer.ggml.add_bos_token", kind == "llama"))
     if eos_id is None:
         raise CheckpointError(f"{path}: its tokenizer names no end-of-sequence token (tokenizer.ggml.eos_token_id)")
     # llama.cpp's end-of-turn and end-of-message tokens (Gemma's <end_of_turn>) end a generation as eos does
-    stops = [tokens[i] for i in (_value(reader, "tokenizer.ggml.eot_token_id"),
-                                 _value(reader, "tokenizer.ggml.eom_token_id")) if i is not None and 0 <= i < len(tokens)]
+    stops = [tokens[i] for i in (field_value(reader, "tokenizer.ggml.eot_token_id"),
+                                 field_value(reader, "tokenizer.ggml.eom_token_id")) if i is not None and 0 <= i < len(tokens)]
     return BPETokenizer(tokenizer, tokens[eos_id], source=str(path),
                         bos_token=tokens[bos_id] if add_bos and bos_id is not None else None,
-                        chat_template=_value(reader, "tokenizer.chat_template"), stop_tokens=stops)
+                        chat_template=field_value(reader, "tokenizer.chat_template"), stop_tokens=stops)

@@ -15,8 +15,9 @@ it just guessed in place of t_{i+1} and y in place of g (no fc), and guesses t_{
 after the first knows the ones before it, which the parallel heads (each reading the trunk alone) cannot.
 
 The layer is a Llama layer whatever the base's family (no biases, q/k norms or sandwich norms, SwiGLU, plain
-RMSNorm), with the base's attention sizes and rotary base, as the engines expect. It shares the base's token
-embeddings (an engine's draft folder has none of its own). Parameter names map one to one onto the engines' draft
+RMSNorm), with the base's attention sizes and rotary base, as the engines expect. It reads the base's token
+embedding matrix as it is, unscaled even where the base scales its own input (Gemma): an engine's draft has no
+embeddings of its own and looks up the target's table. Parameter names map one to one onto the engines' draft
 files (`interop/eagle3.py`).
 """
 

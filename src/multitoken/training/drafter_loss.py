@@ -39,7 +39,7 @@ def drafter_states(model: MTPModel, features: torch.Tensor, reads: list[torch.Te
     positions = torch.arange(T + steps - 1, device=features.device).clamp_max(model.config.max_seq_len - 1)
     # The drafter's layer is a Llama layer: the base's global rotary tables (never a window layer's).
     cos, sin = model.rope_cos[positions], model.rope_sin[positions]
-    return model.drafter.unrolled([model.embed(r) for r in reads], model.drafter.fc(features), cos, sin)
+    return model.drafter.unrolled([model.tok_embeddings(r) for r in reads], model.drafter.fc(features), cos, sin)
 
 
 def draft_targets(model: MTPModel, targets: torch.Tensor) -> torch.Tensor:
