@@ -158,7 +158,7 @@ def bench_serve(ckpt: str, prompts: str | None = None, chat: bool = False, data:
                      *(["requests"] if requests is not None else []))
     _check_outputs(json, plot, "serve.png")
     model, _, tokenizer = load_checkpoint(ckpt, "cpu")
-    if {"speculative", "auto"} & set(names) and model.n_future == 1:
+    if {"speculative", "auto"} & set(names) and model.n_future == 1:  # the server drafts with heads alone
         raise ConfigError(f"{ckpt} has no extra heads: keep to --cases plain,'one at a time', or give it heads first")
     args = SimpleNamespace(prompts=prompts, chat=chat, data=data, num_prompts=num_prompts, prompt_len=prompt_len,
                            max_new_tokens=max_new_tokens)
@@ -205,8 +205,8 @@ def _run_decode(args: SimpleNamespace) -> int:
     ckpt = resolve_checkpoint(args.ckpt)
     model, cfg, tokenizer = load_checkpoint(ckpt, device)
     tree = None if args.tree == "auto" else parse_tree(args.tree, model, args.draft_len, args.temperature)
-    lookup_only = tree is not None and not tree.paths  # copies from the context alone
-    if model.n_future == 1 and args.tree == "chain" and not (args.against_transformers or args.against_llama_cpp):
+    no_heads = tree is not None and (not tree.paths or tree.drafter)  # no heads: copies alone, or the drafter
+    if tree is None and model.n_future == 1 and not (args.against_transformers or args.against_llama_cpp):
         raise ConfigError(f"{ckpt} is a next-token-only model (no extra heads), so there is no speculative decoding "
                           "to compare: add --against-transformers to time plain decoding against transformers, "
                           "--tree \"lookup 4\" (or auto) to draft from the context, or give it heads (train "
@@ -214,7 +214,7 @@ def _run_decode(args: SimpleNamespace) -> int:
     if model.n_future == 1 and args.tree == "auto" and args.temperature > 0:
         raise ConfigError("--tree auto on a next-token model drafts by copying from the context, which is verified "
                           "greedily: use --temperature 0")
-    k = check_draft_len(model, args.draft_len) if model.n_future > 1 and not lookup_only else None
+    k = check_draft_len(model, args.draft_len) if model.n_future > 1 and not no_heads else None
     references = {}
     if args.against_transformers:
         references["transformers"] = _transformers_reference(ckpt, model, args.max_new_tokens, tokenizer.eot_id,

@@ -14,20 +14,28 @@ from multitoken.decoding.text import TextStream, until_eos
 
 
 def parse_tree(text: str, model, draft_len: int | None, temperature: float = 0.0):
-    """--tree: None for the chain of draft_len, else a DraftTree (checked against the model's heads, and copied drafts
-    alone against sampling)."""
+    """--tree: None for the heads' chain of draft_len, else a DraftTree (checked against the model's heads or
+    drafter, and copied drafts alone against sampling). "chain" on a model with a drafter and no heads is the
+    drafter's chain."""
+    from multitoken.decoding.speculative import DEFAULT_DRAFTER_DEPTH, check_drafter_depth
     from multitoken.decoding.tree import DraftTree
 
     if text == "chain":
+        if model.n_future == 1 and hasattr(model, "drafter"):
+            depth = DEFAULT_DRAFTER_DEPTH if draft_len is None else draft_len
+            return DraftTree.chain(check_drafter_depth(model, depth), drafter=True)
         return None
     tree = DraftTree.parse(text)
     if temperature > 0 and not tree.paths and tree.lookup:
         raise ConfigError("drafts copied from the context are verified greedily: use --temperature 0, or give the "
                           "tree head paths (sampling verifies a chain of the heads' drafts)")
-    if tree.head_depth > model.n_future - 1:
+    if tree.drafter:
+        check_drafter_depth(model, tree.head_depth)
+    elif tree.head_depth > model.n_future - 1:
         raise ConfigError(f"--tree is {tree.head_depth} drafts deep but the model has {model.n_future - 1} extra "
                           f"heads: use paths of at most {model.n_future - 1} ranks"
-                          + ("" if model.n_future > 1 else ", or \"lookup N\" alone (drafts copied from the context)"))
+                          + ("" if model.n_future > 1 else ", or \"lookup N\" alone (drafts copied from the context)")
+                          + (", or \"drafter ...\" (its drafter's guesses)" if hasattr(model, "drafter") else ""))
     if draft_len is not None:
         raise ConfigError("give --draft-len or a --tree of paths, not both (a tree sets its own depth)")
     return tree
@@ -130,7 +138,8 @@ def generate_text(ckpt: str, prompt: str, chat: bool = False, system: str | None
     device = resolve_device(device)
     model, _, tokenizer = load_checkpoint(ckpt, device)
     draft_tree = parse_tree(tree, model, draft_len, temperature) if speculative else None
-    k = check_draft_len(model, draft_len) if speculative and (draft_tree is None or draft_tree.paths) else None
+    heads_draft = draft_tree is None or (draft_tree.paths and not draft_tree.drafter)
+    k = check_draft_len(model, draft_len) if speculative and heads_draft else None
     stops = check_stops(stop, tokenizer)
     ids = _prompt_ids(tokenizer, prompt, chat, system)
     check_prompt_fits(len(ids), max_new_tokens, model.config.max_seq_len)
