@@ -131,3 +131,36 @@ def test_drafter_trees_are_refused_on_models_without_one():
     assert DraftTree.parse("drafter") == DraftTree.chain(3, drafter=True)
     assert DraftTree.parse(str(DraftTree.parse("drafter (0,), (1,), lookup 2"))) == \
         DraftTree(((0,), (1,)), 2, drafter=True)
+
+
+def test_auto_samples_are_the_drafters_own_guesses_and_it_picks_the_drafter():
+    """The ranks `--tree auto` learns from (the drafter's chain fed greedy decoding's tokens, every position at once)
+    are those of the guesses decoding gets from the drafter at that position (a cached prefill per prefix), along the
+    first-choice path; auto weighs the drafter's trees from them."""
+    from multitoken.decoding.auto import choose_source, draft_samples
+    from multitoken.decoding.sources import DrafterSource
+    from multitoken.model import DecodeCaches
+
+    model = counting_drafter_model()
+    prompts = torch.tensor([[2, 4, 6, 8], [3, 4, 5, 6]])
+    samples = draft_samples(model, prompts, 10, depth=2, max_rank=8, drafter=True)
+    sequence = torch.cat([prompts, generate(model, prompts, 10)], dim=1)
+    for j, p in enumerate(range(3, 3 + 6)):  # the samples' positions, in order, both rows each
+        source = DrafterSource(model, 2, 8, 32, torch.float32)
+        with DecodeCaches(model, 2, source.slots, heads="next", **source.cache_options()) as caches:
+            _, guesses = source.prefill(sequence[:, :p + 1], torch.full((2,), p + 1), caches)  # (B, 2, 8)
+        for row in range(2):
+            ranks = samples.ranks[2 * j + row]
+            for d in range(2):
+                truth = sequence[row, p + d + 2]
+                hit = (guesses[row, d] == truth).nonzero()
+                assert int(ranks[d]) == (int(hit[0, 0]) if len(hit) else -1)
+                if ranks[d] != 0:
+                    break  # deeper guesses follow the first choice, which was not the text here
+    # What it picks depends on step times (on a tiny model, eager, plain decoding may well win): its candidates are
+    # the drafter's trees, scored from these samples, and whatever it picks decodes exactly.
+    choice = choose_source(model, prompts, 10, 2, compile=False)
+    drafter_rows = [row for row in choice.table if row["tree"].startswith("drafter")]
+    assert drafter_rows and max(row["tau"] for row in drafter_rows) > 2
+    out, _ = speculative_generate(model, prompts, 10, tree=choice.tree)
+    assert torch.equal(out, sequence[:, 4:])

@@ -354,7 +354,7 @@ def _auto_tree(model, cfg, tokenizer, batch_size: int, args, device):
     import numpy as np
     import torch
 
-    from multitoken.decoding.auto import choose_tree, draft_samples
+    from multitoken.decoding.auto import choose_source
 
     val = _validation_tokens(cfg, tokenizer, args)
     n = 16
@@ -362,11 +362,8 @@ def _auto_tree(model, cfg, tokenizer, batch_size: int, args, device):
     spacing = (len(val) - args.prompt_len) / max(2 * n, 1)
     starts = (spacing + np.arange(n) * 2 * spacing).astype(np.int64)
     windows = torch.tensor(np.stack([val[s:s + args.prompt_len] for s in starts]).astype(np.int64), device=device)
-    depth = model.n_future - 1
-    samples = draft_samples(model, windows, args.max_new_tokens, depth)
     rows = windows[torch.arange(batch_size) % n]  # the choice is decoded end to end at the benchmark's batch size
-    choice = choose_tree(model, samples, batch_size, args.prompt_len + args.max_new_tokens, args.compile,
-                         prompts=rows, max_new_tokens=args.max_new_tokens)
+    choice = choose_source(model, windows, args.max_new_tokens, batch_size, args.compile, rows)
     tried = ", ".join(f"{r['nodes']} nodes{' (lookup ' + str(r['lookup']) + ')' if r.get('lookup') else ''} "
                       f"{r['measured_speedup']:.2f}x" for r in choice.table if "measured_speedup" in r)
     print(f"--tree auto at batch size {batch_size}: {choice.tree.describe()}"

@@ -49,6 +49,7 @@ class DraftSamples:
     copy_right: torch.Tensor | None = None
     copy_ranks: torch.Tensor | None = None
     strong: torch.Tensor | None = None
+    drafter: bool = False  # the ranks are among the drafter's guesses (its chain on greedy decoding's own tokens)
 
 
 def _rank(logits: torch.Tensor, token: torch.Tensor, max_rank: int) -> torch.Tensor:
@@ -56,16 +57,41 @@ def _rank(logits: torch.Tensor, token: torch.Tensor, max_rank: int) -> torch.Ten
     return torch.where(rank < max_rank, rank, -1)
 
 
+def _head_ranker(model: MTPModel, sequence: torch.Tensor, depth: int, max_rank: int):
+    """rank(d, p, tokens (B,)): each token's rank among head d + 1's guesses at position p."""
+    logits = model(sequence, return_all_heads=True) if depth else None  # (B, T, heads, V), causal
+    return lambda d, p, tokens: _rank(logits[:, p, d], tokens, max_rank)
+
+
+def _drafter_ranker(model: MTPModel, sequence: torch.Tensor, depth: int, max_rank: int):
+    """rank(d, p, tokens (B,)): each token's rank among the drafter's guesses d deep from position p, its chain fed
+    greedy decoding's own tokens (what decoding feeds it wherever its earlier guesses were right); -1 for a token
+    outside its draft vocabulary."""
+    T = sequence.shape[1] - 1
+    _, features = model.trunk_features(sequence[:, :T])
+    reads = [torch.nn.functional.pad(sequence[:, 1 + s:], (0, s)) for s in range(depth)]
+    logits = [model.drafter.logits(y) for y in model.drafter_states(features, reads)]  # per depth (B, T, Vd)
+    ids = model.drafter_ids()
+    column = torch.full((model.config.vocab_size,), -1, dtype=torch.long, device=sequence.device)
+    column[ids] = torch.arange(len(ids), device=sequence.device)
+
+    def rank(d: int, p: int, tokens: torch.Tensor) -> torch.Tensor:
+        col = column[tokens]
+        return torch.where(col >= 0, _rank(logits[d - 1][:, p], col.clamp_min(0), max_rank), -1)
+
+    return rank
+
+
 @torch.no_grad()
 def draft_samples(model: MTPModel, prompts: torch.Tensor, max_new_tokens: int, depth: int,
-                  max_rank: int = MAX_RANK, max_lookup: int = max(LOOKUP_LENGTHS)) -> DraftSamples:
-    """At each decoded position of greedy decoding: the ranks of its own tokens among the extra heads' guesses (-1:
-    not in the top max_rank), and what a copy from the context would have offered (up to max_lookup tokens).
-    prompts (B, T0) of equal length; depth 0: copies only (no heads)."""
+                  max_rank: int = MAX_RANK, max_lookup: int = max(LOOKUP_LENGTHS), drafter: bool = False) -> DraftSamples:
+    """At each decoded position of greedy decoding: the ranks of its own tokens among the extra heads' guesses, or
+    the drafter's (-1: not in the top max_rank), and what a copy from the context would have offered (up to
+    max_lookup tokens). prompts (B, T0) of equal length; depth 0: copies only (no heads)."""
     B, T0 = prompts.shape
     continuation = generate(model, prompts, max_new_tokens)
     sequence = torch.cat([prompts, continuation], dim=1)  # (B, T0 + N)
-    logits = model(sequence, return_all_heads=True) if depth else None  # (B, T, heads, V), causal
+    rank = (_drafter_ranker if drafter and depth else _head_ranker)(model, sequence, depth, max_rank)
     ranks, rights, copy_ranks, strong = [], [], [], []
     end = T0 + max_new_tokens
     # At position p (the last accepted token; the next one, at p + 1, is certain), head d + 1 guesses the token at
@@ -77,14 +103,12 @@ def draft_samples(model: MTPModel, prompts: torch.Tensor, max_new_tokens: int, d
         right[:, :truth.shape[1]] = copied[:, :truth.shape[1]] == truth
         rights.append(right)
         strong.append(matched >= STRONG_MATCH)
-        ranks.append(torch.stack([_rank(logits[:, p, d], sequence[:, p + d + 1], max_rank)
-                                  for d in range(1, depth + 1)], dim=1) if depth else
-                     torch.zeros(B, 0, dtype=torch.long, device=sequence.device))
-        copy_ranks.append(torch.stack([_rank(logits[:, p, d], copied[:, d - 1], max_rank)
-                                       for d in range(1, min(depth, max_lookup) + 1)], dim=1) if depth else
-                          torch.zeros(B, 0, dtype=torch.long, device=sequence.device))
+        ranks.append(torch.stack([rank(d, p, sequence[:, p + d + 1]) for d in range(1, depth + 1)], dim=1)
+                     if depth else torch.zeros(B, 0, dtype=torch.long, device=sequence.device))
+        copy_ranks.append(torch.stack([rank(d, p, copied[:, d - 1]) for d in range(1, min(depth, max_lookup) + 1)],
+                                      dim=1) if depth else torch.zeros(B, 0, dtype=torch.long, device=sequence.device))
     return DraftSamples(torch.cat(ranks).cpu(), torch.cat(rights).cpu(), torch.cat(copy_ranks).cpu(),
-                        torch.cat(strong).cpu())
+                        torch.cat(strong).cpu(), drafter=drafter and depth > 0)
 
 
 def accepted_drafts(tree: DraftTree, samples: DraftSamples) -> torch.Tensor:
@@ -129,7 +153,8 @@ def best_draft_trees(samples: DraftSamples, max_nodes: int) -> dict[int, tuple[D
     heads' best trees (`best_trees`), each as it is and copying from the context down its first-choice path to
     `LOOKUP_LENGTHS` tokens (deeper than the path, with nodes added). Not every count need be there (without heads,
     only 1 + a lookup length)."""
-    head_trees = best_trees(samples.ranks, max_nodes)
+    head_trees = [(DraftTree(tree.paths, drafter=samples.drafter), tau)
+                  for tree, tau in best_trees(samples.ranks, max_nodes)]
     best: dict[int, tuple[DraftTree, float]] = {i + 1: entry for i, entry in enumerate(head_trees)}
     if samples.copy_right is None:
         return best
@@ -155,6 +180,33 @@ class TreeChoice:
     @property
     def expected_speedup(self) -> float:
         return self.tau / self.step_us * self.plain_step_us
+
+    @property
+    def measured_speedup(self) -> float:
+        """The pick's end-to-end speedup where it was decoded (plain decoding: 1), else its expected one."""
+        rows = [row for row in self.table if row.get("tree") == str(self.tree) and "measured_speedup" in row]
+        return rows[0]["measured_speedup"] if rows else (1.0 if not self.tree.drafts else self.expected_speedup)
+
+
+DRAFTER_DEPTH = 4  # how deep auto lets the drafter chain (each level is one more drafter step)
+
+
+def choose_source(model: MTPModel, prompts: torch.Tensor, max_new_tokens: int, batch_size: int, compile: bool,
+                  rows: torch.Tensor | None = None) -> TreeChoice:
+    """`choose_tree` for each draft source the model has (its heads; its drafter; copies from the context with
+    either, or alone), and the fastest pick of them, measured end to end on rows (batch_size prompts)."""
+    needed = prompts.shape[1] + max_new_tokens
+    sources = [] if model.n_future == 1 and hasattr(model, "drafter") else [(model.n_future - 1, False)]
+    if hasattr(model, "drafter"):
+        sources.append((DRAFTER_DEPTH, True))
+    choices = []
+    for depth, drafter in sources:
+        samples = draft_samples(model, prompts, max_new_tokens, depth, drafter=drafter)
+        choices.append(choose_tree(model, samples, batch_size, needed, compile, prompts=rows,
+                                   max_new_tokens=max_new_tokens))
+    best = max(choices, key=lambda c: c.measured_speedup)
+    best.table = [row for choice in choices for row in choice.table]
+    return best
 
 
 def _step_time(model: MTPModel, batch_size: int, cache_len: int, tree: DraftTree | None, compile: bool,

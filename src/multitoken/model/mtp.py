@@ -157,6 +157,16 @@ class MTPModel(nn.Module):
         inputs[len(self.layers) - 1] = x  # the trunk's output is head 1's layer's input
         return x, [inputs[j] for j in capture]
 
+    def drafter_states(self, features: torch.Tensor, reads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The drafter's chain from every position at once, on given tokens (`Eagle3Drafter.unrolled`): features
+        (B, T, 3d) from `trunk_features`, reads[s] (B, T) the token step s reads at each start (the text's t_{i+1+s}
+        in training). Returns each step's y (B, T, d)."""
+        T, steps = features.shape[1], len(reads)
+        positions = torch.arange(T + steps - 1, device=features.device).clamp_max(self.config.max_seq_len - 1)
+        # The drafter's layer is a Llama layer: the base's global rotary tables (never a window layer's).
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        return self.drafter.unrolled([self.tok_embeddings(r) for r in reads], self.drafter.fc(features), cos, sin)
+
     def drafter_ids(self) -> torch.Tensor:
         """The token id of each of the drafter's outputs: the draft vocabulary, or every token."""
         return self.draft_ids if self.config.draft_vocab else torch.arange(self.config.vocab_size,

@@ -34,12 +34,8 @@ def drafter_batch(tokens: torch.Tensor, T: int, steps: int,
 
 
 def drafter_states(model: MTPModel, features: torch.Tensor, reads: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The unrolled chain's y (B, T, d) per step from the base's features (B, T, 3d)."""
-    T, steps = features.shape[1], len(reads)
-    positions = torch.arange(T + steps - 1, device=features.device).clamp_max(model.config.max_seq_len - 1)
-    # The drafter's layer is a Llama layer: the base's global rotary tables (never a window layer's).
-    cos, sin = model.rope_cos[positions], model.rope_sin[positions]
-    return model.drafter.unrolled([model.tok_embeddings(r) for r in reads], model.drafter.fc(features), cos, sin)
+    """The unrolled chain's y (B, T, d) per step from the base's features (B, T, 3d) (`MTPModel.drafter_states`)."""
+    return model.drafter_states(features, reads)
 
 
 def draft_targets(model: MTPModel, targets: torch.Tensor) -> torch.Tensor:
