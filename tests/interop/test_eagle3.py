@@ -100,8 +100,12 @@ def reference_logits(folder, embeddings, features, next_tokens) -> torch.Tensor:
     y = r + (F.silu(n @ w["midlayer.mlp.gate_proj.weight"].T) * (n @ w["midlayer.mlp.up_proj.weight"].T)) \
         @ w["midlayer.mlp.down_proj.weight"].T
     draft = _rms(y, w["norm.weight"], eps) @ w["lm_head.weight"].T  # (T, draft vocab)
-    target_ids = torch.arange(cfg["draft_vocab_size"]) + w["d2t"]
-    assert torch.equal(w["t2d"].nonzero()[:, 0], target_ids.sort().values)
+    target_ids = torch.arange(cfg["draft_vocab_size"])
+    if "d2t" in w:  # a draft vocabulary: offsets to the target's ids
+        target_ids = target_ids + w["d2t"]
+        assert torch.equal(w["t2d"].nonzero()[:, 0], target_ids.sort().values)
+    else:
+        assert cfg["draft_vocab_size"] == cfg["vocab_size"]
     return torch.full((T, cfg["vocab_size"]), float("-inf")).index_copy(1, target_ids, draft)
 
 

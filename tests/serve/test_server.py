@@ -164,6 +164,30 @@ def test_a_draft_vocabulary_changes_no_answer(chat_ckpt, tmp_path):
         server.stop()
 
 
+@pytest.mark.parametrize("speculative", ["on", "auto"])
+def test_a_drafter_drafts_for_the_server_and_changes_no_answer(chat_ckpt, tmp_path, speculative):
+    """The same model with a drafter (and no heads): the server drafts with it, catching it up after plain steps;
+    every answer is still its solo answer."""
+    from multitoken.decoding.sources import DrafterSource
+    from multitoken.training.surgery import init_drafter_from_base
+
+    model, _, tokenizer = load_checkpoint(chat_ckpt)
+    config = dataclasses.replace(model.config, n_future=1, n_layer=model.config.n_trunk_layers + 1, drafter="eagle3")
+    torch.manual_seed(0)
+    with_drafter = MTPModel(config)
+    with_drafter.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("extra_heads.")},
+                                 strict=False)
+    init_drafter_from_base(with_drafter)
+    ckpt = save_checkpoint(tmp_path / "drafter", 1, with_drafter, TrainConfig(model=config), tokenizer, {}, {}, 1)
+    server = Server(ckpt, max_batch_size=4, max_queue=64, speculative=speculative)
+    try:
+        _sixteen_at_once(server, ckpt)
+        engine = server.engine
+        assert isinstance(engine.source, DrafterSource) and engine.k == 3 and engine.chain_steps > 0
+    finally:
+        server.stop()
+
+
 def _sixteen_at_once(server, chat_ckpt) -> None:
     client = server.client()
     lengths = [6 + 3 * (i % 5) for i in range(16)]
@@ -374,7 +398,7 @@ def test_serve_settings_and_a_model_without_heads_get_one_line(chat_ckpt, tmp_pa
         code, _, err = run_cli(capsys, "serve", "--ckpt", chat_ckpt, *argv)
         assert_one_line_error(code, err, message)
     code, _, err = run_cli(capsys, "serve", "--ckpt", chat_ckpt.parent.parent.parent / "base", "--speculative", "on")
-    assert_one_line_error(code, err, "has no extra heads to draft with")
+    assert_one_line_error(code, err, "has no extra heads or drafter to draft with")
 
 
 def test_stop_strings_cut_the_answer_streamed_and_not(server, chat_ckpt):

@@ -206,7 +206,8 @@ def _run_decode(args: SimpleNamespace) -> int:
     model, cfg, tokenizer = load_checkpoint(ckpt, device)
     tree = None if args.tree == "auto" else parse_tree(args.tree, model, args.draft_len, args.temperature)
     no_heads = tree is not None and (not tree.paths or tree.drafter)  # no heads: copies alone, or the drafter
-    if tree is None and model.n_future == 1 and not (args.against_transformers or args.against_llama_cpp):
+    if args.tree == "chain" and tree is None and model.n_future == 1 and not (args.against_transformers or
+                                                                         args.against_llama_cpp):
         raise ConfigError(f"{ckpt} is a next-token-only model (no extra heads), so there is no speculative decoding "
                           "to compare: add --against-transformers to time plain decoding against transformers, "
                           "--tree \"lookup 4\" (or auto) to draft from the context, or give it heads (train "

@@ -56,10 +56,10 @@ class HeadSource:
 
     def propose(self, z_path: torch.Tensor, features_path: torch.Tensor | None, following: torch.Tensor,
                 n_accepted: torch.Tensor, chain: Positions, caches: DecodeCaches) -> torch.Tensor:
-        """The next guesses (B, D, R) from a kept path: z_path (B, D + 1, d) the trunk's output along it (past its
-        accepted depth: junk the next block overwrites), following (B, D + 1) head 1's token after each of its nodes,
-        n_accepted (B,) the depth kept, chain where the path goes. The heads must see every kept position (their
-        caches) and draft from the last one."""
+        """The next guesses (B, D, R) from a kept path: z_path (B, P, d) the trunk's output along it (past its
+        accepted depth: junk the next block overwrites), following (B, P) head 1's token after each of its positions,
+        n_accepted (B,) the index of the last kept one, chain where the path goes. The heads must see every kept
+        position (their caches) and draft from the last one."""
         model = self.model
         rows = torch.arange(z_path.shape[0], device=z_path.device)
         cos, sin = model.rope(z_path.shape[1], chain, self.heads.window)
@@ -96,24 +96,27 @@ class DrafterSource:
 
     def propose(self, z_path: torch.Tensor, features_path: torch.Tensor | None, following: torch.Tensor,
                 n_accepted: torch.Tensor, chain: Positions, caches: DecodeCaches) -> torch.Tensor:
-        """As `HeadSource.propose`, from the features along the kept path (B, D + 1, 3d): one drafter pass over it
+        """As `HeadSource.propose`, from the features along the kept path (B, P, 3d): one drafter pass over it
         (positions past the accepted depth write cache entries that the chain overwrites before anyone reads
         them), then the chain from the last kept position."""
         rows = torch.arange(following.shape[0], device=following.device)
-        # The path is a chain: causal over the drafter's own, longer cache.
-        where = Positions.per_row(chain.positions[:, 0], following.shape[1], self.slots, self.dtype)
+        # The path is a chain: causal over the drafter's own, longer cache (on the same cache rows).
+        where = Positions.per_row(chain.positions[:, 0], following.shape[1], self.slots, self.dtype, chain.rows)
         y = self.pass_over(features_path, following, where)
-        return self.chain(y[rows, n_accepted], where.positions[rows, n_accepted])
+        return self.chain(y[rows, n_accepted], where.positions[rows, n_accepted], chain.rows)
 
-    def chain(self, y: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    def chain(self, y: torch.Tensor, last: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Guesses (B, D, R) from the drafter's state y (B, d) at each row's last kept position last (B,): depth j's
         step sits at position last + j - 1 and reads depth j - 1's first choice and state."""
-        return self.walk(y, last, lambda logits: (self.token_ids[logits.topk(self.count, dim=-1).indices], None))[0]
+        pick = lambda logits: (self.token_ids[logits.topk(self.count, dim=-1).indices], None)  # noqa: E731
+        return self.walk(y, last, pick, rows)[0]
 
-    def walk(self, y: torch.Tensor, last: torch.Tensor, pick) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def walk(self, y: torch.Tensor, last: torch.Tensor, pick,
+             rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The chain from y at positions last (B,), each depth's tokens chosen by pick(draft logits (B, Vd)) ->
         (token ids (B, R), their distribution (B, V) or None); the next step reads the first of them. Returns the
-        tokens (B, D, R) and the distributions (B, D, V) (None when pick gives none)."""
+        tokens (B, D, R) and the distributions (B, D, V) (None when pick gives none). rows: the cache rows of the
+        batch's rows (a server's live requests; None: all, in order)."""
         model, drafter = self.model, self.model.drafter
         guesses, dists = [], []
         for j in range(self.depth):
@@ -121,7 +124,7 @@ class DrafterSource:
             guesses.append(ids)
             dists.append(q)
             if j + 1 < self.depth:
-                where = Positions.per_row(last + j + 1, 1, self.slots, self.dtype)
+                where = Positions.per_row(last + j + 1, 1, self.slots, self.dtype, rows)
                 y = drafter(model.tok_embeddings(ids[:, :1]), y[:, None], *model.rope(1, where), where)[:, 0]
         return torch.stack(guesses, dim=1), None if dists[0] is None else torch.stack(dists, dim=1)
 

@@ -4,12 +4,12 @@ compute it, is in docs/engines.md).
 - `eagle3`: a folder vLLM loads as `speculative_config={"method": "eagle3", "model": DIR}` (its
   `LlamaForCausalLMEagle3`, the layout of EAGLE-3's own releases and the speculators library's): `config.json` with
   the draft vocabulary, the target's hidden size and the three feature layers, `model.safetensors` with `fc`,
-  `midlayer.*`, `norm`, `lm_head`, and `d2t` (each draft id's offset to its target id) and `t2d`. q and k rows in
-  transformers' rotate-half layout. No embeddings: the engines share the target's.
+  `midlayer.*`, `norm`, `lm_head`, and with a draft vocabulary `d2t` (each draft id's offset to its target id) and
+  `t2d`. q and k rows in transformers' rotate-half layout. No embeddings: the engines share the target's.
 - `eagle3-gguf`: one GGUF file llama.cpp loads with `--spec-type draft-eagle3`: `general.architecture = eagle3`,
-  q and k rows in llama.cpp's interleaved layout (ours), `d2t` as absolute target ids, the feature layers as
-  `eagle3.target_layers`; the tokenizer is copied from the target's GGUF, since llama.cpp refuses a draft whose
-  vocabulary is not its target's.
+  q and k rows in llama.cpp's interleaved layout (ours), with a draft vocabulary `d2t` as absolute target ids, the
+  feature layers as `eagle3.target_layers`; the tokenizer is copied from the target's GGUF, since llama.cpp refuses
+  a draft whose vocabulary is not its target's.
 
 The target itself goes out as before (`--format hf`, or the GGUF the user runs).
 """
@@ -87,9 +87,10 @@ def folder_tensors(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[
         elif ours == "attention.wk.weight":
             w = interleaved_to_halves(w, config.kv_heads, config.head_size)
         out[name] = w.contiguous()
-    ids = state["draft_ids"]
-    out["d2t"] = ids - torch.arange(len(ids))
-    out["t2d"] = torch.zeros(config.vocab_size, dtype=torch.bool).index_fill(0, ids, True)
+    if config.draft_vocab:  # vLLM has no place for the maps of a draft over every token (it refuses them)
+        ids = state["draft_ids"]
+        out["d2t"] = ids - torch.arange(len(ids))
+        out["t2d"] = torch.zeros(config.vocab_size, dtype=torch.bool).index_fill(0, ids, True)
     return out
 
 
@@ -138,7 +139,8 @@ def write_gguf(state: dict[str, torch.Tensor], config: ModelConfig, out: Path, t
         writer.add_tensor(name, state[ours].float().numpy())
     if config.rope_scaling is not None:
         writer.add_tensor("rope_freqs.weight", _rope_factors(config).numpy())
-    writer.add_tensor("d2t", state["draft_ids"].numpy(), raw_dtype=gguf.GGMLQuantizationType.I64)
+    if config.draft_vocab:  # without it llama.cpp drafts over the target's whole vocabulary
+        writer.add_tensor("d2t", state["draft_ids"].numpy(), raw_dtype=gguf.GGMLQuantizationType.I64)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

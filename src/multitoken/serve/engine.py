@@ -5,13 +5,14 @@ caches and prefills them together, on their rows alone (`Positions.rows`: the ro
 every live row takes one step, of one of two kinds:
 
 - plain: each row feeds its certain token through the trunk and head 1 (the model's own next-token path);
-- chain (greedy batches, a model with extra heads): each row feeds its certain token and its heads' drafts, head 1
-  verifies them, the row keeps the longest agreeing prefix, and the extra heads (one batched layer, their own
-  caches) draft again where it ends. The output is exactly plain greedy decoding's, whatever else is in the batch.
+- chain (greedy batches, a model with extra heads or a drafter): each row feeds its certain token and its drafts,
+  head 1 verifies them, the row keeps the longest agreeing prefix, and the draft source (the extra heads as one
+  batched layer, or the drafter; `decoding/sources.py`) drafts again where it ends, on its own caches. The output
+  is exactly plain greedy decoding's, whatever else is in the batch.
 
 Head 1 always runs with the trunk on its own cache, so either kind of step leaves the model's own state complete;
-only the extra heads skip plain steps. The trunk's output z of every position is kept per row, so before a row's
-next chain step the extra heads catch up on the positions they missed. `speculative="auto"` chooses per step: it
+only the source skips plain steps. What the source reads (the trunk's output z, or the drafter's features) is kept per
+row and position, so before a row's next chain step the source catches up on the positions it missed. `speculative="auto"` chooses per step: it
 times both kinds at each batch size, tracks tau (tokens per row per chain step), and runs a chain step only while
 tau x (plain step time) exceeds the chain step's time, so that serving is not slower than plain decoding at any
 load (each kind is timed once per batch size first, then re-timed now and then as tau moves). A batch with a
@@ -33,11 +34,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from multitoken.decoding.fused_heads import FusedHeads
 from multitoken.decoding.sampling import sample
-from multitoken.decoding.speculative import verify_chain
+from multitoken.decoding.sources import DrafterSource, HeadSource
+from multitoken.decoding.speculative import DEFAULT_DRAFTER_DEPTH, verify_chain
 from multitoken.decoding.static import CompiledStep
 from multitoken.decoding.text import until_eos
+from multitoken.errors import ConfigError
 from multitoken.model import DecodeCaches, MTPModel, Positions
 
 log = logging.getLogger("multitoken.serve")
@@ -126,27 +128,37 @@ class Engine:
 
     def __init__(self, model: MTPModel, max_batch_size: int = 8, speculative: bool | str = "auto",
                  context: int | None = None, max_queue: int = 64, draft_len: int | None = None,
-                 compile: bool = False) -> None:
+                 compile: bool = False, drafter: bool | None = None) -> None:
         """speculative: "auto" (choose per step, see the module), True / "on" (a chain step whenever the batch is
         greedy) or False / "off" (plain steps only: the extra heads are never run). compile: run each kind of step
         over every cache row with fixed shapes, compiled by torch.compile on its first use (prefills and the
-        drafting heads' catching up stay eager: their shapes vary)."""
+        drafting heads' catching up stay eager: their shapes vary). drafter: draft with the model's drafter rather
+        than its heads (None: when it has one)."""
         self.model = model.eval()
         self.max_batch_size = max_batch_size
         self.context = min(context or model.config.max_seq_len, model.config.max_seq_len)
         self.mode = {True: "on", False: "off"}.get(speculative, speculative)
-        self.k = (draft_len or model.n_future - 1) if self.mode != "off" and model.n_future > 1 else 0
+        drafter = hasattr(model, "drafter") if drafter is None else drafter
+        if drafter and not hasattr(model, "drafter"):
+            raise ConfigError("this model has no drafter to draft with: serve it with its heads, or train one")
+        default_k = DEFAULT_DRAFTER_DEPTH if drafter else model.n_future - 1
+        self.k = (draft_len or default_k) if self.mode != "off" and (drafter or model.n_future > 1) else 0
         self.device = model.output.weight.device
         self.compile = compile
         self._compiled: dict[str, CompiledStep] = {}  # by kind of step, each compiled at its first use
         # A compiled chain always verifies k drafts, also near the end of the context: room for them past it.
         self.slots = self.context + (self.k if compile else 0)
-        # The trunk and head 1 on their own caches; the drafting heads as one batched layer on theirs.
-        self.caches = DecodeCaches(model, max_batch_size, self.slots, heads="next", fused=self.k)
-        self.heads = FusedHeads(model, self.k, first=1) if self.k else None
-        # Every row's trunk output z per position: what the drafting heads read when they catch up.
-        self.z = torch.zeros(max_batch_size, self.slots, model.config.d_model, device=self.device,
-                             dtype=model.output.weight.dtype) if self.k else None
+        dtype = model.output.weight.dtype
+        # The drafts' source (`decoding/sources.py`): the extra heads as one batched layer, or the drafter.
+        self.source = None if not self.k else DrafterSource(model, self.k, 1, self.slots, dtype) if drafter \
+            else HeadSource(model, self.k, 1)
+        # The trunk and head 1 on their own caches; the source on its own.
+        self.caches = DecodeCaches(model, max_batch_size, self.slots, heads="next",
+                                   **(self.source.cache_options() if self.source else {}))
+        # Every row's trunk output z (the drafter: its features) per position, what the source reads when it
+        # catches up.
+        width = 3 * model.config.d_model if drafter else model.config.d_model
+        self.z = torch.zeros(max_batch_size, self.slots, width, device=self.device, dtype=dtype) if self.k else None
         self.times = StepTimes()
         self.waiting: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self.rows: list[Row | None] = [None] * max_batch_size
@@ -206,20 +218,27 @@ class Engine:
                             self._finish(i, "error")
 
     def _store_z(self, z: torch.Tensor, start: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Keep the trunk's output z (R, W, d) of cache rows `rows` (None: all of them) from positions start (R,) for
-        the drafting heads (positions past the cache are scratch, dropped); returns z."""
+        """Keep z (R, W, ·) (the trunk's output, or the drafter's features) of cache rows `rows` (None: all of them)
+        from positions start (R,) for the source (positions past the cache are scratch, dropped); returns z."""
         if self.z is not None:
             slots = (start[:, None] + torch.arange(z.shape[1], device=z.device)).clamp_max(self.slots - 1)
             rows = torch.arange(z.shape[0], device=z.device) if rows is None else rows
             self.z[rows[:, None], slots] = z
         return z
 
-    def _draft_hidden(self, z: torch.Tensor, where: Positions, following: torch.Tensor | None = None) -> torch.Tensor:
-        """The drafting heads over z (R, W, d) where the block went, on their caches: (R, W, k, d). following (R, W):
-        the token after each position, for heads that read it."""
-        cos, sin = self.model.rope(z.shape[1], where, self.heads.window)
-        embedded = self.model.embed(following) if self.heads.reads_next else None
-        return self.heads(z, cos, sin, where, self.caches.fused, embedded)
+    def _trunk(self, block: torch.Tensor, where: Positions, start: torch.Tensor,
+               rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trunk over a block, keeping what the source reads: (z, what the source reads)."""
+        if self.source is None or not self.source.reads_features:
+            z = self._store_z(self.model.trunk(block, where), start, rows)
+            return z, z
+        z, features = self.model.trunk_features(block, where)
+        return z, self._store_z(features, start, rows)
+
+    def _drafts(self, stored: torch.Tensor, following: torch.Tensor, where: Positions, at: torch.Tensor):
+        """The source's first choices (R, k) after position `at` (R,) of a block where it went: stored (R, W, ·) what
+        it reads there, following (R, W) the token after each position."""
+        return self.source.propose(stored, stored, following, at, where, self.caches)[:, :, 0]
 
     def _forward_step(self, block: torch.Tensor, start: torch.Tensor, rows: torch.Tensor | None = None,
                       chain: bool = False):
@@ -228,21 +247,20 @@ class Engine:
         accepted (R,), the corrections (R,) and the next drafts (R, k)."""
         model = self.model
         where = self.caches.at(start, block.shape[1], rows=rows)
-        z = self._store_z(model.trunk(block, where), start, rows)
+        z, stored = self._trunk(block, where, start, rows)
         target = model.unembed(model.head(0, z, where))  # head 1 after each block token
         if not chain:
             return target
         n_acc, correction = verify_chain(block, target)
-        # The drafting heads over the block (what they write past the kept prefix is overwritten later), read
-        # where each row goes on from: R * (W + k) rows of the vocabulary matrix, not R * W * (k + 1).
-        # (Heads that read the next token read head 1's choice after each block token: a greedy batch's own.)
-        following = target.argmax(-1) if self.heads.reads_next else None
-        hidden = self._draft_hidden(z, where, following)[torch.arange(block.shape[0], device=z.device), n_acc]
-        return target, n_acc, correction, model.unembed_drafts(hidden).argmax(-1)
+        # The source over the block (what it writes past the kept prefix is overwritten later), drafting where each
+        # row goes on from. Head 1's choice after each block token is the token that follows it wherever the block
+        # was kept, and the correction after the last kept one: what heads that read the next token, and the
+        # drafter, read.
+        return target, n_acc, correction, self._drafts(stored, target.argmax(-1), where, n_acc)
 
     def _catch_up(self, live: list[int]) -> None:
-        """Run the drafting heads over the positions they missed (plain steps, or the prefill) of these rows, and
-        give each its drafts from the last one."""
+        """Run the source over the positions it missed (plain steps, or the prefill) of these rows, and give each its
+        drafts from the last one."""
         live = [i for i in live if self.rows[i].heads_pos < self.rows[i].pos]
         rows = [self.rows[i] for i in live]
         lag = max(row.pos - row.heads_pos for row in rows)
@@ -250,14 +268,11 @@ class Engine:
         slots = (start[:, None] + torch.arange(lag, device=self.device)).clamp_max(self.slots - 1)
         rows_t = torch.tensor(live, device=self.device)
         where = self.caches.at(start, lag, rows=rows_t)
-        following = None
-        if self.heads.reads_next:  # the token after each missed position: what the row fed next, then its certain one
-            after = [(row.fed + row.block[:1])[row.heads_pos + 1:row.pos + 1] for row in rows]
-            following = torch.tensor([tokens + [0] * (lag - len(tokens)) for tokens in after], device=self.device)
-        hidden = self._draft_hidden(self.z[rows_t[:, None], slots], where, following)  # (R, lag, k, d)
+        # The token after each missed position: what the row fed next, then its certain one.
+        after = [(row.fed + row.block[:1])[row.heads_pos + 1:row.pos + 1] for row in rows]
+        following = torch.tensor([tokens + [0] * (lag - len(tokens)) for tokens in after], device=self.device)
         last = torch.tensor([row.pos - row.heads_pos - 1 for row in rows], device=self.device)
-        at_last = hidden[torch.arange(len(rows), device=self.device), last]
-        drafts = self.model.unembed_drafts(at_last).argmax(-1).tolist()
+        drafts = self._drafts(self.z[rows_t[:, None], slots], following, where, last).tolist()
         for row, guess in zip(rows, drafts):
             row.heads_pos = row.pos
             row.block = row.block[:1] + guess
@@ -280,7 +295,7 @@ class Engine:
         lengths = torch.tensor([len(job.prompt) for _, job in new], device=self.device)
         start = torch.zeros_like(rows)
         where = self.caches.at(start, width, rows=rows)
-        h1 = self.model.head(0, self._store_z(self.model.trunk(block, where), start, rows), where)
+        h1 = self.model.head(0, self._trunk(block, where, start, rows)[0], where)
         logits = self.model.unembed(h1[torch.arange(len(new), device=self.device), lengths - 1])  # (n, V)
         for j, (i, job) in enumerate(new):
             first = self._choose(job, logits[j:j + 1])

@@ -21,9 +21,9 @@ def build_server(ckpt: str, max_batch_size: int = 8, speculative: Literal["auto"
     from multitoken.training.runtime import resolve_device
 
     model, _, tokenizer = load_checkpoint(ckpt, resolve_device(device))
-    if speculative == "on" and model.n_future == 1:
-        raise ConfigError(f"{ckpt} has no extra heads to draft with: serve it with --speculative off (or auto), or "
-                          "give it heads with `train --init-from ... --freeze base`")
+    if speculative == "on" and model.n_future == 1 and not hasattr(model, "drafter"):
+        raise ConfigError(f"{ckpt} has no extra heads or drafter to draft with: serve it with --speculative off (or "
+                          "auto), or give it heads or a drafter with `train --init-from ... --freeze base`")
     engine = Engine(model, max_batch_size, speculative=speculative, context=context, max_queue=max_queue,
                     compile=compile).start()
     folder = resolve_checkpoint(ckpt)
