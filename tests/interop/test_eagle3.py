@@ -195,3 +195,14 @@ def test_the_llama_cpp_file_reads_back_to_the_same_tensors_and_metadata(tmp_path
     with pytest.raises(CheckpointError, match="not this drafter's target"):
         export(ckpt, "eagle3-gguf", tmp_path / "draft2.gguf", target=tmp_path / "other.gguf")
     assert not (tmp_path / "draft2.gguf").exists()
+
+
+def test_the_user_hears_which_engines_run_drafts_beside_their_family():
+    from multitoken.interop.eagle3 import engine_note
+
+    llama = ModelConfig(n_layer=6, n_future=1, drafter="eagle3")
+    qwen2 = ModelConfig(n_layer=6, n_future=1, drafter="eagle3", qkv_bias=True)
+    assert engine_note(llama, "eagle3") is None and engine_note(llama, "eagle3-gguf") is None
+    assert engine_note(qwen2, "eagle3") is None
+    assert "llama.cpp runs EAGLE-3 drafts beside llama, mistral, qwen3 targets, not qwen2" in \
+        engine_note(qwen2, "eagle3-gguf")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 from typing import Literal
 
@@ -47,6 +48,13 @@ def _run(args: SimpleNamespace) -> int:
     from multitoken.interop.export import export
 
     out = export(args.ckpt, args.format, args.out, progress=args.progress, target=args.target)
+    if args.format.startswith("eagle3"):
+        from multitoken.checkpoint import read_train_config, resolve_checkpoint
+        from multitoken.interop.eagle3 import engine_note
+
+        note = engine_note(read_train_config(resolve_checkpoint(args.ckpt)).model, args.format)
+        if note:
+            print(note, file=sys.stderr)
     files = ", ".join(sorted(p.name for p in out.iterdir())) if out.is_dir() else f"{out.stat().st_size:,} bytes"
     print(f"exported {args.ckpt} as {args.format} -> {out}: {files}")
     return 0

@@ -45,6 +45,25 @@ NAMES = {
     "output.weight": ("lm_head.weight", "output.weight"),
 }
 ARCHITECTURE = "LlamaForCausalLMEagle3"
+# The target families each engine runs an EAGLE-3 draft beside (read from their sources: vLLM 0.32's models that
+# implement SupportsEagle3; llama.cpp's, vendored in llama-cpp-python 0.3.36, whose graphs expose layer inputs).
+ENGINE_TARGETS = {"eagle3": ("vLLM", ("llama", "mistral", "qwen2", "qwen3")),
+                  "eagle3-gguf": ("llama.cpp", ("llama", "mistral", "qwen3"))}
+
+
+def engine_note(config: ModelConfig, fmt: str) -> str | None:
+    """A line for the user when the format's engine does not run drafts beside this family of target."""
+    from multitoken.interop.families import family_of
+
+    engine, families = ENGINE_TARGETS[fmt]
+    try:
+        family = family_of(config).name
+    except CheckpointError:
+        family = "this"
+    if family in families:
+        return None
+    return (f"note: {engine} runs EAGLE-3 drafts beside {', '.join(families)} targets, not {family} ones (yet): the "
+            "draft is written, and multitoken decodes with it")
 
 
 def drafter_state(tensors: dict[str, LazyTensor], config: ModelConfig, where: str) -> dict[str, torch.Tensor]:
