@@ -51,3 +51,21 @@ def test_compiled_equals_eager():
     copying, stats = speculative_generate(model, padded, 20, lengths=lengths, compile=True,
                                           tree=DraftTree.parse("(0,), (1,), (0, 0), lookup 2"))
     assert torch.equal(copying, eager) and stats.compile_seconds > 0
+
+
+def test_the_drafters_tree_step_compiles_whole_and_decodes_exactly():
+    """The drafter's pass over the kept path and its chained guesses inside the static tree step: one graph, and the
+    compiled decode is plain greedy token for token (drafts kept and refused both)."""
+    from tests.conftest import counting_drafter_model
+
+    model = counting_drafter_model()
+    tree = DraftTree.parse("drafter (0,), (1,), (0, 0), lookup 2")
+    decoder = decoder_for(model, 2, 96, tree, compile=False)
+    with decoder.caches, torch.no_grad():
+        explanation = torch._dynamo.explain(decoder.step)(torch.zeros(2, tree.num_nodes, dtype=torch.long),
+                                                          torch.tensor([5, 9]))
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    padded, lengths = pad_prompts([[1, 2, 3], [4, 6, 8, 10, 12], [9]])
+    eager = generate(model, padded, 30, lengths=lengths)
+    fast, stats = speculative_generate(model, padded, 30, lengths=lengths, compile=True, tree=tree)
+    assert torch.equal(fast, eager) and stats.compile_seconds > 0 and 0 < min(stats.acceptance_per_position) < 1

@@ -72,25 +72,7 @@ class Trainer:
         self.val_batches = eval_batches(self.data.val, cfg.batch_size, self.window, cfg.eval_batches)
         train_batch(self.data.train, 1, self.window, cfg.seed, 0)  # fail now, not at step 0, if train is too short
 
-        torch.manual_seed(cfg.seed)
-        self.model = MTPModel(cfg.model).to(self.device)
-        self.init_note, vocab_loaded = init_from_checkpoint(self.model, cfg.init_from, self.tokenizer) \
-            if cfg.init_from else (None, False)
-        self.draft_note = None
-        if cfg.model.draft_vocab and not vocab_loaded:  # a resumed run loads its own later, the same ids
-            ids, coverage, counted = most_frequent_tokens(self.data.train, cfg.model.draft_vocab, cfg.model.vocab_size)
-            self.model.draft_ids.copy_(ids)
-            self.draft_note = (f"draft vocabulary: the {cfg.model.draft_vocab:,} most frequent tokens of the training "
-                               f"data, {coverage:.1%} of its {counted:,} tokens")
-        if cfg.model.drafter != "none" and cfg.init_from and "drafter" in self.init_note:
-            init_drafter_from_base(self.model)  # after the draft vocabulary is chosen: its rows start the drafter's
-        if cfg.freeze == "trunk":
-            freeze_trunk(self.model)
-        elif cfg.freeze == "base":
-            if cfg.model.n_future < 2 and cfg.model.drafter == "none":
-                raise ConfigError("--freeze base trains only the extra heads or the drafter, and this model has "
-                                  "neither: set --model.n_future 2 or more, or --model.drafter eagle3")
-            freeze_base(self.model)
+        self._build_model()
         if cfg.compile:
             # Compile layer by layer: the head loop calls trunk and heads separately, and module-level compile keeps
             # the state-dict keys unchanged.
@@ -116,6 +98,29 @@ class Trainer:
             raise
 
     # --- setup -------------------------------------------------------------------------------------------------
+
+    def _build_model(self) -> None:
+        """The model: initialised (or from --init-from), its draft vocabulary chosen, the frozen parts fixed."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.model = MTPModel(cfg.model).to(self.device)
+        self.init_note, vocab_loaded = init_from_checkpoint(self.model, cfg.init_from, self.tokenizer) \
+            if cfg.init_from else (None, False)
+        self.draft_note = None
+        if cfg.model.draft_vocab and not vocab_loaded:  # a resumed run loads its own later, the same ids
+            ids, coverage, counted = most_frequent_tokens(self.data.train, cfg.model.draft_vocab, cfg.model.vocab_size)
+            self.model.draft_ids.copy_(ids)
+            self.draft_note = (f"draft vocabulary: the {cfg.model.draft_vocab:,} most frequent tokens of the training "
+                               f"data, {coverage:.1%} of its {counted:,} tokens")
+        if cfg.model.drafter != "none" and cfg.init_from and "drafter" in self.init_note:
+            init_drafter_from_base(self.model)  # after the draft vocabulary is chosen: its rows start the drafter's
+        if cfg.freeze == "trunk":
+            freeze_trunk(self.model)
+        elif cfg.freeze == "base":
+            if cfg.model.n_future < 2 and cfg.model.drafter == "none":
+                raise ConfigError("--freeze base trains only the extra heads or the drafter, and this model has "
+                                  "neither: set --model.n_future 2 or more, or --model.drafter eagle3")
+            freeze_base(self.model)
 
     def _claim_out_dir(self) -> None:
         """One writer per run directory: rank 0 takes the run lock and clears what a killed save or deletion left;
