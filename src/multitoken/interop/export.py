@@ -85,11 +85,12 @@ def export(ckpt_path: str | Path, fmt: Literal["hf", "meta", "eagle3", "eagle3-g
     from multitoken.checkpoint import read_train_config, resolve_checkpoint
 
     out = Path(out).expanduser()
+    if fmt != "eagle3-gguf":  # a folder (eagle3-gguf writes one file: checked where it is written)
+        check_new_folder(out)
     ckpt = resolve_checkpoint(ckpt_path)
     config = read_train_config(ckpt).model
     if fmt in ("eagle3", "eagle3-gguf"):
         return _export_drafter(ckpt, config, fmt, out, target)
-    check_new_folder(out)
     tokenizer = load_tokenizer(ckpt)
     if config.heads_read_next_token:
         raise CheckpointError(f"{ckpt}: its extra heads read the next token (model.heads_read_next_token), and "
