@@ -73,7 +73,7 @@ def main() -> None:
     steps = predicted - accepted
     result = {"engine": "llama.cpp", "k": args.k, "prompts": len(plain), "max_tokens": args.max_tokens,
               "plain": tokens_plain, "tokens": tokens_spec,
-              "identical_to_plain": sum(a == b for a, b in zip(tokens_spec, tokens_plain)),
+              "identical_to_plain": sum(a is not None and a == b for a, b in zip(tokens_spec, tokens_plain)),
               "draft_tokens": drafted, "accepted": accepted, "predicted": predicted,
               "acceptance_length": predicted / steps if steps else None,
               "acceptance_rate": accepted / drafted if drafted else None,
