@@ -65,8 +65,8 @@ def served(args, prompts: list[list[int]]) -> tuple[list[list[int]], dict]:
     port = args.port
     spec = json.dumps({"method": "eagle3", "model": args.draft, "num_speculative_tokens": args.k})
     server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", args.target,
-                               "--host", "127.0.0.1", "--port", str(port), "--enforce-eager", "--dtype", "float32", "--max-model-len",
-                               str(args.max_model_len), "--speculative-config", spec],
+                               "--host", "127.0.0.1", "--port", str(port), "--enforce-eager", "--dtype", "float32",
+                               "--max-model-len", str(args.max_model_len), "--speculative-config", spec],
                               stdout=subprocess.DEVNULL, stderr=open(args.out + ".server.log", "w"))
     base = f"http://127.0.0.1:{port}"
     try:
@@ -127,9 +127,10 @@ def main() -> None:
     prompts = json.load(open(args.prompts))["prompts"]
     plain, _, plain_s = offline(args, prompts, draft=False)
     spec, counters, spec_s = offline(args, prompts, draft=True)
+    offline_run = {"tokens": spec, "identical_to_plain": sum(a == b for a, b in zip(spec, plain)),
+                   "seconds_plain": plain_s, "seconds_draft": spec_s, **summary(counters, args.k)}
     result = {"engine": "vllm", "k": args.k, "prompts": len(prompts), "max_tokens": args.max_tokens,
-              "plain": plain, "offline": {"tokens": spec, "identical_to_plain": sum(a == b for a, b in zip(spec, plain)),
-                                          "seconds_plain": plain_s, "seconds_draft": spec_s, **summary(counters, args.k)}}
+              "plain": plain, "offline": offline_run}
     if args.server:
         tokens, counters = served(args, prompts)
         result["server"] = {"tokens": tokens, "identical_to_plain": sum(a == b for a, b in zip(tokens, plain)),

@@ -136,5 +136,5 @@ class DrafterSource:
     def pass_over(self, features: torch.Tensor, following: torch.Tensor, where: Positions) -> torch.Tensor:
         """One drafter pass over kept positions: features (B, T, 3d), the token after each (B, T) -> y (B, T, d)."""
         model = self.model
-        return model.drafter(model.tok_embeddings(following), model.drafter.fc(features), *model.rope(following.shape[1], where),
-                             where)
+        cos, sin = model.rope(following.shape[1], where)
+        return model.drafter(model.tok_embeddings(following), model.drafter.fc(features), cos, sin, where)
