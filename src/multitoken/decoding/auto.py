@@ -84,7 +84,8 @@ def _drafter_ranker(model: MTPModel, sequence: torch.Tensor, depth: int, max_ran
 
 @torch.no_grad()
 def draft_samples(model: MTPModel, prompts: torch.Tensor, max_new_tokens: int, depth: int,
-                  max_rank: int = MAX_RANK, max_lookup: int = max(LOOKUP_LENGTHS), drafter: bool = False) -> DraftSamples:
+                  max_rank: int = MAX_RANK, max_lookup: int = max(LOOKUP_LENGTHS),
+                  drafter: bool = False) -> DraftSamples:
     """At each decoded position of greedy decoding: the ranks of its own tokens among the extra heads' guesses, or
     the drafter's (-1: not in the top max_rank), and what a copy from the context would have offered (up to
     max_lookup tokens). prompts (B, T0) of equal length; depth 0: copies only (no heads)."""

@@ -11,7 +11,8 @@ Three steps, all pure functions of tensors (the caches and the output buffers th
 - `plain_step(token, pos)`: one token per row at its own position -> head 1's logits. Plain decoding.
 - `tree_step(tokens, start)`: a draft tree per row (see `tree.py`) through the trunk; head 1 verifies every node;
   the accepted path's tokens and cache entries are gathered into place, and the draft source (`sources.py`: the
-  fused heads, or the drafter) guesses the next tree from that path. Greedy: the output is token for token plain greedy decoding.
+  fused heads, or the drafter) guesses the next tree from that path. Greedy: the output is token for token plain
+  greedy decoding.
 - `keep_step(...)`: what a tree step's caller does with its result: the accepted tokens written into the output
   (and the rows' contexts), the rows advanced (finished at a stop token), copies from the context (`lookup.py`) put
   into the next tree. About a hundred small tensor operations: run one by one they cost 0.48 ms a step on SmolLM2

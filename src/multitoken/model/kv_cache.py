@@ -72,9 +72,9 @@ class DecodeCaches:
     `heads` says which of the model's own blocks decode with a cache: "all" (trunk and every head, run one by one),
     "next" (trunk and head 1: plain decoding) or "none" (the trunk only). `fused` adds one cache for that many heads
     run as one batched layer (`decoding/fused_heads.py`), rows stacked head-major (head h, row b at h * B + b), which
-    the fused layer borrows as `self.fused`; `drafter_slots` one of that length for the model's drafter (its chain runs past the last
-block). A cache may hold more slots than the context (scratch room for draft
-    nodes past its end); positions stay within the context. Use as a context manager, or attach() / detach().
+    the fused layer borrows as `self.fused`; `drafter_slots`, one of that length for the model's drafter (its chain
+    runs past the last block). A cache may hold more slots than the context (scratch room for draft nodes past its
+    end); positions stay within the context. Use as a context manager, or attach() / detach().
     """
 
     def __init__(self, model: MTPModel, batch_size: int, length: int | None = None,
