@@ -67,6 +67,18 @@ def counting_model(n_future: int, wrong_heads: frozenset[int] = frozenset(), voc
     return model
 
 
+@pytest.fixture
+def quick_compile(monkeypatch):
+    """Compiled decoding steps without the CPU's kernel autotuning, which costs most of a compilation's time and picks
+    among kernels rather than changing what a step captures: for tests whose point is what compiled decoding
+    computes. `test_compiled.py: test_compiled_equals_eager` compiles with the autotuning users get."""
+    from multitoken.decoding import static
+
+    options = static.compile_options
+    monkeypatch.setattr(static, "compile_options",
+                        lambda device: {k: v for k, v in options(device).items() if "autotune" not in k})
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Token caches go to a per-test temporary folder, never to ~/.cache."""

@@ -53,7 +53,7 @@ def test_compiled_equals_eager():
     assert torch.equal(copying, eager) and stats.compile_seconds > 0
 
 
-def test_the_drafters_tree_step_compiles_whole_and_decodes_exactly():
+def test_the_drafters_tree_step_compiles_whole_and_decodes_exactly(quick_compile):
     """The drafter's pass over the kept path and its chained guesses inside the static tree step: one graph, and the
     compiled decode is plain greedy token for token (drafts kept and refused both)."""
     from tests.conftest import counting_drafter_model

@@ -48,7 +48,7 @@ def test_heads_given_the_next_token_draft_every_token_right(path):
     assert stats.tau == 1.0
 
 
-def test_compiled_tree_steps_give_the_heads_the_next_token():
+def test_compiled_tree_steps_give_the_heads_the_next_token(quick_compile):
     model = counting_model(3, read_next=True, max_seq_len=64)
     out, stats = speculative_generate(model, torch.tensor([counting(7, 5)]), 30, compile=True,
                                       tree=DraftTree(((0,), (1,), (0, 0))))

@@ -255,7 +255,7 @@ def assert_compiled_speculative_is_greedy(source, model, tree):
 # Every compiled shape (batch size, draft tree) costs about a minute on a 2-core CPU, so the two families that
 # together hold every switch share the cases out: three shapes in all, each case once.
 @pytest.mark.slow
-def test_frozen_base_heads_decode_exactly_when_compiled(tmp_path):
+def test_frozen_base_heads_decode_exactly_when_compiled(tmp_path, quick_compile):
     """Compiled plain steps on one row and tree steps on a ragged batch, on Gemma 3, the block with every switch but
     q/k/v biases (windows, own rotary base for the window layers, q/k norms, sandwich norms, GeGLU, a query scale)."""
     from multitoken.decoding.generate import generate
@@ -272,7 +272,7 @@ def test_frozen_base_heads_decode_exactly_when_compiled(tmp_path):
 
 
 @pytest.mark.slow
-def test_qkv_biases_decode_exactly_when_compiled(tmp_path):
+def test_qkv_biases_decode_exactly_when_compiled(tmp_path, quick_compile):
     """Compiled chain steps on a ragged batch on Qwen2: its q/k/v biases, the switch Gemma 3 lacks, through the
     compiled trunk and the compiled fused extra heads."""
     _, source = convert_family("qwen2", tmp_path)

@@ -416,7 +416,7 @@ def test_stop_strings_cut_the_answer_streamed_and_not(server, chat_ckpt):
 
 
 @pytest.mark.slow
-def test_compiled_steps_give_each_request_its_solo_answer(chat_ckpt):
+def test_compiled_steps_give_each_request_its_solo_answer(chat_ckpt, quick_compile):
     """--compile: both kinds of step over every row with fixed shapes (idle rows included), compiled once each;
     16 concurrent greedy answers (auto: plain and chain steps mixed) still equal their solo answers."""
     server = Server(chat_ckpt, max_batch_size=4, max_queue=64, speculative="auto", compile=True)
