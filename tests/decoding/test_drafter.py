@@ -12,7 +12,7 @@ from multitoken.decoding.sampling import probs_from_logits
 from multitoken.decoding.speculative import speculative_generate
 from multitoken.decoding.tree import DraftTree
 from multitoken.errors import ConfigError
-from multitoken.training.drafter_loss import drafter_batch, drafter_states
+from multitoken.training.drafter_loss import drafter_batch
 from tests.conftest import counting_drafter_model, tiny_model_config
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 9, 11], [3, 5, 7, 9, 11, 13, 15, 17, 19], [5, 1, 20], [8]]
@@ -85,7 +85,7 @@ def test_the_drafter_guesses_what_its_training_chain_computes():
     with torch.no_grad():
         _, features = model.trunk_features(text[:, :-2])
         reads, targets = drafter_batch(text[:, :-1], text.shape[1] - 2, 1)
-        guess = model.drafter.logits(drafter_states(model, features, reads)[0]).argmax(-1)
+        guess = model.drafter.logits(model.drafter_states(features, reads)[0]).argmax(-1)
     right = (guess == targets[0])[0, prompt.shape[1] - 1:]  # from the last prompt position on
     # Each step drafts one token after the kept ones; the drafts scored here are the first of every step.
     assert stats.accepted_per_position[0] <= int(right.sum())
@@ -115,7 +115,7 @@ def test_sampling_with_the_drafter_follows_the_exact_plain_distribution():
         seconds = torch.cat([prompt.repeat(vocab, 1), torch.arange(vocab)[:, None]], dim=1)
         p2 = probs_from_logits(model(seconds)[:, -1])  # (V, V): row = token 1
         _, features = model.trunk_features(seconds)
-        y = drafter_states(model, features[:, :3], [seconds[:, 1:]])[0][:, -1]
+        y = model.drafter_states(features[:, :3], [seconds[:, 1:]])[0][:, -1]
         q2 = probs_from_logits(model.drafter.logits(y))  # the drafter's law for token 2 after each token 1
     observed = torch.bincount(out[:, 0] * vocab + out[:, 1], minlength=vocab * vocab).double()
     assert _chi_square_p_value(observed, (p1[:, None] * p2).flatten().double()) > 1e-3

@@ -9,7 +9,7 @@ import torch
 from multitoken import MTPModel
 from multitoken.errors import ConfigError
 from multitoken.model import DecodeCaches, Positions
-from multitoken.training.drafter_loss import drafter_batch, drafter_states
+from multitoken.training.drafter_loss import drafter_batch
 from tests.conftest import tiny_model_config
 
 
@@ -72,7 +72,7 @@ def test_the_unrolled_training_chain_is_the_cached_decoding_chain(family):
     with torch.no_grad():
         _, features = model.trunk_features(tokens[:, :T])
         reads, _ = drafter_batch(tokens, T, steps)
-        unrolled = drafter_states(model, features, reads)
+        unrolled = model.drafter_states(features, reads)
         state = model.drafter.fc(features)
         for i in range(T):
             with DecodeCaches(model, B, 32, heads="none", drafter_slots=32):
@@ -82,8 +82,8 @@ def test_the_unrolled_training_chain_is_the_cached_decoding_chain(family):
                 torch.testing.assert_close(y, unrolled[0][:, i], rtol=1e-5, atol=1e-5)
                 for s in range(1, steps):
                     where = Positions.aligned(i + s, 1)
-                    y = model.drafter(model.tok_embeddings(tokens[:, i + 1 + s, None]), y[:, None], *model.rope(1, where),
-                                      where)[:, 0]
+                    embedded = model.tok_embeddings(tokens[:, i + 1 + s, None])
+                    y = model.drafter(embedded, y[:, None], *model.rope(1, where), where)[:, 0]
                     torch.testing.assert_close(y, unrolled[s][:, i], rtol=1e-5, atol=1e-5)
 
 

@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 from multitoken import MTPModel
 from multitoken.checkpoint import list_checkpoints, load_checkpoint
 from multitoken.training.chunked_ce import IGNORE_INDEX
-from multitoken.training.drafter_loss import drafter_states
 from multitoken.training.loss import mtp_eval_batch, mtp_loss
 from multitoken.training.trainer import Trainer, train
 from tests.conftest import tiny_model_config, tiny_train_config
@@ -35,7 +34,7 @@ def test_drafter_targets_are_the_tokens_two_and_more_ahead_within_the_document()
         _, features = model.trunk_features(tokens[:, :T])
         reads = [torch.tensor([[tokens[0, i + 1 + s].item() if i + 1 + s < 9 else 0 for i in range(T)]])
                  for s in range(steps)]
-        states = drafter_states(model, features, reads)
+        states = model.drafter_states(features, reads)
         for s in range(steps):
             target = torch.full((1, T), IGNORE_INDEX)
             for i in range(T):

@@ -33,11 +33,6 @@ def drafter_batch(tokens: torch.Tensor, T: int, steps: int,
     return reads, targets[1:]
 
 
-def drafter_states(model: MTPModel, features: torch.Tensor, reads: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The unrolled chain's y (B, T, d) per step from the base's features (B, T, 3d) (`MTPModel.drafter_states`)."""
-    return model.drafter_states(features, reads)
-
-
 def draft_targets(model: MTPModel, targets: torch.Tensor) -> torch.Tensor:
     """Targets as indices into the drafter's outputs (tokens outside a draft vocabulary are not scored)."""
     if not model.config.draft_vocab:
@@ -53,7 +48,7 @@ def drafter_losses(model: MTPModel, features: torch.Tensor, tokens: torch.Tensor
     drafter = model.drafter
     losses = [chunked_linear_cross_entropy(drafter.norm(y).flatten(0, 1), drafter.output.weight,
                                            draft_targets(model, t).flatten())
-              for y, t in zip(drafter_states(model, features, reads), targets)]
+              for y, t in zip(model.drafter_states(features, reads), targets)]
     return torch.stack(losses)
 
 
@@ -70,7 +65,7 @@ def drafter_eval_sums(model: MTPModel, features: torch.Tensor, tokens: torch.Ten
     `mtp_eval_batch` gives them for a head."""
     reads, targets = drafter_batch(tokens, features.shape[1], steps, eot_id)
     sums = []
-    for y, t in zip(drafter_states(model, features, reads), targets):
+    for y, t in zip(model.drafter_states(features, reads), targets):
         inside = draft_targets(model, t).flatten()
         loss_sum, correct, scored = chunked_loss_sum_and_correct(model.drafter.norm(y).flatten(0, 1),
                                                                  model.drafter.output.weight, inside)
