@@ -24,6 +24,7 @@ from multitoken.model import MTPModel
 
 SIZES = {"2M": Shape(128, 10, 4)}
 QUICK_SIZES = {"tiny": Shape(32, 9, 2)}
+DRAFTER_DEPTH = 3  # the sequential module's chain: 3 guesses, as deep as 4 parallel heads draft
 MAX_N = 8  # evaluation windows are long enough for the largest n, so every model scores the same positions
 
 
@@ -53,13 +54,17 @@ def make_metric(setup: Setup, device: torch.device, tokenizer, seq_len: int):
     def metric(model: MTPModel) -> dict:
         model.eval()
         n = model.n_future
+        chained = DRAFTER_DEPTH if hasattr(model, "drafter") else 0
         batches = [windows[i:i + 16, :seq_len + n].to(device) for i in range(0, len(windows), 16)]
-        result = evaluate(model, batches, device, byte_level=True)
-        tau = 1.0
-        if n > 1:
-            _, stats = speculative_generate(model, prompts.to(device), setup.new_tokens, draft_len=n - 1)
-            tau = stats.tau
-        return {"bpb": result["bpb"][0], "loss": result["loss"][0], "bpb_per_head": result["bpb"], "tau": tau}
+        result = evaluate(model, batches, device, byte_level=True, drafter_steps=chained)
+        values = {"bpb": result["bpb"][0], "loss": result["loss"][0], "bpb_per_head": result["bpb"], "tau": 1.0}
+        depth = n - 1 if n > 1 else chained  # the heads draft when there are any, else the drafter's chain
+        if depth:
+            _, stats = speculative_generate(model, prompts.to(device), setup.new_tokens, draft_len=depth)
+            values.update(tau=stats.tau, acceptance=stats.acceptance_per_position)
+        if chained:
+            values.update(drafter_acc=result["drafter_acc"], drafter_tau_sim=result["drafter_tau_sim"])
+        return values
 
     return metric
 

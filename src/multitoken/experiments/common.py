@@ -70,9 +70,13 @@ class Shape:
         up to a multiple of 256 would double a 64-wide model's feed-forward)."""
         return int(8 * self.d_model / 3)
 
-    def model_config(self, vocab_size: int, n_future: int, max_seq_len: int = 256) -> ModelConfig:
-        return ModelConfig(vocab_size=vocab_size, d_model=self.d_model, n_layer=self.n_layer, n_head=self.n_head,
-                           n_future=n_future, max_seq_len=max_seq_len, ffn_hidden=self.ffn_hidden)
+    def model_config(self, vocab_size: int, n_future: int, max_seq_len: int = 256,
+                     drafter: bool = False) -> ModelConfig:
+        """With `drafter`, the sequential module takes the place of one trunk layer (its own layer, nearly equal in
+        parameters), so it is compared at about the same size as the parallel heads."""
+        return ModelConfig(vocab_size=vocab_size, d_model=self.d_model, n_layer=self.n_layer - int(drafter),
+                           n_head=self.n_head, n_future=n_future, max_seq_len=max_seq_len, ffn_hidden=self.ffn_hidden,
+                           drafter="eagle3" if drafter else "none")
 
 
 @dataclass(frozen=True)
@@ -81,10 +85,11 @@ class RunSpec:
     shape: Shape
     n_future: int
     seed: int
+    drafter: bool = False  # the sequential module (EAGLE-3 layout) beside the heads
 
     @property
     def name(self) -> str:
-        return f"{self.size}-n{self.n_future}-s{self.seed}"
+        return f"{self.size}-n{self.n_future}{'-drafter' if self.drafter else ''}-s{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -109,18 +114,21 @@ def train_config(spec: RunSpec, budget: Budget, vocab_size: int, data: DataConfi
     steps = budget.steps
     interval = max(1, steps // budget.evaluations)
     return TrainConfig(
-        model=spec.shape.model_config(vocab_size, spec.n_future, budget.seq_len),
+        model=spec.shape.model_config(vocab_size, spec.n_future, budget.seq_len, spec.drafter),
         data=data, optim=OptimConfig(lr=budget.lr, warmup_steps=round(budget.warmup * steps)),
         out_dir=str(run_dir), max_steps=steps, batch_size=budget.batch_size, eval_interval=interval,
         eval_batches=4, log_interval=max(1, interval // 2), save_interval=interval,
         keep_last=budget.evaluations + 2, seed=spec.seed, resume=True, progress=False)
 
 
-def non_embedding_params(shape: Shape, n_future: int, vocab_size: int) -> int:
-    """Parameters outside the input embedding and the unembedding (the paper's size measure)."""
+def non_embedding_params(shape: Shape, n_future: int, vocab_size: int, drafter: bool = False) -> int:
+    """Parameters outside the input embedding and the unembeddings (the paper's size measure; the drafter's own
+    draft-vocabulary unembedding is left out like the heads' shared one)."""
     with torch.device("meta"):
-        counts = MTPModel(shape.model_config(vocab_size, n_future)).num_params()
-    return counts["trunk"] + counts["heads"] + counts["norm"]
+        model = MTPModel(shape.model_config(vocab_size, n_future, drafter=drafter))
+    counts = model.num_params()
+    unembedding = sum(p.numel() for p in model.drafter.output.parameters()) if drafter else 0
+    return counts["trunk"] + counts["heads"] + counts["norm"] + counts["drafter"] - unembedding
 
 
 def run_training(cfg: TrainConfig, log: Callable[[str], None]) -> None:
@@ -182,6 +190,6 @@ def write_results(out: Path, records: list[dict]) -> list[dict]:
 
 def spec_record(experiment: str, spec: RunSpec, budget: Budget, vocab_size: int) -> dict:
     return {"experiment": experiment, "run": spec.name, "size": spec.size, "n_future": spec.n_future,
-            "seed": spec.seed, "shape": asdict(spec.shape),
-            "non_embedding_params": non_embedding_params(spec.shape, spec.n_future, vocab_size),
+            "drafter": spec.drafter, "seed": spec.seed, "shape": asdict(spec.shape),
+            "non_embedding_params": non_embedding_params(spec.shape, spec.n_future, vocab_size, spec.drafter),
             "lr": budget.lr, "tokens_planned": budget.steps * budget.batch_size * budget.seq_len}

@@ -13,7 +13,7 @@ from multitoken.experiments.polynomials import P
 COLORS = {1: "#7f7f7f", 2: "#1f77b4", 4: "#d62728", 8: "#2ca02c"}
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +26,7 @@ def plot_induction(records: list[dict], path: Path) -> None:
     """Left: induction success (the best checkpoint, as the paper's epoch oracle) against non-embedding parameters,
     every seed a marker, the mean a line, chance dashed. Right: every run's success against tokens trained, which shows
     *when* induction forms (the paper's claim is about its formation), not only how far it got."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax, curves) = plt.subplots(1, 2, figsize=(11, 4.2))
     for n in sorted({r["n_future"] for r in records}):
         rows = [r for r in records if r["n_future"] == n]
@@ -69,7 +69,7 @@ def plot_arithmetic(records: list[dict], path: Path, floor: dict | None = None) 
     """Exact-match (left) and per-coefficient (right) accuracy against the number of operations, one line per
     (size, n): the seeds' mean, their range shaded; the divider marks the end of the training domain, the dotted
     line (when given) what always giving the most frequent answer scores, and the dashed one per-coefficient chance."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, panels = plt.subplots(1, 2, figsize=(11, 4.2))
     ms = list(arithmetic.OPERATIONS)
     keys = sorted({(r["size"], r["n_future"]) for r in records}, key=lambda k: (k[0] != "S", k[1]))
@@ -101,7 +101,7 @@ def plot_arithmetic(records: list[dict], path: Path, floor: dict | None = None) 
 
 def plot_bytes(records: list[dict], path: Path) -> None:
     """Head-1 bits per byte (left) and self-speculative bytes per forward (right) against n, every seed a marker."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
     ns = sorted({r["n_future"] for r in records})
     for ax, key, label in ((left, "bpb", "head-1 bits per byte (validation)"),

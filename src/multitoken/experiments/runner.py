@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from multitoken.experiments import arithmetic, bytelevel, induction
+from multitoken.experiments import arithmetic, bytelevel, induction, sequential
 from multitoken.experiments.common import (Budget, RunSpec, evaluate_checkpoints, run_training, spec_record,
                                            train_config, write_results)
 from multitoken.errors import ConfigError
 from multitoken.files import atomic_write_text, read_json, read_json_or
 
-EXPERIMENTS = {"induction": induction, "arithmetic": arithmetic, "bytes": bytelevel}
+EXPERIMENTS = {"induction": induction, "arithmetic": arithmetic, "bytes": bytelevel, "sequential": sequential}
 
 
 def summarize(experiment: str, spec: RunSpec, budget: Budget, vocab_size: int, evals: list[dict]) -> dict:
