@@ -4,7 +4,8 @@
 import pytest
 import torch
 
-from multitoken.decoding.generate import generate, pad_after_stop, pad_prompts
+from multitoken.decoding.generate import generate, pad_prompts
+from multitoken.decoding.steps import pad_after_stop
 from multitoken.decoding.speculative import speculative_generate
 from multitoken.decoding.tree import DraftTree
 from tests.conftest import sharp_model

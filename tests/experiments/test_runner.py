@@ -115,6 +115,22 @@ def test_quick_byte_level_grid(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_quick_sequential_grid_trains_the_three_kinds(tmp_path, capsys):
+    out = tmp_path / "sequential"
+    code, printed, _ = run_cli(capsys, "experiment", "sequential", "--quick", "--out", out)
+    assert code == 0 and "| tiny | sequential module | 1 |" in printed and "| tiny | parallel heads | 4 |" in printed
+    records = {r["run"]: r for r in json.loads((out / "results.json").read_text())}
+    assert sorted(records) == ["tiny-n1-drafter-s1", "tiny-n1-s1", "tiny-n4-s1"]
+    drafter, plain = records["tiny-n1-drafter-s1"], records["tiny-n1-s1"]
+    assert drafter["drafter"] and not plain["drafter"] and records["tiny-n4-s1"]["n_future"] == 4
+    # The module replaces one trunk layer: its model holds about as many parameters as next-token's, not a layer more.
+    assert 1.0 < drafter["non_embedding_params"] / plain["non_embedding_params"] < 1.1
+    assert len(drafter["final"]["drafter_acc"]) == 3 and len(drafter["final"]["acceptance"]) == 3
+    assert plain["final"]["tau"] == 1.0 and 1.0 <= drafter["final"]["tau"] <= 4.0
+    assert (out / "sequential.png").stat().st_size > 0
+
+
+@pytest.mark.slow
 def test_report_redraws_from_results_json_alone(tmp_path, capsys):
     out = tmp_path / "bytes"
     assert run_cli(capsys, "experiment", "bytes", "--quick", "--out", out)[0] == 0
@@ -133,7 +149,7 @@ def test_bad_grid_options_get_one_line_errors(tmp_path, capsys):
     cases = [(["induction", "--seeds", "0"], "--seeds"), (["bytes", "--first_seed", "0"], "--first_seed"),
              (["arithmetic", "--batch_tokens", "0"], "--batch_tokens"),
              (["arithmetic", "--degree", "1"], "--degree must be 2..8"), (["induction", "--p_fresh", "0"], "--p_fresh"),
-             (["induction", "--sizes", "7M"], "--sizes takes")]
+             (["induction", "--sizes", "7M"], "--sizes takes"), (["sequential", "--n_future", "1,4"], "one n")]
     for argv, fragment in cases:
         code, _, err = run_cli(capsys, "experiment", *argv, "--out", tmp_path / "grid")
         assert_one_line_error(code, err, fragment)

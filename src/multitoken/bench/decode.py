@@ -17,7 +17,8 @@ import torch
 
 from multitoken.errors import ConfigError
 
-from multitoken.decoding.generate import generate, pad_after_stop, pad_prompts, stop_hits
+from multitoken.decoding.generate import generate
+from multitoken.decoding.steps import pad_after_stop, pad_prompts, stop_hits
 from multitoken.decoding.speculative import DecodeStats, speculative_generate
 from multitoken.model import MTPModel
 

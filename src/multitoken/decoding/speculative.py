@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from multitoken.decoding.fused_heads import FusedHeads
-from multitoken.decoding.generate import (OnTokens, check_fits, generate, keep_block, last_positions,
-                                          pad_after_stop)
+from multitoken.decoding.generate import generate
+from multitoken.decoding.steps import OnTokens, check_fits, keep_block, last_positions, pad_after_stop
 from multitoken.decoding.sampling import draw, probs_from_logits
 from multitoken.decoding.sources import DrafterSource
 from multitoken.decoding.static import cache_slots, decoder_for

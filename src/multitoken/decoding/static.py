@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from multitoken.decoding.generate import keep_block
 from multitoken.decoding.lookup import STRONG_MATCH, lookup_drafts
+from multitoken.decoding.steps import keep_block, prefill
 from multitoken.decoding.sources import DrafterSource, HeadSource
 from multitoken.decoding.tree import DraftTree, accept_greedy, draft_tokens, guess_count, with_copies
 from multitoken.model import DecodeCaches, MTPModel, Positions
@@ -193,8 +193,6 @@ class StaticDecoder:
         """Fill the caches with the right-padded prompts (slots = positions 0..T0-1; eager: its shape varies from call
         to call): head 1's logits (B, V) at each row's last prompt position, and the draft source's guesses after it
         (B, D, R; None without a source)."""
-        from multitoken.decoding.generate import prefill
-
         if self.source is None:
             return prefill(self.model, prompt, lengths), None
         return self.source.prefill(prompt, lengths, self.caches)

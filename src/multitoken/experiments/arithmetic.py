@@ -196,4 +196,4 @@ def _formation_table(records: list[dict]) -> list[str]:
 def plot(records: list[dict], path: Path, reference: dict | None = None) -> None:
     from multitoken.experiments.plots import plot_arithmetic
 
-    plot_arithmetic(records, path, reference)
+    plot_arithmetic(records, path, list(OPERATIONS), IN_DOMAIN, reference)

@@ -153,4 +153,4 @@ def table(records: list[dict], reference: dict | None = None) -> str:
 def plot(records: list[dict], path: Path, reference: dict | None = None) -> None:
     from multitoken.experiments.plots import plot_induction
 
-    plot_induction(records, path)
+    plot_induction(records, path, CHANCE)

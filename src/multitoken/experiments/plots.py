@@ -1,13 +1,12 @@
-"""The experiments' figures: the analogue of the paper's Fig. 7 (induction success against model size) and of Figs.
-8 / S16 (arithmetic accuracy against the number of operations)."""
+"""The experiments' figures: the analogue of the paper's Fig. 7 (induction success against model size), of Figs.
+8 / S16 (arithmetic accuracy against the number of operations) and of Tables 1 / S3 (bytes). Each experiment passes
+in what its figure marks (chance, the training domain), so this module imports none of them."""
 
 from __future__ import annotations
 
 import statistics
 from pathlib import Path
 
-from multitoken.experiments import arithmetic
-from multitoken.experiments.induction import CHANCE
 from multitoken.experiments.polynomials import P
 
 COLORS = {1: "#7f7f7f", 2: "#1f77b4", 4: "#d62728", 8: "#2ca02c"}
@@ -22,7 +21,7 @@ def pyplot():
     return plt
 
 
-def plot_induction(records: list[dict], path: Path) -> None:
+def plot_induction(records: list[dict], path: Path, chance: float) -> None:
     """Left: induction success (the best checkpoint, as the paper's epoch oracle) against non-embedding parameters,
     every seed a marker, the mean a line, chance dashed. Right: every run's success against tokens trained, which shows
     *when* induction forms (the paper's claim is about its formation), not only how far it got."""
@@ -36,7 +35,7 @@ def plot_induction(records: list[dict], path: Path) -> None:
         means = [statistics.mean(r["best"]["induction"] for r in rows if r["non_embedding_params"] == s)
                  for s in sizes]
         ax.plot(sizes, means, "o-", color=COLORS.get(n), label=f"n = {n}")
-    ax.axhline(CHANCE, color="#999999", ls="--", lw=1, label="chance (1/48)")
+    ax.axhline(chance, color="#999999", ls="--", lw=1, label="chance (1/48)")
     ax.set_xscale("log")
     ax.set_xlabel("non-embedding parameters")
     ax.set_ylabel("induction success (best checkpoint)")
@@ -54,7 +53,7 @@ def plot_induction(records: list[dict], path: Path) -> None:
         curves.plot([], [], "-", color=COLORS.get(n), label=f"n = {n}")
     for i, (_, size) in enumerate(sizes):
         curves.plot([], [], styles[i % len(styles)], color="#444444", label=size)
-    curves.axhline(CHANCE, color="#999999", ls="--", lw=1)
+    curves.axhline(chance, color="#999999", ls="--", lw=1)
     curves.set_xlabel("tokens trained (millions)")
     curves.set_ylabel("induction success")
     curves.set_ylim(0, None)
@@ -65,13 +64,14 @@ def plot_induction(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_arithmetic(records: list[dict], path: Path, floor: dict | None = None) -> None:
+def plot_arithmetic(records: list[dict], path: Path, operations: list[int], in_domain: int,
+                    floor: dict | None = None) -> None:
     """Exact-match (left) and per-coefficient (right) accuracy against the number of operations, one line per
     (size, n): the seeds' mean, their range shaded; the divider marks the end of the training domain, the dotted
     line (when given) what always giving the most frequent answer scores, and the dashed one per-coefficient chance."""
     plt = pyplot()
     fig, panels = plt.subplots(1, 2, figsize=(11, 4.2))
-    ms = list(arithmetic.OPERATIONS)
+    ms = list(operations)
     keys = sorted({(r["size"], r["n_future"]) for r in records}, key=lambda k: (k[0] != "S", k[1]))
     for ax, metric, title in ((panels[0], "exact", "exact match"), (panels[1], "per_coefficient", "per coefficient")):
         for size, n in keys:
@@ -86,7 +86,7 @@ def plot_arithmetic(records: list[dict], path: Path, floor: dict | None = None) 
                     label="most frequent answer (no model)")
         if metric == "per_coefficient":
             ax.axhline(100 / P, color="#999999", ls="--", lw=1, label=f"chance (1/{P})")
-        ax.axvline(arithmetic.IN_DOMAIN + 0.5, color="#999999", lw=1)
+        ax.axvline(in_domain + 0.5, color="#999999", lw=1)
         ax.set_xlabel("# operations (training: 1-5)")
         ax.set_ylabel(f"accuracy, {title} (%)")
         ax.set_xticks(ms)
