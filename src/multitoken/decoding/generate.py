@@ -13,7 +13,7 @@ from multitoken.decoding.sampling import sample
 from multitoken.decoding.steps import (OnTokens, check_fits, decode_one_token, pad_after_stop, prefill,
                                        stop_check_interval, stop_hits)
 from multitoken.decoding.steps import pad_prompts  # noqa: F401  (generate's partner: callers import both from here)
-from multitoken.model import DecodeCaches, MTPModel, Positions
+from multitoken.model import DecodeCaches, MTPModel
 
 
 @torch.no_grad()

@@ -349,7 +349,6 @@ def _chain(model: MTPModel, prompt: torch.Tensor, lengths: torch.Tensor, N: int,
     # A block may reach k positions past the last token we keep; the cache stops at the context, and blocks are cut
     # short there instead (see `width` below).
     cache_len = min(model.config.max_seq_len, T0 + N + k)
-    rows = torch.arange(B, device=device)
     out = torch.zeros(B, N + k + 1, dtype=torch.long, device=device)  # room for a last (or parked) block
     n_done = torch.zeros(B, dtype=torch.long, device=device)  # tokens finalized per row
     # Per step and row: drafts accepted, or -1 for a row already finished. Statistics come from this log at the end,

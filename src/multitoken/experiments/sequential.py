@@ -20,7 +20,7 @@ from pathlib import Path
 
 from multitoken.errors import ConfigError
 from multitoken.experiments import bytelevel
-from multitoken.experiments.common import Budget, RunSpec, Shape
+from multitoken.experiments.common import RunSpec, Shape
 
 SIZES = {"default": Shape(128, 6, 4), "2M": Shape(128, 10, 4)}
 QUICK_SIZES = {"tiny": Shape(32, 6, 2)}
