@@ -19,7 +19,6 @@ import yaml
 from tqdm.auto import tqdm
 
 from multitoken.checkpoint import list_checkpoints, read_train_config
-from multitoken.checkpoint.layout import STEP_DIR
 from multitoken.config import TrainConfig, model_config_diff, to_dict
 from multitoken.data.batches import eval_batches, train_batch
 from multitoken.data.tokens import resolve_data
@@ -31,6 +30,7 @@ from multitoken.training.distributed import (MTPObjective, all_reduce_, apply_pa
                                              init_distributed, shutdown_distributed)
 from multitoken.training.evaluate import evaluate, format_eval_table
 from multitoken.training.optim import build_optimizer, get_lr
+from multitoken.training.resume import load_full_state, resume_candidates, truncate_metrics
 from multitoken.training.run_lock import RunLock
 from multitoken.training.runtime import autocast_for, resolve_device
 from multitoken.training.memory import check_fits, training_estimate
@@ -143,30 +143,9 @@ class Trainer:
             self.lock.release()
             self.lock = None
 
-    def _resume_candidates(self) -> list[Path]:
-        """Checkpoints to try, newest first: --resume PATH names one (or a run, its checkpoints), --resume the run's
-        own. Nothing to resume is fine for a bare --resume (the run starts), not for a named one."""
-        resume = self.cfg.resume
-        if isinstance(resume, str):
-            path = Path(resume)
-            if not path.exists():
-                raise CheckpointError(f"--resume {path} does not exist: give a checkpoint (checkpoints/step_N) or a "
-                                      "run directory")
-            if STEP_DIR.match(path.name) or (path / "model.safetensors").exists():
-                return [path]
-            found = list_checkpoints(path)[::-1]
-            if not found:
-                raise CheckpointError(f"--resume {path}: no checkpoint in it (expected {path}/checkpoints/step_*)")
-            return found
-        existing = list_checkpoints(self.out_dir)[::-1]
-        if existing and not resume:
-            raise CheckpointError(f"{self.out_dir} already holds checkpoints: pass --resume to continue that run, "
-                                  "or --out_dir to start a new one")
-        return existing
-
     def _maybe_resume(self) -> None:
         """Continue from the newest checkpoint that loads whole; damaged newer ones are skipped, saying so."""
-        candidates, skipped = self._resume_candidates(), []
+        candidates, skipped = resume_candidates(self.cfg.resume, self.out_dir), []
         for ckpt in candidates:
             try:
                 weights, trainer_state = resumable(ckpt)
@@ -186,35 +165,13 @@ class Trainer:
             diff = model_config_diff(saved.model, self.cfg.model)
             raise CheckpointError(f"cannot resume {ckpt}: the model config differs ({', '.join(diff)}); use the "
                                   "run's own config (its config.yaml) or a new --out_dir")
-        self._load_state(weights, trainer_state["optimizer"], ckpt)
+        load_full_state(self.model, self.optimizer, weights, trainer_state["optimizer"], ckpt, self.dist.enabled)
         torch.set_rng_state(trainer_state["torch_rng"])
         if self.device.type == "cuda" and "cuda_rng" in trainer_state:
             torch.cuda.set_rng_state(trainer_state["cuda_rng"], self.device)
         self.state = TrainState(**trainer_state["loop"])
         self.resumed_from = ckpt
         self._truncate_metrics(self.state.step)
-
-    def _load_state(self, weights: dict, optim_state: dict, ckpt: Path) -> None:
-        """Full (unsharded) weights and optimizer state into the possibly sharded model: any world size resumes any
-        checkpoint, because checkpoints hold full tensors keyed by parameter name (torch.distributed.checkpoint's
-        state-dict API does the sharding)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-        # Checkpoints written before the optimizer state was keyed by parameter name: still fine in one process.
-        by_index = bool(optim_state["state"]) and isinstance(next(iter(optim_state["state"])), int)
-        if by_index and self.dist.enabled:
-            raise CheckpointError(f"{ckpt} keeps its optimizer state in the older by-index layout: resume it in "
-                                  "one process first (its next checkpoint has the layout any world size reads)")
-        try:
-            if by_index:
-                self.model.load_state_dict(weights)
-                self.optimizer.load_state_dict(optim_state)
-            else:
-                set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=optim_state,
-                               options=StateDictOptions(full_state_dict=True, strict=True))
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(f"{ckpt} does not match this model ({type(e).__name__}): the checkpoint is "
-                                  "damaged or from another run") from None
 
     def _gather_state(self) -> tuple[dict, dict]:
         """Full weights and optimizer state by parameter name, gathered from every rank (on CPU, complete on rank 0)."""
@@ -224,24 +181,11 @@ class Trainer:
                               options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def _truncate_metrics(self, step: int) -> None:
-        """Keep only the metric records up to the step we start from: later ones are about to be redone, so the log
-        ends up as an uninterrupted run's. A line torn by a kill or a full disk is dropped. Written atomically, so a
-        kill at this moment cannot lose the log."""
-        path = self.out_dir / "metrics.jsonl"
-        if not (self.dist.is_main and path.exists()):
-            return
-        kept, torn = [], 0
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                torn += line.strip() != ""
-                continue
-            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-                kept.append(line)
-        if torn:
-            self.notes.append(f"dropped {torn} unreadable line(s) of {path} (a write cut off by a crash or a full disk)")
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        if self.dist.is_main:
+            path = self.out_dir / "metrics.jsonl"
+            if torn := truncate_metrics(path, step):
+                self.notes.append(f"dropped {torn} unreadable line(s) of {path} (a write cut off by a crash or a full "
+                                  "disk)")
 
     # --- the loop ----------------------------------------------------------------------------------------------
 
