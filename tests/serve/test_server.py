@@ -401,6 +401,72 @@ def test_serve_settings_and_a_model_without_heads_get_one_line(chat_ckpt, tmp_pa
     assert_one_line_error(code, err, "has no extra heads or drafter to draft with")
 
 
+def test_serve_refuses_what_cannot_work_before_the_model_loads(chat_ckpt, capsys, monkeypatch):
+    import socket
+
+    from multitoken.serve import server
+    from tests.cli.conftest import assert_one_line_error, run_cli
+
+    loads = []
+    monkeypatch.setattr("multitoken.checkpoint.load_checkpoint", lambda *a, **k: loads.append(a) or 1 / 0)
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    taken = busy.getsockname()[1]
+    try:
+        for argv, message in ((["--api-key", ""], "--api-key is empty"),
+                              (["--context", "100000"], "exceeds the model's context of"),
+                              (["--max-batch-size", "100000000"], "use a smaller --max-batch-size or --context"),
+                              (["--port", str(taken)], f"127.0.0.1:{taken} is in use: give another --port"),
+                              (["--host", "no.such.host.invalid"], "--host no.such.host.invalid is not an address")):
+            code, out, err = run_cli(capsys, "serve", "--ckpt", chat_ckpt, *argv)
+            assert_one_line_error(code, err, message)
+            assert " on http://" not in out + err  # never announced
+    finally:
+        busy.close()
+    assert not loads  # every refusal came before the model was read
+    with pytest.raises(Exception, match="exceeds the model's context"):  # the library's path checks it too
+        server.build_server(str(chat_ckpt), context=100000, device="cpu")
+
+
+def test_port_zero_prints_the_port_it_bound(chat_ckpt):
+    child = subprocess.Popen([sys.executable, "-m", "multitoken", "serve", "--ckpt", str(chat_ckpt), "--port", "0",
+                              "--device", "cpu"], stderr=subprocess.PIPE, text=True)
+    try:
+        line = child.stderr.readline()
+        match = re.search(r"on http://127\.0\.0\.1:(\d+)/v1", line)
+        assert match and int(match.group(1)) > 0, line
+        with urllib.request.urlopen(f"http://127.0.0.1:{match.group(1)}/health", timeout=30) as response:
+            assert json.loads(response.read())["status"] == "ok"  # announced only once it could serve there
+    finally:
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=60)
+
+
+def test_every_http_refusal_uses_the_openai_error_body(server):
+    def send(method: str, path: str, data: bytes | None, content_type: str | None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        request = urllib.request.Request(server.url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    body = json.dumps({"prompt": "def", "max_tokens": 2}).encode()
+    for method, path, data, content_type, status, message in (
+            ("POST", "/v1/completions", b'{"prompt": "\xff\xfe", "max_tokens": 2}', "application/json", 400,
+             "the request body is not valid JSON (UTF-8 text)"),
+            ("GET", "/v1/completions", None, None, 405, "GET is not allowed on /v1/completions: use POST"),
+            ("PUT", "/v1/chat/completions", body, "application/json", 405, "use POST"),
+            ("POST", "/v1/nothing", body, "application/json", 404, "no such endpoint: /v1/nothing"),
+            ("POST", "/v1/completions", body, "text/plain", 400,
+             "send Content-Type: application/json (got text/plain)")):
+        code, reply = send(method, path, data, content_type)
+        assert code == status and set(reply) == {"error"}, (path, reply)
+        assert message in reply["error"]["message"] and reply["error"]["type"] == "invalid_request_error", reply
+
+
 def test_stop_strings_cut_the_answer_streamed_and_not(server, chat_ckpt):
     client = server.client()
     full = solo_chat(chat_ckpt, "what is a class", 40)

@@ -9,8 +9,8 @@ from typing import Literal
 from jsonargparse import Namespace
 
 from multitoken.cli.common import call, command_parser
-from multitoken.errors import ConfigError
 from multitoken.serve.server import build_server
+from multitoken.serve.settings import bind, check_numbers
 
 
 def add_parser(subcommands) -> None:
@@ -19,17 +19,6 @@ def add_parser(subcommands) -> None:
 
 def run(args: Namespace) -> int:
     return call(serve, args)
-
-
-def check_serve_settings(max_batch_size: int, max_queue: int, port: int, context: int | None) -> None:
-    if max_batch_size < 1:
-        raise ConfigError(f"--max-batch-size must be at least 1 (got {max_batch_size})")
-    if max_queue < 1:
-        raise ConfigError(f"--max-queue must be at least 1 (got {max_queue})")
-    if not 0 <= port < 65536:
-        raise ConfigError(f"--port must be in 0..65535 (got {port})")
-    if context is not None and context < 2:
-        raise ConfigError(f"--context must be at least 2 tokens (got {context})")
 
 
 def serve(ckpt: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 8,
@@ -43,13 +32,14 @@ def serve(ckpt: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: 
     Args:
         ckpt: Checkpoint directory (runs/NAME/checkpoints/step_N) or run directory (its newest checkpoint).
         host: Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).
-        port: Port to listen on.
+        port: Port to listen on (0: a free one; the line "serving ... on" names the port bound).
         max_batch_size: Requests decoded together, at most; more wait in the queue.
         speculative: Self-speculative decoding with the model's extra heads: auto (per step, whichever of a
             speculative or a plain step gives more tokens/s at the live batch size, as measured while serving), on
             (whenever the batch is greedy), off (plain decoding only).
-        context: Tokens per request (prompt and answer), at most; null for the model's context. Each of the
-            max_batch_size rows keeps a cache this long.
+        context: Tokens per request (prompt and answer), at most, up to the model's context; null for the model's.
+            Each of the max_batch_size rows keeps a cache this long (checked against the memory available before
+            the model loads).
         max_queue: Requests waiting for a row, at most; beyond it the server answers 503 with Retry-After.
         api_key: Require `Authorization: Bearer API_KEY` on /v1/ requests; null for none.
         compile: Run the decoding steps with fixed shapes over every row, compiled by torch.compile (each kind of
@@ -58,17 +48,25 @@ def serve(ckpt: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: 
     """
     import logging
 
-    check_serve_settings(max_batch_size, max_queue, port, context)
-    app, engine = build_server(ckpt, max_batch_size, speculative, context, max_queue, api_key, device, compile)
+    check_numbers(max_batch_size, max_queue, port, context, api_key)
+    sock = bind(host, port)  # before anything loads: a busy port or a wrong host fails at once, in one line
+    try:
+        app, engine = build_server(ckpt, max_batch_size, speculative, context, max_queue, api_key, device, compile)
+    except BaseException:
+        sock.close()
+        raise
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     drafting = f"{engine.mode}, draft length {engine.k}" if engine.k else "off (no extra heads)" \
         if engine.mode != "off" else "off"
-    print(f"serving {ckpt} on http://{host}:{port}/v1 (batch {max_batch_size}, speculative {drafting}, context "
-          f"{engine.context}{', compiled steps' if compile else ''})", file=sys.stderr)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    print(f"serving {ckpt} on http://{shown}:{bound_port}/v1 (batch {max_batch_size}, speculative {drafting}, "
+          f"context {engine.context}{', compiled steps' if compile else ''})", file=sys.stderr, flush=True)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     finally:
         engine.stop()
+        sock.close()
     return 0
