@@ -121,10 +121,10 @@ def test_frozen_base_keeps_what_the_model_says(corpus, tmp_path, tied):
     assert torch.equal(speculative_generate(new, prompt, 20, temperature=0.0)[0], expected)
 
 
-def test_frozen_base_needs_extra_heads(corpus, tmp_path):
+def test_frozen_base_needs_extra_heads(corpus, tmp_path, base_run):
     with pytest.raises(ConfigError, match="n_future 2"):
-        Trainer(tiny_train_config(corpus, tmp_path / "x", freeze="base", model=tiny_model_config(n_future=1,
-                                                                                                   vocab_size=256)))
+        Trainer(tiny_train_config(corpus, tmp_path / "x", freeze="base", init_from=str(base_run),
+                                  model=tiny_model_config(n_future=1, vocab_size=256)))
 
 
 def test_heads_that_read_the_next_token_start_as_the_checkpoints_heads_and_learn_alone(corpus, tmp_path, base_run):

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 from jsonargparse import Namespace
 
 from multitoken.cli.common import int_list, require_positive, write_json
-from multitoken.cli.generate import check_prompt_fits, parse_tree
+from multitoken.cli.generate import check_prompt_fits
+from multitoken.decoding.draft_options import parse_tree
 from multitoken.errors import ConfigError
 
 

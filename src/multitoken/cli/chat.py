@@ -8,7 +8,8 @@ import sys
 from jsonargparse import Namespace
 
 from multitoken.cli.common import call, command_parser
-from multitoken.cli.generate import check_sampling, check_text, decode_timed, parse_tree
+from multitoken.cli.generate import check_sampling, check_text, decode_timed
+from multitoken.decoding.draft_options import check_needs_speculative, parse_tree
 from multitoken.decoding.text import TextStream, until_eos
 from multitoken.errors import ConfigError
 
@@ -53,6 +54,7 @@ def chat(ckpt: str, system: str | None = None, max_new_tokens: int = 256, temper
     from multitoken.training.runtime import resolve_device
 
     check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
+    check_needs_speculative(speculative, tree, None)
     device = resolve_device(device)
     model, _, tokenizer = load_checkpoint(ckpt, device)
     draft_tree = parse_tree(tree, model, None, temperature) if speculative else None

@@ -9,36 +9,9 @@ import time
 from jsonargparse import Namespace
 
 from multitoken.cli.common import call, command_parser
+from multitoken.decoding.draft_options import check_needs_speculative, parse_tree
 from multitoken.errors import ConfigError
 from multitoken.decoding.text import TextStream, until_eos
-
-
-def parse_tree(text: str, model, draft_len: int | None, temperature: float = 0.0):
-    """--tree: None for the heads' chain of draft_len, else a DraftTree (checked against the model's heads or
-    drafter, and copied drafts alone against sampling). "chain" on a model with a drafter and no heads is the
-    drafter's chain."""
-    from multitoken.decoding.speculative import DEFAULT_DRAFTER_DEPTH, check_drafter_depth
-    from multitoken.decoding.tree import DraftTree
-
-    if text == "chain":
-        if model.n_future == 1 and hasattr(model, "drafter"):
-            depth = DEFAULT_DRAFTER_DEPTH if draft_len is None else draft_len
-            return DraftTree.chain(check_drafter_depth(model, depth), drafter=True)
-        return None
-    tree = DraftTree.parse(text)
-    if temperature > 0 and not tree.paths and tree.lookup:
-        raise ConfigError("drafts copied from the context are verified greedily: use --temperature 0, or give the "
-                          "tree head paths (sampling verifies a chain of the heads' drafts)")
-    if tree.drafter:
-        check_drafter_depth(model, tree.head_depth)
-    elif tree.head_depth > model.n_future - 1:
-        raise ConfigError(f"--tree is {tree.head_depth} drafts deep but the model has {model.n_future - 1} extra "
-                          f"heads: use paths of at most {model.n_future - 1} ranks"
-                          + ("" if model.n_future > 1 else ", or \"lookup N\" alone (drafts copied from the context)")
-                          + (", or \"drafter ...\" (its drafter's guesses)" if hasattr(model, "drafter") else ""))
-    if draft_len is not None:
-        raise ConfigError("give --draft-len or a --tree of paths, not both (a tree sets its own depth)")
-    return tree
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
@@ -135,32 +108,43 @@ def generate_text(ckpt: str, prompt: str, chat: bool = False, system: str | None
     from multitoken.training.runtime import resolve_device
 
     check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
+    check_needs_speculative(speculative, tree, draft_len)
     device = resolve_device(device)
     model, _, tokenizer = load_checkpoint(ckpt, device)
     draft_tree = parse_tree(tree, model, draft_len, temperature) if speculative else None
     heads_draft = draft_tree is None or (draft_tree.paths and not draft_tree.drafter)
     k = check_draft_len(model, draft_len) if speculative and heads_draft else None
     stops = check_stops(stop, tokenizer)
-    ids = _prompt_ids(tokenizer, prompt, chat, system)
+    ids = _prompt_ids(tokenizer, prompt, chat, system, ckpt)
     check_prompt_fits(len(ids), max_new_tokens, model.config.max_seq_len)
     stop_ids = None if ignore_eos else tokenizer.stop_ids
-    text_ids = [] if chat else (ids[1:] if tokenizer.bos_id is not None else ids)
-    text = TextStream(tokenizer, text_ids, stop_ids, stops)
-    sys.stdout.write(tokenizer.decode(text_ids))
+    text = _start_text(tokenizer, [] if chat else ids, stop_ids, stops)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p,
                     generator=torch.Generator(device=device).manual_seed(seed),
                     stop_ids=None if stop_ids is None else torch.tensor(stop_ids, device=device),
                     on_tokens=text if stream else None)
-    prompt_ids = torch.tensor([ids], device=device)
-    new, stats, elapsed, compiling = decode_timed(model, prompt_ids, max_new_tokens, speculative, k, draft_tree,
-                                                  compile, sampling)
+    new, stats, elapsed, compiling = decode_timed(model, torch.tensor([ids], device=device), max_new_tokens,
+                                                  speculative, k, draft_tree, compile, sampling)
     text.close(new[0].tolist())
-    if draft_tree is None:
-        drafts = f"draft length {k}"
-    else:  # sampling verifies a chain as deep as the tree (speculative_generate), greedy decoding the tree itself
-        drafts = f"draft length {draft_tree.head_depth}" if temperature > 0 else draft_tree.describe()
-    _report_speed(until_eos(new[0].tolist(), stop_ids)[1], elapsed, stats, drafts, compiling)
+    _report_speed(until_eos(new[0].tolist(), stop_ids)[1], elapsed, stats, _drafts(draft_tree, k, temperature),
+                  compiling)
     return 0
+
+
+def _start_text(tokenizer, prompt_ids: list[int], stop_ids, stops: list[str]) -> TextStream:
+    """The text stream the answer is written through, after writing the prompt's own text (a continued prompt's,
+    without its beginning-of-text token; none for a chat message)."""
+    text_ids = prompt_ids[1:] if prompt_ids and tokenizer.bos_id is not None else prompt_ids
+    sys.stdout.write(tokenizer.decode(text_ids))
+    return TextStream(tokenizer, text_ids, stop_ids, stops)
+
+
+def _drafts(tree, draft_len: int | None, temperature: float) -> str:
+    """How the run drafted, for the line after the text."""
+    if tree is None:
+        return f"draft length {draft_len}"
+    # sampling verifies a chain as deep as the tree (speculative_generate), greedy decoding the tree itself
+    return f"draft length {tree.head_depth}" if temperature > 0 else tree.describe()
 
 
 def decode_timed(model, prompt, max_new_tokens: int, speculative: bool, draft_len: int | None, tree, compile: bool,
@@ -194,12 +178,15 @@ def _report_speed(n_new: int, elapsed: float, stats, drafts: str, compiling: flo
     print(f"[{summary}]", file=sys.stderr)
 
 
-def _prompt_ids(tokenizer, prompt: str, chat: bool, system: str | None) -> list[int]:
+def _prompt_ids(tokenizer, prompt: str, chat: bool, system: str | None, ckpt: str = "the model") -> list[int]:
     """The prompt's tokens: a chat message through the model's template, or text after its beginning-of-text token
     (where it has one)."""
     if chat:
         from multitoken.data.chat import encode_chat
 
+        if not tokenizer.chat_template:
+            raise ConfigError(f"{ckpt}: this model's tokenizer has no chat template, so --chat has no format for the "
+                              "message: leave out --chat to continue --prompt as text")
         messages = ([{"role": "system", "content": check_text(system, "--system")}] if system else []) + \
             [{"role": "user", "content": check_text(prompt, "--prompt")}]
         return encode_chat(tokenizer, messages)

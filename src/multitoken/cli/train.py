@@ -77,6 +77,10 @@ def run(args: Namespace) -> int:
     from multitoken.training.trainer import train  # torch import deferred: `--help` stays instant
 
     cfg = config_from_args(args)
+    if cfg.init_from:
+        from multitoken.training.surgery import check_fixed_fields
+
+        check_fixed_fields(cfg.model, cfg.init_from)
     result = train(cfg)
     if result is None:  # a worker rank of a distributed run: rank 0 reports
         return 0

@@ -160,6 +160,9 @@ class TrainConfig:
                  "resume is empty: give true, or the checkpoint to continue from")
         require(self.init_from is None or bool(self.init_from.strip()),
                  "init_from is empty: give a checkpoint, or null to start from random weights")
+        require(self.freeze != "base" or self.init_from is not None,
+                "--freeze base keeps a model as it is, and without --init-from the model is random: give --init-from "
+                "CKPT (the model to give heads or a drafter), or leave --freeze out")
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches",
                      "log_interval", "save_interval", "keep_last"):
             require(getattr(self, name) >= 1, f"{name} must be at least 1 (got {getattr(self, name)})")

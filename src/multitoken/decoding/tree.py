@@ -31,6 +31,7 @@ import torch
 from multitoken.errors import ConfigError
 
 Path = tuple[int, ...]
+MAX_LOOKUP = 64  # tokens a step may copy from the context: a step verifies each, and copies past this rarely hold
 _LOOKUP = re.compile(r"(?:^|,)\s*lookup\s+(\S+)\s*$")
 
 
@@ -72,17 +73,22 @@ class DraftTree:
                 raise ConfigError(f"the tree {text!r} gives the drafter no paths: e.g. \"drafter chain 3\" or "
                                   "\"drafter (0,), (1,), (0, 0)\"")
             return DraftTree(tree.paths, tree.lookup, drafter=True)
+        if not stripped:
+            raise ConfigError("the tree is empty: give paths of candidate ranks, e.g. \"(0,), (1,), (0, 0)\", or "
+                              "chain / auto / \"lookup 4\"")
         lookup = 0
         found = _LOOKUP.search(text)
         if found:
-            if not found.group(1).isdigit():
-                raise ConfigError(f"cannot read the tree {text!r}: 'lookup' takes a number of tokens, e.g. "
-                                  "\"(0,), (1,), (0, 0), lookup 4\"")
+            if not found.group(1).isdigit() or not 1 <= int(found.group(1)) <= MAX_LOOKUP:
+                raise ConfigError(f"cannot read the tree {text!r}: 'lookup' takes a number of tokens 1..{MAX_LOOKUP} "
+                                  "to copy from the context, e.g. \"(0,), (1,), (0, 0), lookup 4\"")
             lookup, text = int(found.group(1)), text[:found.start()]
             if not text.strip():
                 return cls((), lookup)
         chained = re.fullmatch(r"\s*chain\s+(\d+)\s*", text)
         if chained:  # "chain N": the first choices to depth N
+            if int(chained.group(1)) < 1:
+                raise ConfigError(f"the tree {text.strip()!r} drafts nothing: use chain 1 or deeper")
             return cls.chain(int(chained.group(1))).with_lookup(lookup)
         try:
             value = ast.literal_eval(f"[{text}]")
@@ -93,6 +99,8 @@ class DraftTree:
         except (ValueError, SyntaxError, TypeError):
             raise ConfigError(f"cannot read the tree {text!r}: give paths of candidate ranks, e.g. "
                               "\"(0,), (1,), (0, 0)\", or chain / auto") from None
+        if not paths and not lookup:
+            raise ConfigError(f"the tree {text.strip()!r} has no paths: give candidate ranks, e.g. \"(0,), (1,)\"")
         return cls(paths, lookup)
 
     def with_lookup(self, lookup: int) -> DraftTree:

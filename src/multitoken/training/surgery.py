@@ -14,7 +14,7 @@ import re
 import torch
 
 from multitoken.config import ModelConfig
-from multitoken.errors import CheckpointError
+from multitoken.errors import CheckpointError, ConfigError
 from multitoken.model import MTPModel
 from multitoken.checkpoint import read_train_config, read_weights, require_finite, resolve_checkpoint
 
@@ -31,6 +31,20 @@ def model_config_for_init(init_from: str, run: ModelConfig) -> ModelConfig:
     saved = read_train_config(resolve_checkpoint(init_from)).model
     return dataclasses.replace(saved, n_layer=saved.n_trunk_layers + run.n_future,
                                **{name: getattr(run, name) for name in RUN_OWN_FIELDS})
+
+
+def check_fixed_fields(run: ModelConfig, init_from: str) -> None:
+    """For `train --init-from` on the command line: refuse a model setting the user gave (one other than the
+    default) that the checkpoint overrides, since silently training another shape than the one asked for is worse
+    than saying so. (A library caller's ModelConfig is a template: its shape fields give way to the checkpoint's.)
+    n_layer is not checked: it follows from the checkpoint's trunk and this run's n_future."""
+    shape, default = model_config_for_init(init_from, run), ModelConfig()
+    for f in dataclasses.fields(ModelConfig):
+        given, fixed = getattr(run, f.name), getattr(shape, f.name)
+        if f.name not in (*RUN_OWN_FIELDS, "n_layer") and given != getattr(default, f.name) and given != fixed:
+            raise ConfigError(f"model.{f.name} {given} differs from the checkpoint's {fixed}: with --init-from the "
+                              "checkpoint fixes the model's shape; leave model.* out and set only model."
+                              + ", model.".join(RUN_OWN_FIELDS))
 
 
 def init_from_checkpoint(model: MTPModel, init_from: str, tokenizer) -> tuple[str, bool]:
