@@ -92,6 +92,21 @@ def build_aside(final: Path, replace: bool = False) -> Iterator[Path]:
 def check_new_folder(out: Path) -> None:
     if out.exists():
         raise CheckpointError(f"--out {out} already exists: name a new folder (nothing is ever written over)")
+    check_writable(out)
+
+
+def check_writable(out: Path, flag: str = "--out") -> None:
+    """Refuse, before any work, an output path that cannot be created: a file where a folder must be, or a place
+    this process cannot write. Probed with a temporary folder in the nearest existing folder above it (removed at
+    once), since permissions alone do not tell (root, read-only mounts, /proc)."""
+    ancestor = next(p for p in (out, *out.parents) if p.exists())
+    if not ancestor.is_dir():
+        raise ConfigError(f"{flag} {out}: {ancestor} is a file, not a folder: choose another {flag}")
+    try:
+        Path(tempfile.mkdtemp(prefix=".write-check-", dir=ancestor)).rmdir()
+    except OSError as e:
+        raise ConfigError(f"{flag} {out} cannot be written ({e.strerror} in {ancestor}): choose another "
+                          f"{flag}") from None
 
 
 @contextlib.contextmanager

@@ -64,3 +64,15 @@ def test_train_init_from_refuses_settings_the_checkpoint_fixes(trained_run, corp
     code, _, err = run_cli(capsys, "train", *TINY, "--data", corpus, "--freeze", "base", "--out_dir", tmp_path / "f")
     assert_one_line_error(code, err, "--freeze base", "--init-from")
     assert not (tmp_path / "f").exists()
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(trained_run, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("def add\n")
+    for out in (blocker / "sub", "/proc/no/such/place"):
+        for argv in (["export", "--ckpt", trained_run, "--format", "hf", "--out", out],
+                     ["distill", "--ckpt", trained_run, "--prompts", prompts, "--out", out, "--max-new-tokens", "2"]):
+            code, _, err = run_cli(capsys, *argv)
+            assert_one_line_error(code, err, f"--out {out}", "choose another --out")

@@ -49,11 +49,9 @@ GEMMA_NORMS = {"post_attention_layernorm": "post_attention_norm", "pre_feedforwa
                "post_feedforward_layernorm": "post_ffw_norm"}
 
 
-def write_gguf(path, model, tok, qtype: str, tied: bool, arch: str = "llama") -> None:
+def write_gguf(path, model, tok, qtype: str, tied: bool, arch: str = "llama", with_tokenizer: bool = True) -> None:
     """model's weights as llama.cpp's convert_hf_to_gguf.py lays them out for arch: q/k rows permuted to
     interleaved pairs for llama only, Gemma's norm gains stored as 1 + w, its four norms under their own names."""
-    import json
-
     c = model.config
     q = gguf.GGMLQuantizationType[qtype]
     writer = gguf.GGUFWriter(str(path), arch)
@@ -72,21 +70,9 @@ def write_gguf(path, model, tok, qtype: str, tied: bool, arch: str = "llama") ->
     writer.add_value_length(head_dim)
     if arch == "gemma3":
         writer.add_sliding_window(c.sliding_window)
-    writer.add_vocab_size(c.vocab_size)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("smollm")
-    vocab = tok.get_vocab(with_added_tokens=True)
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    writer.add_token_list(tokens)
-    writer.add_token_types([3 if t.startswith("<|") else 1 for t in tokens])
-    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m
-                             for m in json.loads(tok.to_str())["model"]["merges"]])
-    writer.add_bos_token_id(0)
-    writer.add_eos_token_id(vocab["<|im_end|>"])
-    if arch == "gemma3":  # llama.cpp names Gemma's <end_of_turn> as the end-of-turn token
-        writer.add_eot_token_id(vocab["<|im_start|>"])
-    writer.add_add_bos_token(False)
-    writer.add_chat_template(CHATML)
+    if with_tokenizer:
+        writer.add_vocab_size(c.vocab_size)
+        write_tokenizer(writer, tok, arch)
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
     layer = {**LAYER_NAMES, **GEMMA_NORMS} if arch == "gemma3" else LAYER_NAMES
@@ -114,6 +100,26 @@ def write_gguf(path, model, tok, qtype: str, tied: bool, arch: str = "llama") ->
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def write_tokenizer(writer, tok, arch: str) -> None:
+    """The tokenizer's metadata as llama.cpp's converter writes it (gpt2-style BPE, ChatML)."""
+    import json
+
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("smollm")
+    vocab = tok.get_vocab(with_added_tokens=True)
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t.startswith("<|") else 1 for t in tokens])
+    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m
+                             for m in json.loads(tok.to_str())["model"]["merges"]])
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(vocab["<|im_end|>"])
+    if arch == "gemma3":  # llama.cpp names Gemma's <end_of_turn> as the end-of-turn token
+        writer.add_eot_token_id(vocab["<|im_start|>"])
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHATML)
 
 
 @pytest.fixture(scope="module")

@@ -88,6 +88,7 @@ def _run(args: SimpleNamespace) -> int:
     from multitoken.data.distill import DistillOptions, distill, remove_parts
     from multitoken.data.prompts import encode_prompt, read_prompts
     from multitoken.checkpoint import load_checkpoint, resolve_checkpoint
+    from multitoken.files import check_writable
     from multitoken.training.runtime import resolve_device
 
     options = DistillOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -95,6 +96,7 @@ def _run(args: SimpleNamespace) -> int:
                              val_fraction=args.val_fraction)
     device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.ckpt)
+    check_writable(Path(args.out))  # before the model loads and answers are generated into nowhere
     model, _, tokenizer = load_checkpoint(ckpt, device)
     if args.prompt_tokens is not None:
         if args.chat == "true":

@@ -8,6 +8,8 @@ from functools import lru_cache
 
 from multitoken.errors import ConfigError
 
+ROLES = ("system", "user", "assistant")  # the roles a conversation may hold: one rule for distill, chat and serve
+
 
 @lru_cache(maxsize=8)
 def _compiled(template: str):

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from multitoken.data.chat import ROLES
 from multitoken.errors import ConfigError
 
 
@@ -52,6 +53,10 @@ def _messages(value, where: str) -> tuple[dict, ...]:
             for m in value):
         raise ConfigError(f"{where}: \"messages\" must be a non-empty list of {{\"role\": ..., \"content\": ...}} "
                           "objects with string values")
+    unknown = [m["role"] for m in value if m["role"] not in ROLES]
+    if unknown:
+        raise ConfigError(f"{where}: role {unknown[0]!r} is not one of {', '.join(ROLES)} (the roles a chat "
+                          "template renders and the server accepts)")
     messages = [{"role": m["role"], "content": m["content"]} for m in value]
     if messages[-1]["role"] == "assistant":  # a recorded answer: the model gives its own instead
         messages.pop()

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from multitoken.config import TrainConfig, to_dict
-from multitoken.errors import ConfigError
+from multitoken.errors import CheckpointError, ConfigError
 from multitoken.files import check_new_folder, new_folder
 from multitoken.interop.source import ImportedModel, read_model_folder
 from multitoken.interop.tensors import write_safetensors
@@ -67,9 +67,12 @@ def convert(src: str | Path, out: str | Path, dtype: str | None = None, tokenize
     check_resources(model, target, out)
     cfg = TrainConfig(model=model.config, out_dir=str(out), seq_len=min(model.config.max_seq_len, DEFAULT_WINDOW))
     with new_folder(out) as tmp:
-        written = write_safetensors(tmp / "model.safetensors", model.tensors, target,
-                                    metadata=weights_metadata(model.config, converted_from=model.format),
-                                    progress="convert" if progress else None)
+        try:
+            written = write_safetensors(tmp / "model.safetensors", model.tensors, target,
+                                        metadata=weights_metadata(model.config, converted_from=model.format),
+                                        progress="convert" if progress else None)
+        except CheckpointError as e:  # nothing is left behind: the folder was being built aside
+            raise CheckpointError(f"{model.path}: {e}") from None
         (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         model.tokenizer.save(tmp)
         meta = {"step": 0, "tokens_seen": 0, "converted_from": str(model.path.resolve()),

@@ -21,7 +21,7 @@ from multitoken.config import ModelConfig
 from multitoken.data.tokenizer import SentencePieceTokenizer, load_tokenizer
 from multitoken.errors import CheckpointError
 from multitoken.interop import families, hf, meta
-from multitoken.files import check_new_folder, new_folder
+from multitoken.files import check_new_folder, check_writable, new_folder
 from multitoken.interop.source import check_tensors
 from multitoken.interop.tensors import LazyTensor, safetensors_tensors, write_safetensors
 from multitoken.interop.tokenizers import save_hf_tokenizer
@@ -87,6 +87,8 @@ def export(ckpt_path: str | Path, fmt: Literal["hf", "meta", "eagle3", "eagle3-g
     out = Path(out).expanduser()
     if fmt != "eagle3-gguf":  # a folder (eagle3-gguf writes one file: checked where it is written)
         check_new_folder(out)
+    else:
+        check_writable(out)
     ckpt = resolve_checkpoint(ckpt_path)
     config = read_train_config(ckpt).model
     if fmt in ("eagle3", "eagle3-gguf"):

@@ -39,6 +39,7 @@ FAMILIES = (
 )
 FAMILY = {f.name: f for f in FAMILIES}
 BY_HF_ARCHITECTURE = {f.hf_architecture: f for f in FAMILIES}
+BY_HF_MODEL_TYPE = {f.hf_model_type: f for f in FAMILIES}
 BY_GGUF_ARCHITECTURE = {f.gguf_architecture: f for f in FAMILIES if f.gguf_architecture}
 
 # Our per-layer names -> transformers'. q and k rows (and their biases and norms) are permuted as well (hf.py).

@@ -42,8 +42,20 @@ GPT2_PRES = ("default", "gpt2", "gpt-2", "smollm", "starcoder", "refact", "olmo"
 TOKEN_CONTROL, TOKEN_USER_DEFINED = 3, 4  # llama.cpp's token types
 
 
+MAGIC = b"GGUF"  # every GGUF file's first four bytes
+
+
 def is_gguf(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() == SUFFIX
+    """A GGUF file by its suffix or, under any other name, by its first bytes."""
+    if not path.is_file():
+        return False
+    if path.suffix.lower() == SUFFIX:
+        return True
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == MAGIC
+    except OSError:
+        return False
 
 
 def open_reader(path: Path):
@@ -94,8 +106,7 @@ def read_config(path: Path, reader, max_seq_len: int | None) -> ModelConfig:
         n_kv = int(field_value(reader, f"{arch}.attention.head_count_kv", n_head))
         head_dim = int(field_value(reader, f"{arch}.attention.key_length", field_value(reader, f"{arch}.rope.dimension_count",
                                                                                d_model // n_head)))
-        tokens = reader.fields.get("tokenizer.ggml.tokens")
-        vocab = int(field_value(reader, f"{arch}.vocab_size", len(tokens.data) if tokens else 0))
+        vocab = int(field_value(reader, f"{arch}.vocab_size", 0) or _embedding_rows(reader))
         context = int(field_value(reader, f"{arch}.context_length", 2048))
         n_layers = int(field_value(reader, f"{arch}.block_count"))
         window, sliding_layers, local_theta = None, None, None
@@ -128,6 +139,18 @@ def our_name(gguf_name: str) -> str | None:
     if m and m.group(2) in families.GGUF_BLOCK_NAMES:
         return f"layers.{m.group(1)}.{families.GGUF_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
     return None
+
+
+def _embedding_rows(reader) -> int:
+    """The vocabulary size as the files' own metadata gives it (its tokens), else as the embedding's rows (a file
+    without tokenizer metadata, used with --tokenizer)."""
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    if tokens is not None and len(tokens.data):
+        return len(tokens.data)
+    for t in reader.tensors:
+        if t.name == "token_embd.weight":
+            return int(t.shape.tolist()[-1])  # GGUF lists dimensions innermost first: (d_model, vocab)
+    return 0
 
 
 def read_tensors(path: Path, reader, config: ModelConfig) -> dict[str, LazyTensor]:

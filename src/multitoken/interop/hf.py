@@ -138,7 +138,15 @@ def read_config(folder: Path, max_seq_len: int | None = None) -> tuple[ModelConf
     this model cannot represent exactly."""
     path = folder / CONFIG_FILE
     raw = read_json(path, "download it again")
-    arch = _first(raw.get("architectures")) or raw.get("model_type", "unknown")
+    arch = _first(raw.get("architectures"))
+    if arch is None:  # transformers then goes by model_type: so do we
+        family = families.BY_HF_MODEL_TYPE.get(raw.get("model_type"))
+        if family is None:
+            known = ", ".join(f.hf_model_type for f in families.FAMILIES)
+            raise CheckpointError(f"{path} names no architecture (\"architectures\") and its model_type is "
+                                  f"{raw.get('model_type')!r}: add e.g. \"architectures\": [\"LlamaForCausalLM\"]; "
+                                  f"multitoken converts model types {known}")
+        arch = family.hf_architecture
     family = families.BY_HF_ARCHITECTURE.get(arch)
     if family is None:
         why = UNSUPPORTED.get(arch)

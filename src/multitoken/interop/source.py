@@ -55,8 +55,13 @@ def detect_format(path: Path) -> Format:
         return "hf"
     if (path / meta.PARAMS_FILE).is_file():
         return "meta"
+    held = sorted(p.name for p in path.iterdir() if gguf_file.is_gguf(p)) if path.is_dir() else []
+    if held:
+        raise CheckpointError(f"{path} is a folder holding the GGUF file{'s' if len(held) > 1 else ''} "
+                              f"{', '.join(held[:3])}: point at the .gguf file itself")
     raise CheckpointError(f"{path} is neither a Hugging Face model folder (config.json) nor a Meta folder "
-                          "(params.json) nor a multitoken checkpoint: point at the folder that holds those files")
+                          "(params.json) nor a GGUF file nor a multitoken checkpoint: point at the folder (or file) "
+                          "that holds those files")
 
 
 def expected_shapes(config: ModelConfig, with_tied_output: bool = False) -> dict[str, tuple[int, ...]]:

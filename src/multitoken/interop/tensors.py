@@ -151,6 +151,11 @@ def write_safetensors(path: Path, tensors: Mapping[str, LazyTensor], dtype: torc
                 raise CheckpointError(f"tensor {name} read as shape {tuple(tensor.shape)}, its header said "
                                       f"{lazy.shape}: the source file is damaged")
             data = tensor.detach().to(device="cpu", dtype=out_dtype(lazy)).contiguous()
+            if data.is_floating_point() and not bool(torch.isfinite(data).all()):
+                where = "in the source" if not torch.isfinite(tensor).all() else f"once cast to {out_dtype(lazy)}"
+                raise CheckpointError(f"tensor {name} holds NaN or infinity {where}: the weights are damaged (or "
+                                      "their run diverged)" + ("" if where == "in the source" else
+                                                               ": keep a wider dtype (--dtype float32 or bfloat16)"))
             f.write(data.reshape(-1).view(torch.uint8).numpy().data)
             bar.update(data.numel() * data.element_size())
             del tensor, data

@@ -69,10 +69,11 @@ def tokenizer_from_folder(folder: Path, model_config: dict | None = None) -> Tok
             return ByteTokenizer()
         settings = read_json_or(folder / TOKENIZER_FILE, {})
         eot = settings.get("eot_token") or _special(settings.get("eos_token"))
-        if eot is None and model_config:
-            eos_id = model_config.get("eos_token_id")
+        generation = read_json_or(folder / "generation_config.json", {})
+        for where in (model_config or {}, generation):  # where transformers looks for the eos, in its order
+            eos_id = where.get("eos_token_id") if eot is None else None
             eos_id = eos_id[0] if isinstance(eos_id, list) and eos_id else eos_id
-            eot = tok.id_to_token(eos_id) if isinstance(eos_id, int) else None
+            eot = tok.id_to_token(eos_id) if isinstance(eos_id, int) else eot
         with_special, plain = tok.encode("x").ids, tok.encode("x", add_special_tokens=False).ids
         bos = tok.id_to_token(with_special[0]) if with_special[1:] == plain[:len(with_special) - 1] and \
             len(with_special) == len(plain) + 1 else None
@@ -80,7 +81,7 @@ def tokenizer_from_folder(folder: Path, model_config: dict | None = None) -> Tok
         if not isinstance(template, str) and (folder / CHAT_TEMPLATE_FILE).is_file():
             template = (folder / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")  # transformers 5 keeps it apart
         # generation_config.json may list more than one eos: the other ones end turns (Gemma's <end_of_turn>)
-        stops = read_json_or(folder / "generation_config.json", {}).get("eos_token_id")
+        stops = generation.get("eos_token_id")
         stops = [tok.id_to_token(i) for i in (stops if isinstance(stops, list) else []) if isinstance(i, int)]
         try:
             return BPETokenizer(tok, eot or EOT_TOKEN, source=str(path), bos_token=bos,
