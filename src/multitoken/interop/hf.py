@@ -133,26 +133,34 @@ def _windows(raw: dict, family: families.Family, n_layers: int) -> tuple[int | N
     return int(window), None if len(sliding) == n_layers else sliding
 
 
-def read_config(folder: Path, max_seq_len: int | None = None) -> tuple[ModelConfig, list[str], dict]:
-    """ModelConfig of a Hugging Face folder, notes for the user, and the raw config. One-line errors for anything
-    this model cannot represent exactly."""
-    path = folder / CONFIG_FILE
-    raw = read_json(path, "download it again")
+def _family(folder: Path, raw: dict) -> families.Family:
+    """The family config.json names: its architectures, or (as transformers reads a config without them) its
+    model_type."""
     arch = _first(raw.get("architectures"))
-    if arch is None:  # transformers then goes by model_type: so do we
+    if arch is None:
         family = families.BY_HF_MODEL_TYPE.get(raw.get("model_type"))
         if family is None:
             known = ", ".join(f.hf_model_type for f in families.FAMILIES)
-            raise CheckpointError(f"{path} names no architecture (\"architectures\") and its model_type is "
-                                  f"{raw.get('model_type')!r}: add e.g. \"architectures\": [\"LlamaForCausalLM\"]; "
-                                  f"multitoken converts model types {known}")
-        arch = family.hf_architecture
+            raise CheckpointError(f"{folder / CONFIG_FILE} names no architecture (\"architectures\") and its "
+                                  f"model_type is {raw.get('model_type')!r}: add e.g. \"architectures\": "
+                                  f"[\"LlamaForCausalLM\"]; multitoken converts model types {known}")
+        return family
     family = families.BY_HF_ARCHITECTURE.get(arch)
     if family is None:
         why = UNSUPPORTED.get(arch)
         known = ", ".join(f.hf_architecture for f in families.FAMILIES)
         raise CheckpointError(f"{folder}: architecture {arch} is not supported{f' ({why})' if why else ''}; "
                               f"multitoken converts {known}")
+    return family
+
+
+def read_config(folder: Path, max_seq_len: int | None = None) -> tuple[ModelConfig, list[str], dict]:
+    """ModelConfig of a Hugging Face folder, notes for the user, and the raw config. One-line errors for anything
+    this model cannot represent exactly."""
+    path = folder / CONFIG_FILE
+    raw = read_json(path, "download it again")
+    family = _family(folder, raw)
+    arch = family.hf_architecture
     activation = "gelu_tanh" if family.name == "gemma3" else "silu"
     act = raw.get("hidden_activation") or raw.get("hidden_act") or "silu"
     if act not in {"silu": ("silu",), "gelu_tanh": ("gelu_pytorch_tanh", "gelu_tanh")}[activation]:
