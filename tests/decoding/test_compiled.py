@@ -48,6 +48,14 @@ def test_compiled_equals_eager():
     again, stats = speculative_generate(model, padded, 20, lengths=lengths, compile=True,
                                         tree=DraftTree.parse("(0,), (1,), (0, 0)"))
     assert torch.equal(again, eager) and stats.compile_seconds == 0  # compiled once, reused
+
+
+def test_compiled_copies_equal_eager(quick_compile):
+    """A tree step that also copies from the context: another step, compiled apart (without the autotuning, which
+    picks kernels and does not change what the step computes)."""
+    model = sharp_model(0, 3)
+    padded, lengths = pad_prompts([[1, 2, 3], [4, 5, 6, 7, 8], [9]])
+    eager = generate(model, padded, 20, lengths=lengths)
     copying, stats = speculative_generate(model, padded, 20, lengths=lengths, compile=True,
                                           tree=DraftTree.parse("(0,), (1,), (0, 0), lookup 2"))
     assert torch.equal(copying, eager) and stats.compile_seconds > 0
