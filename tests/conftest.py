@@ -71,7 +71,8 @@ def counting_model(n_future: int, wrong_heads: frozenset[int] = frozenset(), voc
 def quick_compile(monkeypatch):
     """Compiled decoding steps without the CPU's kernel autotuning, which costs most of a compilation's time and picks
     among kernels rather than changing what a step captures: for tests whose point is what compiled decoding
-    computes. `test_compiled.py: test_compiled_equals_eager` compiles with the autotuning users get."""
+    computes (every compiled test: the autotuning's own kernels are torch's to test, and it would double the suite's
+    time on 2 cores)."""
     from multitoken.decoding import static
 
     options = static.compile_options

@@ -37,7 +37,7 @@ def test_steps_have_no_graph_breaks():
                 assert explanation.graph_break_count == 0 and explanation.graph_count == 1
 
 
-def test_compiled_equals_eager():
+def test_compiled_equals_eager(quick_compile):
     model = sharp_model(0, 3)
     padded, lengths = pad_prompts([[1, 2, 3], [4, 5, 6, 7, 8], [9]])
     eager = generate(model, padded, 20, lengths=lengths)
