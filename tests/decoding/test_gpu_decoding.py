@@ -28,7 +28,7 @@ TREES = {"chain": None, "tree with copies": DraftTree.parse("(0,), (1,), (0, 0),
 def model_on_device(drafter: bool):
     """A sharp random model with three heads, or a tiny model whose drafter learnt to count (its guesses often right,
     so verification keeps, rejects and partly keeps paths)."""
-    model = counting_drafter_model(steps=40) if drafter else sharp_model(seed=3, n_future=3, vocab=64)
+    model = counting_drafter_model(steps=20) if drafter else sharp_model(seed=3, n_future=3, vocab=64)
     return copy.deepcopy(model).to(device=DEVICE, dtype=DTYPE)
 
 
