@@ -8,7 +8,6 @@ self-speculative decoding with all n - 1 extra heads drafting.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from multitoken.config import DataConfig
 from multitoken.data.tokenizer import ByteTokenizer
 from multitoken.errors import ConfigError
 from multitoken.experiments.common import Budget, RunSpec, Shape
-from multitoken.experiments.report import groups
+from multitoken.experiments.report import groups, mean_sd_plain as spread
 from multitoken.model import MTPModel
 
 SIZES = {"2M": Shape(128, 10, 4)}
@@ -101,9 +100,6 @@ def reference(setup: dict) -> None:
 def table(records: list[dict], reference: dict | None = None) -> str:
     lines = ["| size | non-embedding params | n | seeds | head-1 bits/byte | tau (bytes per forward) |",
              "|---|---:|---:|---:|---:|---:|"]
-
-    def spread(values: list[float]) -> str:
-        return f"{statistics.mean(values):.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
 
     for (size, n), rs in groups(records).items():
         lines.append(f"| {size} | {rs[0]['non_embedding_params']:,} | {n} | {len(rs)} | "

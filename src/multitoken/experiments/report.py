@@ -13,6 +13,11 @@ def mean_sd(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
 
 
+def mean_sd_plain(values: list[float]) -> str:
+    """Mean ± sd over seeds to four decimals, as measured (bits/byte, tau); the mean alone for one seed."""
+    return f"{statistics.mean(values):.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
+
+
 def in_order(records: list[dict]) -> list[dict]:
     """Smallest size first, then n, then seed, whatever order the runs finished in (several processes sharing a grid
     finish them interleaved)."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from multitoken.errors import ConfigError
 from multitoken.experiments import bytelevel
 from multitoken.experiments.common import RunSpec, Shape
+from multitoken.experiments.report import mean_sd_plain
 
 SIZES = {"default": Shape(128, 6, 4), "2M": Shape(128, 10, 4)}
 QUICK_SIZES = {"tiny": Shape(32, 6, 2)}
@@ -66,18 +67,14 @@ def reference(setup: dict) -> None:
     return None
 
 
-def _spread(values: list[float]) -> str:
-    return f"{statistics.mean(values):.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
-
-
 def table(records: list[dict], reference: dict | None = None) -> str:
     lines = ["| size | kind | n | non-embedding params | seeds | head-1 bits/byte | tau (bytes per forward) | "
              "first guess accepted |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for (size, name), rs in by_kind(records).items():
         first = [r["final"].get("acceptance", [None])[0] for r in rs]
-        first_text = _spread(first) if None not in first else "-"
+        first_text = mean_sd_plain(first) if None not in first else "-"
         lines.append(f"| {size} | {name} | {rs[0]['n_future']} | {rs[0]['non_embedding_params']:,} | {len(rs)} | "
-                     f"{_spread([r['final']['bpb'] for r in rs])} | {_spread([r['final']['tau'] for r in rs])} | "
+                     f"{mean_sd_plain([r['final']['bpb'] for r in rs])} | {mean_sd_plain([r['final']['tau'] for r in rs])} | "
                      f"{first_text} |")
     return "\n".join(lines) + "\n"
 
