@@ -73,9 +73,9 @@ def table(records: list[dict], reference: dict | None = None) -> str:
     for (size, name), rs in by_kind(records).items():
         first = [r["final"].get("acceptance", [None])[0] for r in rs]
         first_text = mean_sd_plain(first) if None not in first else "-"
+        bpb, tau = (mean_sd_plain([r["final"][key] for r in rs]) for key in ("bpb", "tau"))
         lines.append(f"| {size} | {name} | {rs[0]['n_future']} | {rs[0]['non_embedding_params']:,} | {len(rs)} | "
-                     f"{mean_sd_plain([r['final']['bpb'] for r in rs])} | {mean_sd_plain([r['final']['tau'] for r in rs])} | "
-                     f"{first_text} |")
+                     f"{bpb} | {tau} | {first_text} |")
     return "\n".join(lines) + "\n"
 
 
