@@ -3,6 +3,9 @@ base bit for bit under --freeze base, and from scratch the trunk learning from i
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -10,6 +13,7 @@ from safetensors.torch import load_file
 from multitoken import MTPModel
 from multitoken.checkpoint import list_checkpoints, load_checkpoint
 from multitoken.training.chunked_ce import IGNORE_INDEX
+from multitoken.training.evaluate import evaluate
 from multitoken.training.loss import mtp_eval_batch, mtp_loss
 from multitoken.training.trainer import Trainer, train
 from tests.conftest import tiny_model_config, tiny_train_config
@@ -85,15 +89,18 @@ def test_evaluation_scores_the_drafters_steps_like_training():
 def test_freeze_base_trains_only_the_drafter_and_the_model_says_what_it_said(corpus, tmp_path):
     """`train --init-from CKPT --freeze base --model.drafter eagle3` on a next-token model: every source tensor and
     head 1's logits are bit-identical; the drafter learned, starting from the base's unembedding; greedy decoding
-    with its drafts is the source's greedy output."""
+    with its drafts is the source's greedy output. Its targets are the base's own choices (--draft_targets model),
+    and validation scores it against them too."""
     from multitoken.decoding.generate import generate
     from multitoken.decoding.speculative import speculative_generate
 
     source = tmp_path / "source"
     train(tiny_train_config(corpus, source, max_steps=3, model=tiny_model_config(vocab_size=256, n_future=1)))
     cfg = tiny_train_config(corpus, tmp_path / "drafter", init_from=str(source), freeze="base", max_steps=4,
-                            model=tiny_model_config(vocab_size=256, n_future=1, drafter="eagle3"))
+                            model=tiny_model_config(vocab_size=256, n_future=1, drafter="eagle3"),
+                            draft_targets="model")
     trainer = Trainer(cfg)
+    val_batches = trainer.val_batches
     assert torch.equal(trainer.model.drafter.output.weight, trainer.model.output.weight)  # starts as the base's
     assert "drafter reading base layers [1, 2, 3]" in trainer.init_note
     trainer.close()
@@ -111,3 +118,7 @@ def test_freeze_base_trains_only_the_drafter_and_the_model_says_what_it_said(cor
     assert torch.equal(speculative_generate(new, prompt, 20)[0], expected)
     records = [line for line in (tmp_path / "drafter" / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
     assert '"drafter_acc"' in records[-1] and '"drafter_tau_sim"' in records[-1]
+    logged = json.loads(records[-1])["drafter_acc"]
+    by_model, by_text = (evaluate(new, val_batches, torch.device("cpu"), drafter_steps=3, targets_from=targets)
+                         ["drafter_acc"] for targets in ("model", "text"))
+    assert logged == pytest.approx(by_model) and logged != pytest.approx(by_text)

@@ -125,6 +125,11 @@ class TrainConfig:
     drafter_weight: float = 0.3
     """The drafter's loss weight beside the heads' (DeepSeek-V3 weights its MTP module 0.3); its steps are weighted
     0.8^s within it (EAGLE-3). With --freeze base the drafter alone learns and the weight only scales its loss."""
+    draft_targets: Literal["text", "model"] = "text"
+    """What the extra heads and the drafter learn to guess: 'text', the data's next tokens (on `multitoken distill`'s
+    data, the model's own answers, that is its own choices); 'model', the frozen model's own greedy choice after
+    the text so far, which is what speculative decoding checks a guess against, so that any corpus (code, docs, chat
+    logs) teaches the drafts the model's habits without distilling it first. Needs --freeze base."""
     parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
     """Data parallelism under torchrun: 'ddp' (replicated weights), 'fsdp' (FSDP2, sharded weights and optimizer
     state), 'auto' = ddp when launched with more than one process, else none."""
@@ -163,6 +168,9 @@ class TrainConfig:
         require(self.freeze != "base" or self.init_from is not None,
                 "--freeze base keeps a model as it is, and without --init-from the model is random: give --init-from "
                 "CKPT (the model to give heads or a drafter), or leave --freeze out")
+        require(self.draft_targets == "text" or self.freeze == "base",
+                "--draft_targets model scores the drafts against the model's own choices, which move while the model "
+                "learns: add --freeze base (and --init-from CKPT), or use --draft_targets text")
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches",
                      "log_interval", "save_interval", "keep_last"):
             require(getattr(self, name) >= 1, f"{name} must be at least 1 (got {getattr(self, name)})")

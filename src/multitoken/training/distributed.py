@@ -24,7 +24,7 @@ from torch import nn
 
 from multitoken.errors import ConfigError
 from multitoken.model import MTPModel
-from multitoken.training.loss import CrossEntropy, Strategy, mtp_eval_batch, mtp_loss
+from multitoken.training.loss import CrossEntropy, Strategy, Targets, mtp_eval_batch, mtp_loss
 
 
 @dataclass(frozen=True)
@@ -71,21 +71,21 @@ class MTPObjective(nn.Module):
 
     def __init__(self, model: MTPModel, strategy: Strategy = "sequential", ce: CrossEntropy = "chunked",
                  head_weights: Sequence[float] | None = None, eot_id: int | None = None,
-                 drafter_steps: int = 0, drafter_weight: float = 1.0) -> None:
+                 drafter_steps: int = 0, drafter_weight: float = 1.0, targets_from: Targets = "text") -> None:
         super().__init__()
         self.model = model
         self.strategy, self.ce, self.head_weights, self.eot_id = strategy, ce, head_weights, eot_id
-        self.drafter_steps, self.drafter_weight = drafter_steps, drafter_weight
+        self.drafter_steps, self.drafter_weight, self.targets_from = drafter_steps, drafter_weight, targets_from
 
     def forward(self, tokens: torch.Tensor, loss_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(total, per_head) of `mtp_loss` (the drafter's steps after the heads): call total.backward()."""
         return mtp_loss(self.model, tokens, self.strategy, self.head_weights, loss_scale, self.ce, self.eot_id,
-                        self.drafter_steps, self.drafter_weight)
+                        self.drafter_steps, self.drafter_weight, self.targets_from)
 
     def evaluate(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-head loss sums, top-1 hit counts and scored positions (`mtp_eval_batch`, the training objective's
         targets); under FSDP2 gathers the weights first."""
-        return mtp_eval_batch(self.model, tokens, self.eot_id, self.drafter_steps)
+        return mtp_eval_batch(self.model, tokens, self.eot_id, self.drafter_steps, self.targets_from)
 
 
 def apply_parallel(objective: MTPObjective, mode: str, device: torch.device) -> nn.Module:

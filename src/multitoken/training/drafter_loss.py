@@ -18,18 +18,22 @@ import torch.nn.functional as F
 
 from multitoken.model import MTPModel
 from multitoken.training.chunked_ce import IGNORE_INDEX, chunked_linear_cross_entropy, chunked_loss_sum_and_correct
+from multitoken.training.model_targets import model_targets
 from multitoken.training.targets import in_vocabulary, split_window
 
 STEP_DECAY = 0.8  # EAGLE-3's weight per chained step
 
 
-def drafter_batch(tokens: torch.Tensor, T: int, steps: int,
-                  eot_id: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def drafter_batch(tokens: torch.Tensor, T: int, steps: int, eot_id: int | None = None,
+                  greedy: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per step s: the token ids it reads (B, T) (t_{i+1+s}; 0 past the window) and its targets (B, T) (t_{i+2+s},
-    IGNORE_INDEX past the window or in the next document), from a window (B, >= T + 1)."""
+    IGNORE_INDEX past the window or in the next document), from a window (B, >= T + 1). greedy (B, T): the frozen
+    model's own choice after each position, to score against in place of the text (`model_targets.py`)."""
     padded = F.pad(tokens, (0, steps + 1), value=IGNORE_INDEX)[:, :T + steps + 1]
     _, targets = split_window(padded, steps + 1, eot_id)  # head h's targets: t_{i+h}, masked like the heads'
     reads = [padded[:, 1 + s:1 + s + T].clamp_min(0) for s in range(steps)]
+    if greedy is not None:
+        return reads, [model_targets(greedy, y, ahead) for ahead, y in enumerate(targets[1:], start=2)]
     return reads, targets[1:]
 
 
@@ -41,10 +45,10 @@ def draft_targets(model: MTPModel, targets: torch.Tensor) -> torch.Tensor:
 
 
 def drafter_losses(model: MTPModel, features: torch.Tensor, tokens: torch.Tensor, steps: int,
-                   eot_id: int | None = None) -> torch.Tensor:
+                   eot_id: int | None = None, greedy: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy of each unrolled step (steps,), differentiable. features: the base's (B, T, 3d) over the
-    window's first T tokens (`MTPModel.trunk_features`)."""
-    reads, targets = drafter_batch(tokens, features.shape[1], steps, eot_id)
+    window's first T tokens (`MTPModel.trunk_features`); greedy: as `drafter_batch` takes it."""
+    reads, targets = drafter_batch(tokens, features.shape[1], steps, eot_id, greedy)
     drafter = model.drafter
     losses = [chunked_linear_cross_entropy(drafter.norm(y).flatten(0, 1), drafter.output.weight,
                                            draft_targets(model, t).flatten())
@@ -60,10 +64,10 @@ def weighted_drafter_loss(losses: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def drafter_eval_sums(model: MTPModel, features: torch.Tensor, tokens: torch.Tensor, steps: int,
-                      eot_id: int | None = None) -> list[tuple[torch.Tensor, ...]]:
+                      eot_id: int | None = None, greedy: torch.Tensor | None = None) -> list[tuple[torch.Tensor, ...]]:
     """Per step: (loss sum over targets in its vocabulary, top-1 hits, those targets, all scored targets), as
     `mtp_eval_batch` gives them for a head."""
-    reads, targets = drafter_batch(tokens, features.shape[1], steps, eot_id)
+    reads, targets = drafter_batch(tokens, features.shape[1], steps, eot_id, greedy)
     sums = []
     for y, t in zip(model.drafter_states(features, reads), targets):
         inside = draft_targets(model, t).flatten()

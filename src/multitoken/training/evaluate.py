@@ -16,12 +16,12 @@ from multitoken.training.runtime import autocast_for
 @torch.no_grad()
 def evaluate(model: MTPModel, batches: Sequence[torch.Tensor], device: torch.device, precision: str = "auto",
              byte_level: bool = True, batch_fn: Callable | None = None, counted: Sequence[bool] | None = None,
-             eot_id: int | None = None, drafter_steps: int = 0) -> dict:
+             eot_id: int | None = None, drafter_steps: int = 0, targets_from: str = "text") -> dict:
     """Validation metrics per head (lists, head 1 first) over the given window batches.
 
     eot_id: score only the targets training scores with document masking on (none in the next document).
     drafter_steps > 0: the drafter's unrolled steps too, as drafter_loss, drafter_acc (step 1 first) and
-    drafter_tau_sim.
+    drafter_tau_sim. targets_from: what the extra heads and the drafter are scored against, as in training.
 
     In a distributed run each rank passes its share of the batches and the sums are added over ranks. batch_fn
     replaces `mtp_eval_batch(model, tokens)` (FSDP2 needs the call to go through the sharded module); batches whose
@@ -30,7 +30,7 @@ def evaluate(model: MTPModel, batches: Sequence[torch.Tensor], device: torch.dev
     was_training = model.training
     model.eval()
     n = model.n_future + drafter_steps
-    batch_fn = batch_fn or (lambda tokens: mtp_eval_batch(model, tokens, eot_id, drafter_steps))
+    batch_fn = batch_fn or (lambda tokens: mtp_eval_batch(model, tokens, eot_id, drafter_steps, targets_from))
     totals = torch.zeros(4, n, dtype=torch.float64, device=device)  # loss sums, top-1 hits, loss positions, positions
     for j, tokens in enumerate(batches):
         tokens = tokens.to(device, non_blocking=True)

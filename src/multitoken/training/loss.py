@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from multitoken.model import MTPModel
 from multitoken.training.chunked_ce import IGNORE_INDEX, chunked_linear_cross_entropy, chunked_loss_sum_and_correct
 from multitoken.training.drafter_loss import drafter_eval_sums, drafter_losses, weighted_drafter_loss
+from multitoken.training.model_targets import greedy_choices, model_targets
 from multitoken.training.targets import in_vocabulary, split_window
 
 __all__ = ["mtp_loss", "mtp_forward_backward", "mtp_eval_batch", "head_loss", "split_window", "in_vocabulary",
@@ -30,6 +31,7 @@ __all__ = ["mtp_loss", "mtp_forward_backward", "mtp_eval_batch", "head_loss", "s
 
 Strategy = Literal["sequential", "naive"]
 CrossEntropy = Literal["chunked", "plain"]
+Targets = Literal["text", "model"]
 
 
 def draft_vocabulary(model: MTPModel, head: int, scoring: bool = False) -> torch.Tensor | None:
@@ -72,8 +74,8 @@ def head_loss(model: MTPModel, h: torch.Tensor, targets: torch.Tensor, ce: Cross
 
 def mtp_loss(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequential",
              head_weights: Sequence[float] | None = None, loss_scale: float = 1.0, ce: CrossEntropy = "chunked",
-             eot_id: int | None = None, drafter_steps: int = 0,
-             drafter_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+             eot_id: int | None = None, drafter_steps: int = 0, drafter_weight: float = 1.0,
+             targets_from: Targets = "text") -> tuple[torch.Tensor, torch.Tensor]:
     """The multi-token loss of one window batch as (total, per_head): call total.backward() once.
 
     tokens: (B, T + n_future) token ids. total = loss_scale * sum_i w_i * CE_i (loss_scale is 1 / grad_accum_steps
@@ -86,6 +88,8 @@ def mtp_loss(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequen
 
     drafter_steps > 0 (a model with a drafter): its unrolled chain reads the same trunk forward's features and adds
     loss_scale * drafter_weight * its weighted loss (`drafter_loss.py`); per_head then ends with its steps' losses.
+    targets_from "model": the extra heads and the drafter are scored against the frozen model's own choices after the
+    text (`model_targets.py`), head 1 against the text.
     """
     n = model.n_future
     weights = [1.0] * n if head_weights is None else list(head_weights)
@@ -99,6 +103,8 @@ def mtp_loss(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequen
                                                  *model.layers[:-1].parameters()))
     with torch.set_grad_enabled(torch.is_grad_enabled() and trunk_learns):  # a frozen trunk needs no graph
         z, features = model.trunk_features(inputs) if drafter_steps else (model.trunk(inputs), None)
+    greedy = greedy_choices(model, z) if targets_from == "model" else None
+    targets = _scored_targets(targets, greedy)
     if strategy == "naive":
         losses = torch.stack([head_loss(model, model.head(i, z, next_tokens=following), y, ce,
                                         vocab=draft_vocabulary(model, i))
@@ -110,9 +116,16 @@ def mtp_loss(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequen
         total, losses = _HeadLoop.apply(z, (model, targets, following, weights, loss_scale, ce), *params)
     if features is None:
         return total, losses
-    steps = drafter_losses(model, features, tokens, drafter_steps, eot_id)
+    steps = drafter_losses(model, features, tokens, drafter_steps, eot_id, greedy)
     total = total + loss_scale * drafter_weight * weighted_drafter_loss(steps)
     return total, torch.cat([losses, steps.detach()])
+
+
+def _scored_targets(targets: list[torch.Tensor], greedy: torch.Tensor | None) -> list[torch.Tensor]:
+    """The heads' targets, head 1's the text's and the extra heads' the model's own choices where greedy is given."""
+    if greedy is None:
+        return targets
+    return [targets[0], *(model_targets(greedy, y, ahead) for ahead, y in enumerate(targets[1:], start=2))]
 
 
 def mtp_forward_backward(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequential",
@@ -199,8 +212,8 @@ class _HeadLoop(torch.autograd.Function):
 
 
 @torch.no_grad()
-def mtp_eval_batch(model: MTPModel, tokens: torch.Tensor, eot_id: int | None = None,
-                   drafter_steps: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def mtp_eval_batch(model: MTPModel, tokens: torch.Tensor, eot_id: int | None = None, drafter_steps: int = 0,
+                   targets_from: Targets = "text") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-head summed cross-entropy, count of correct top-1 predictions, count of positions the loss scored and
     count of scored positions over one window batch, each (n_future,).
 
@@ -209,11 +222,14 @@ def mtp_eval_batch(model: MTPModel, tokens: torch.Tensor, eot_id: int | None = N
     Heads run one at a time and the loss goes chunk by chunk, as in training, so evaluation never holds even one
     head's full logits. An extra head with a draft vocabulary is scored as it drafts: its loss over the targets in
     that vocabulary (the third count), its top-1 hits over all positions (a target outside it is a miss).
-    drafter_steps > 0: the drafter's unrolled steps follow the heads, scored the same way.
+    drafter_steps > 0: the drafter's unrolled steps follow the heads, scored the same way. targets_from: as training
+    scores them (`mtp_loss`).
     """
     inputs, targets = split_window(tokens, model.n_future, eot_id)
     following = next_tokens(tokens, inputs.shape[1])
     z, features = model.trunk_features(inputs) if drafter_steps else (model.trunk(inputs), None)
+    greedy = greedy_choices(model, z) if targets_from == "model" else None
+    targets = _scored_targets(targets, greedy)
     sums = []
     for i, y in enumerate(targets):
         h = model.norm(model.head(i, z, next_tokens=following)).flatten(0, 1)
@@ -227,5 +243,5 @@ def mtp_eval_batch(model: MTPModel, tokens: torch.Tensor, eot_id: int | None = N
                                                                        inside)
             sums.append((loss_sum, correct, in_vocab, (y != IGNORE_INDEX).sum()))
     if features is not None:
-        sums += drafter_eval_sums(model, features, tokens, drafter_steps, eot_id)
+        sums += drafter_eval_sums(model, features, tokens, drafter_steps, eot_id, greedy)
     return tuple(torch.stack(column) for column in zip(*sums))

@@ -81,7 +81,7 @@ class Trainer:
         eot_id = self.tokenizer.eot_id if cfg.data.mask_documents else None
         self.drafter_steps = cfg.drafter_steps if cfg.model.drafter != "none" else 0
         self.objective = MTPObjective(self.model, cfg.loss_strategy, cfg.cross_entropy, cfg.resolved_head_weights(),
-                                      eot_id, self.drafter_steps, cfg.drafter_weight)
+                                      eot_id, self.drafter_steps, cfg.drafter_weight, cfg.draft_targets)
         mode = cfg.parallel if cfg.parallel != "auto" else ("ddp" if self.dist.world_size > 1 else "none")
         self.parallel = mode
         self.wrapped = apply_parallel(self.objective, mode, self.device)
@@ -226,7 +226,8 @@ class Trainer:
         batch_fn = self.wrapped.evaluate if self.parallel == "fsdp" else None
         result = evaluate(self.model, batches, self.device, self.cfg.precision,
                           byte_level=self.tokenizer.kind == "bytes", batch_fn=batch_fn, counted=counted,
-                          eot_id=self.objective.eot_id, drafter_steps=self.drafter_steps)
+                          eot_id=self.objective.eot_id, drafter_steps=self.drafter_steps,
+                          targets_from=self.cfg.draft_targets)
         self.state.last_val = result
         self._log({"step": self.state.step, "split": "val", **result})
         return result
