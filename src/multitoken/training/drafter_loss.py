@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from multitoken.model import MTPModel
 from multitoken.training.chunked_ce import IGNORE_INDEX, chunked_linear_cross_entropy, chunked_loss_sum_and_correct
-from multitoken.training.model_targets import model_targets
+from multitoken.training.model_targets import scored_targets
 from multitoken.training.targets import in_vocabulary, split_window
 
 STEP_DECAY = 0.8  # EAGLE-3's weight per chained step
@@ -32,9 +32,7 @@ def drafter_batch(tokens: torch.Tensor, T: int, steps: int, eot_id: int | None =
     padded = F.pad(tokens, (0, steps + 1), value=IGNORE_INDEX)[:, :T + steps + 1]
     _, targets = split_window(padded, steps + 1, eot_id)  # head h's targets: t_{i+h}, masked like the heads'
     reads = [padded[:, 1 + s:1 + s + T].clamp_min(0) for s in range(steps)]
-    if greedy is not None:
-        return reads, [model_targets(greedy, y, ahead) for ahead, y in enumerate(targets[1:], start=2)]
-    return reads, targets[1:]
+    return reads, scored_targets(targets, greedy)[1:]
 
 
 def draft_targets(model: MTPModel, targets: torch.Tensor) -> torch.Tensor:

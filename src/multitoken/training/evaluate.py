@@ -9,14 +9,14 @@ import torch
 
 from multitoken.model import MTPModel
 from multitoken.training.distributed import all_reduce_
-from multitoken.training.loss import mtp_eval_batch
+from multitoken.training.loss import Targets, mtp_eval_batch
 from multitoken.training.runtime import autocast_for
 
 
 @torch.no_grad()
 def evaluate(model: MTPModel, batches: Sequence[torch.Tensor], device: torch.device, precision: str = "auto",
              byte_level: bool = True, batch_fn: Callable | None = None, counted: Sequence[bool] | None = None,
-             eot_id: int | None = None, drafter_steps: int = 0, targets_from: str = "text") -> dict:
+             eot_id: int | None = None, drafter_steps: int = 0, targets_from: Targets = "text") -> dict:
     """Validation metrics per head (lists, head 1 first) over the given window batches.
 
     eot_id: score only the targets training scores with document masking on (none in the next document).

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from multitoken.model import MTPModel
 from multitoken.training.chunked_ce import IGNORE_INDEX, chunked_linear_cross_entropy, chunked_loss_sum_and_correct
 from multitoken.training.drafter_loss import drafter_eval_sums, drafter_losses, weighted_drafter_loss
-from multitoken.training.model_targets import greedy_choices, model_targets
+from multitoken.training.model_targets import greedy_choices, scored_targets
 from multitoken.training.targets import in_vocabulary, split_window
 
 __all__ = ["mtp_loss", "mtp_forward_backward", "mtp_eval_batch", "head_loss", "split_window", "in_vocabulary",
@@ -104,7 +104,7 @@ def mtp_loss(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequen
     with torch.set_grad_enabled(torch.is_grad_enabled() and trunk_learns):  # a frozen trunk needs no graph
         z, features = model.trunk_features(inputs) if drafter_steps else (model.trunk(inputs), None)
     greedy = greedy_choices(model, z) if targets_from == "model" else None
-    targets = _scored_targets(targets, greedy)
+    targets = scored_targets(targets, greedy)
     if strategy == "naive":
         losses = torch.stack([head_loss(model, model.head(i, z, next_tokens=following), y, ce,
                                         vocab=draft_vocabulary(model, i))
@@ -119,13 +119,6 @@ def mtp_loss(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequen
     steps = drafter_losses(model, features, tokens, drafter_steps, eot_id, greedy)
     total = total + loss_scale * drafter_weight * weighted_drafter_loss(steps)
     return total, torch.cat([losses, steps.detach()])
-
-
-def _scored_targets(targets: list[torch.Tensor], greedy: torch.Tensor | None) -> list[torch.Tensor]:
-    """The heads' targets, head 1's the text's and the extra heads' the model's own choices where greedy is given."""
-    if greedy is None:
-        return targets
-    return [targets[0], *(model_targets(greedy, y, ahead) for ahead, y in enumerate(targets[1:], start=2))]
 
 
 def mtp_forward_backward(model: MTPModel, tokens: torch.Tensor, strategy: Strategy = "sequential",
@@ -229,7 +222,7 @@ def mtp_eval_batch(model: MTPModel, tokens: torch.Tensor, eot_id: int | None = N
     following = next_tokens(tokens, inputs.shape[1])
     z, features = model.trunk_features(inputs) if drafter_steps else (model.trunk(inputs), None)
     greedy = greedy_choices(model, z) if targets_from == "model" else None
-    targets = _scored_targets(targets, greedy)
+    targets = scored_targets(targets, greedy)
     sums = []
     for i, y in enumerate(targets):
         h = model.norm(model.head(i, z, next_tokens=following)).flatten(0, 1)

@@ -39,3 +39,11 @@ def model_targets(greedy: torch.Tensor, text_targets: torch.Tensor, ahead: int) 
     T = text_targets.shape[1]
     shifted = F.pad(greedy[:, ahead - 1:], (0, ahead - 1), value=IGNORE_INDEX)[:, :T]
     return torch.where(text_targets == IGNORE_INDEX, IGNORE_INDEX, shifted)
+
+
+def scored_targets(targets: list[torch.Tensor], greedy: torch.Tensor | None) -> list[torch.Tensor]:
+    """Targets of heads 1, 2, ... (head h's: h tokens ahead), head 1's the text's and every later one's the model's
+    own choices (`model_targets`) where greedy is given; the text's as they are where it is None."""
+    if greedy is None:
+        return targets
+    return [targets[0], *(model_targets(greedy, y, ahead) for ahead, y in enumerate(targets[1:], start=2))]
